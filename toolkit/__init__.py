@@ -1,0 +1,36 @@
+"""ktk, the Keras experiment toolkit: run, tune, compare and diagnose Keras experiments from YAML.
+
+The public API is listed in ``__all__``. Names are imported lazily so that ``import toolkit`` stays fast
+and never imports TensorFlow; each function imports what it needs when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "UserError": "toolkit.errors",
+    "Config": "toolkit.config",
+    "load_config": "toolkit.config",
+    "parse_config": "toolkit.config",
+    "load_data": "toolkit.data",
+    "build_model": "toolkit.models",
+    "run": "toolkit.runs",
+    "validate": "toolkit.runs",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return __all__

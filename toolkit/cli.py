@@ -1,0 +1,197 @@
+"""The `ktk` command line: parses arguments and calls one library function per command.
+
+Heavy libraries (TensorFlow, Keras, keras-tuner, matplotlib) are imported only inside the commands that
+need them, so `ktk --help`, `ktk validate` and `ktk compare` start fast. A :class:`UserError` anywhere
+becomes one message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import List, Optional, Sequence
+
+from toolkit.errors import UserError, did_you_mean
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # silence TensorFlow's C++ logging for users
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with ktk's exit status and a "did you mean" for mistyped commands and choices."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = [c.strip().strip("'") for c in match.group(2).split(",")]
+            guess = did_you_mean(match.group(1), choices)
+            if guess:
+                message += f". Did you mean '{guess}'?"
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER_ERROR, f"ktk: error: {message}\n")
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dot path, e.g. --set training.optimizer.learning_rate=0.01 "
+        "or --set model.hidden=[64,32] (repeatable; values are read as YAML)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ktk",
+        description="Keras experiment toolkit: run, tune, compare and diagnose Keras experiments "
+        "described in YAML.",
+    )
+    from toolkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"ktk {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser("run", help="train and evaluate one config into a run directory")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>/<timestamp>)")
+    _add_set(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+
+    p = commands.add_parser("validate", help="check a config and that its data loads, without training")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    _add_set(p)
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also build the model and optimizer with Keras (checks layer, initializer and optimizer "
+        "names; imports TensorFlow, so it takes a few seconds)",
+    )
+
+    p = commands.add_parser("tune", help="run the config's search: section as a keras-tuner sweep")
+    p.add_argument("config", metavar="CONFIG", help="YAML config file with a search: section")
+    p.add_argument("--out", metavar="DIR", help="sweep directory (default: sweeps/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="delete the sweep directory and start over")
+    _add_set(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="show Keras' per-epoch progress")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run N worker processes on this machine (chief/worker on loopback)")
+    p.add_argument("--role", choices=["chief", "worker"], help="multi-machine mode: this process's role")
+    p.add_argument("--listen", metavar="HOST:PORT", help="with --role chief: address to serve the oracle on")
+    p.add_argument("--chief", metavar="HOST:PORT", help="with --role worker: the chief's address")
+    p.add_argument("--worker-id", metavar="ID", help="with --role worker: a stable id for this worker")
+
+    p = commands.add_parser("compare", help="tables of runs and sweep trials: what differed, how it scored")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories, or folders holding them")
+    p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"])
+    p.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
+    p.add_argument("--sort", metavar="COL", help="sort by this column (prefix '-' for descending)")
+    p.add_argument("--top", type=int, metavar="N", help="keep the first N rows after sorting")
+    p.add_argument("--all-params", action="store_true", help="show every config key, not only those that differ")
+    p.add_argument("--filter", dest="filters", action="append", default=[], metavar="EXPR",
+                   help="keep rows matching e.g. 'model.dropout>0.1' (repeatable)")
+    p.add_argument("--plot", metavar="DIR", help="also write plots (PNG) into DIR")
+
+    p = commands.add_parser("plot", help="learning curves and per-hyperparameter plots as PNG files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
+
+    p = commands.add_parser("report", help="an HTML and Markdown report of a sweep (or folder of runs)")
+    p.add_argument("path", metavar="SWEEP_OR_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write report.html and report.md (default: PATH/report)")
+
+    p = commands.add_parser("diagnose", help="bias/variance and gradient-flow diagnosis of a run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--baseline-error", type=float, metavar="E",
+                   help="Bayes/human-level error to measure avoidable bias against (default: config or 0)")
+    p.add_argument("--format", default="text", choices=["text", "json"])
+
+    p = commands.add_parser("gradcheck", help="compare backprop gradients with finite differences")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--samples", type=int, default=8, metavar="N", help="examples in the batch (default 8)")
+    _add_set(p)
+
+    p = commands.add_parser("experiment", help="run a ready-made experiment suite and compare its runs")
+    p.add_argument("suite", metavar="SUITE", help="a folder of configs, e.g. experiments/initialization")
+    p.add_argument("--out", metavar="DIR", help="where the runs go (default: runs/experiments/<suite>)")
+    _add_set(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = globals()[f"_cmd_{args.command}"]
+    try:
+        return int(handler(args) or 0)
+    except UserError as error:
+        print(f"ktk: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ktk: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace):
+    from toolkit.config import load_config
+
+    return load_config(args.config, overrides=args.overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from toolkit.runs import run
+    from toolkit.summary import format_run_summary
+
+    config = _load(args)
+    result = run(config, out_dir=args.out, verbose=0 if args.quiet else 1)
+    print(format_run_summary(result))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from toolkit.runs import validate
+
+    config = _load(args)
+    print(validate(config, deep=args.deep))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    # Implemented with the sweeps issue: toolkit.sweeps.tune(config, out_dir=..., overwrite=..., ...)
+    raise UserError("ktk tune is not available yet", where="tune")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    # Implemented with the compare issue: toolkit.compare.compare(paths, ...) -> pandas.DataFrame
+    raise UserError("ktk compare is not available yet", where="compare")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    raise UserError("ktk plot is not available yet", where="plot")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    raise UserError("ktk report is not available yet", where="report")
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    # Implemented with the lessons issue: toolkit.diagnosis.diagnose(run_dir, baseline_error=...)
+    raise UserError("ktk diagnose is not available yet", where="diagnose")
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    raise UserError("ktk gradcheck is not available yet", where="gradcheck")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    raise UserError("ktk experiment is not available yet", where="experiment")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
