@@ -17,7 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from toolkit.errors import UserError, did_you_mean, show
 
@@ -729,75 +729,83 @@ def _check_depth(by_path: Mapping[str, Param], config: Any) -> None:
 
 def _check_values(param: Param, config: Any, by_path: Mapping[str, Param]) -> None:
     """Applies both ends of a range (or every choice) to the base config, which must stay valid."""
-    context: Dict[str, Any] = {}
-    for parent, allowed in param.when:
-        context[parent] = allowed[0]
-    for value in param.candidates():
-        values = dict(context)
-        values[param.path] = value
+    for value, values in candidates(param, by_path):
         try:
             apply_values(config, values)
         except UserError as error:
-            error.file = None
-            raise UserError(f"the value {show(value)} makes the config invalid: {error.message}",
-                            where=f"search.space.{param.path}") from None
+            raise _invalid(param, value, values, error, "makes the config invalid") from None
+
+
+def candidates(param: Param, by_path: Mapping[str, Param]) -> Iterator[Tuple[Any, Dict[str, Any]]]:
+    """(value, dot-path values of a trial that uses it) for each value of `param` worth checking.
+
+    The parents in ``when`` take their first allowed value. An optimizer argument is tried with every
+    optimizer the trial can use with it (``training.optimizer.name`` searched, ``when`` respected).
+    """
+    context: Dict[str, Any] = {parent: allowed[0] for parent, allowed in param.when}
+    contexts = [context]
+    name_path = "training.optimizer.name"
+    if (param.path.startswith("training.optimizer.") and param.path != name_path and name_path in by_path
+            and name_path not in context):
+        contexts = [{**context, name_path: name} for name in by_path[name_path].values]
+    for value in param.candidates():
+        for context in contexts:
+            yield value, {**context, param.path: value}
+
+
+def _invalid(param: Param, value: Any, values: Mapping[str, Any], error: UserError, what: str) -> UserError:
+    error.file = None
+    others = ", ".join(f"{k} = {show(v)}" for k, v in values.items() if k != param.path)
+    with_others = f" (with {others})" if others else ""
+    return UserError(f"the value {show(value)}{with_others} {what}: {error.message}",
+                     where=f"search.space.{param.path}")
 
 
 # ------------------------------------------------------------------- checks that need Keras itself
 
 
-def check_keras_names(spec: SearchSpec, config: Any) -> None:
-    """Checks searched optimizer names and optimizer arguments with Keras (imports Keras).
+def check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
+    """Builds the model and optimizer of every candidate trial config, and checks the objective's name.
 
-    The config language accepts any optimizer argument (Keras checks them when it builds the
-    optimizer); a sweep checks them up front, against every optimizer a trial can use with them,
-    so that a typo does not fail every trial.
+    The config language accepts any optimizer argument and layer name (Keras checks them when it
+    builds); a sweep checks them before the first trial, so that a typo does not fail every trial.
+    Imports Keras; takes about a second.
 
     Raises:
-        UserError: an unknown optimizer, or an argument none (or not all) of its optimizers take.
+        UserError: naming ``search.space.<path>`` (a value Keras rejects) or ``search.objective``.
     """
     try:
-        _check_optimizers(spec, config)
+        _check_with_keras(spec, config, data)
     except UserError as error:
         raise error.at(file=getattr(config, "source", None)) from None
 
 
-def _check_optimizers(spec: SearchSpec, config: Any) -> None:
-    import inspect
-
+def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
     import keras
 
-    name_path = "training.optimizer.name"
-    searched_names = spec.param(name_path).values if name_path in spec.paths else None
-    for name in searched_names or ():
-        try:
-            keras.optimizers.get(name)
-        except (ValueError, TypeError):
-            choices = sorted(n for n in dir(keras.optimizers) if n.islower() and not n.startswith("_")
-                             and n not in ("get", "serialize", "deserialize", "schedules", "legacy"))
-            raise UserError("unknown Keras optimizer", where=f"search.space.{name_path}", received=name,
-                            choices=choices) from None
+    from toolkit import training
+    from toolkit.models import build_model
+
+    by_path = {p.path: p for p in spec.space}
     for param in spec.space:
-        match = re.fullmatch(r"training\.optimizer\.(\w+)", param.path)
-        if not match or match.group(1) in ("name", "learning_rate"):
-            continue
-        argument = match.group(1)
-        names: Iterable[Any] = [config.training.optimizer.name]
-        if searched_names is not None:
-            names = dict(param.when).get(name_path, searched_names)
-        accepting, rejecting, known = [], [], set()
-        for name in names:
-            optimizer_class = type(keras.optimizers.get(name))
-            arguments = set(inspect.signature(optimizer_class.__init__).parameters) - {"self", "kwargs", "name"}
-            known |= arguments
-            (accepting if argument in arguments else rejecting).append(name)
-        where = f"search.space.{param.path}"
-        if not accepting:
-            raise UserError(f"not an argument of the {' or '.join(map(str, names))} optimizer", where=where,
-                            received=argument, choices=sorted(known))
-        if rejecting:
-            raise UserError(f"{argument} is not an argument of the {', '.join(map(str, rejecting))} optimizer",
-                            where=where, expected=f"when: {{{name_path}: {accepting}}}")
+        for value, values in candidates(param, by_path):
+            trial_config = apply_values(config, values)
+            keras.backend.clear_session()
+            try:
+                build_model(trial_config, data)
+                training.get_optimizer(trial_config, steps_per_epoch=1)
+            except UserError as error:
+                raise _invalid(param, value, values, error, "is rejected by Keras") from None
+    # The objective must be one of the metrics Keras reports on the validation split.
+    keras.backend.clear_session()
+    model = build_model(config, data)
+    training.compile_model(model, config, data)
+    logs = model.evaluate(data.x_val[:4], data.y_val[:4], verbose=0, return_dict=True)
+    names = ["val_" + name for name in logs]
+    keras.backend.clear_session()
+    if spec.objective.name not in names:
+        raise UserError("not a metric of this model", where="search.objective", received=spec.objective.name,
+                        choices=names)
 
 
 # ---------------------------------------------------------------------------------------- helpers
