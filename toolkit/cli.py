@@ -169,8 +169,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    # Implemented with the sweeps issue: toolkit.sweeps.tune(config, out_dir=..., overwrite=..., ...)
-    raise UserError("ktk tune is not available yet", where="tune")
+    from toolkit.sweeps import format_sweep_summary
+
+    config = _load(args)
+    distributed = (args.workers, args.role, args.listen, args.chief, args.worker_id)
+    if any(option is not None for option in distributed):
+        from toolkit.distributed import tune_distributed
+
+        result = tune_distributed(config, args)
+    else:
+        from toolkit.sweeps import tune
+
+        result = tune(config, out_dir=args.out, overwrite=args.overwrite, verbose=args.verbose,
+                      progress=lambda line: print(line, flush=True))
+    print(format_sweep_summary(result))
+    return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
