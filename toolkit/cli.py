@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", metavar="HOST:PORT", help="with --role chief: address to serve the oracle on")
     p.add_argument("--chief", metavar="HOST:PORT", help="with --role worker: the chief's address")
     p.add_argument("--worker-id", metavar="ID", help="with --role worker: a stable id for this worker")
+    p.add_argument("--chief-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --role worker: give up when the chief cannot be reached for this long "
+                        "(default 120)")
 
     p = commands.add_parser("compare", help="tables of runs and sweep trials: what differed, how it scored")
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories, or folders holding them")
@@ -172,11 +175,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from toolkit.sweeps import format_sweep_summary
 
     config = _load(args)
-    distributed = (args.workers, args.role, args.listen, args.chief, args.worker_id)
+    distributed = (args.workers, args.role, args.listen, args.chief, args.worker_id, args.chief_timeout)
     if any(option is not None for option in distributed):
         from toolkit.distributed import tune_distributed
 
-        result = tune_distributed(config, args)
+        result = tune_distributed(config, out_dir=args.out, workers=args.workers, role=args.role,
+                                  listen=args.listen, chief=args.chief, worker_id=args.worker_id,
+                                  overwrite=args.overwrite, verbose=args.verbose,
+                                  chief_timeout=args.chief_timeout,
+                                  progress=lambda line: print(line, flush=True))
     else:
         from toolkit.sweeps import tune
 

@@ -28,6 +28,7 @@ network only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from toolkit.errors import UserError
 
@@ -54,6 +55,7 @@ STARTUP_CRASHES = 3  # a worker that dies this many times in a row before any tr
 STOP_GRACE_S = 10.0  # how long stopping workers may take before they are killed
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SERVICE = "ktk.Sweep"
+LOGS_DIR = "logs"  # <sweep>/logs: chief.json (address, token) and one log per local worker
 
 
 # ----------------------------------------------------------------------------------- addresses, flags
@@ -123,7 +125,8 @@ class Plan:
 
 
 def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: Optional[str] = None,
-         chief: Optional[str] = None, worker_id: Optional[str] = None, overwrite: bool = False) -> Plan:
+         chief: Optional[str] = None, worker_id: Optional[str] = None, overwrite: bool = False,
+         chief_timeout: Optional[float] = None) -> Plan:
     """Checks the combination of distributed flags and says what this process does.
 
     ``--chief`` implies ``--role worker`` and ``--listen`` implies ``--role chief``.
@@ -138,6 +141,8 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(where="--workers", expected="a whole number of worker processes, 1 or more",
                         received=workers)
+    if chief_timeout is not None and not (isinstance(chief_timeout, (int, float)) and chief_timeout > 0):
+        raise UserError(where="--chief-timeout", expected="a number of seconds above 0", received=chief_timeout)
     if role == "worker":
         for flag, value in (("--workers", workers), ("--listen", listen)):
             if value is not None:
@@ -155,6 +160,9 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
                         received=chief)
     if worker_id is not None:
         raise UserError("--worker-id is for workers (--role worker)", where="--worker-id", received=worker_id)
+    if chief_timeout is not None:
+        raise UserError("--chief-timeout is for workers (--role worker)", where="--chief-timeout",
+                        received=chief_timeout)
     address = parse_address(listen, flag="--listen", default_port=0) if listen is not None else Address(LOOPBACK, 0)
     return Plan("chief", workers=workers or 0, listen=address)
 
@@ -162,16 +170,25 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
 # ----------------------------------------------------------------------------------- the chief
 
 
-def config_fingerprint(config_dict: Dict[str, Any]) -> str:
-    """A short hash of a resolved config, to check that a worker runs the chief's sweep."""
-    text = json.dumps(config_dict, sort_keys=True, default=str)
+def config_identity(config: Any) -> Dict[str, Any]:
+    """The resolved config with its search section normalized: what a worker's config must equal."""
+    from toolkit.search import parse_search
+
+    resolved = config.to_dict()
+    resolved["search"] = parse_search(config).to_dict()
+    return resolved
+
+
+def config_fingerprint(identity: Dict[str, Any]) -> str:
+    """A short hash of :func:`config_identity`."""
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
     """Dot paths where two plain config dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        paths = []
+        paths: List[str] = []
         for key in sorted(set(a) | set(b), key=str):
             paths += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
         return paths
@@ -180,10 +197,13 @@ def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
 
 @dataclass
 class _WorkerBook:
+    """What the chief knows of one worker id."""
+
     token: str
     last_seen: float
-    supervised: bool = False
-    stopped: bool = False  # told to stop (STOPPED trial) or lost
+    supervised: bool = False  # a process of this chief's supervisor (its liveness is known directly)
+    told_to_stop: bool = False  # it received a STOPPED trial
+    gone: bool = False  # said goodbye, or silent past the lease
 
 
 @dataclass
@@ -191,19 +211,17 @@ class TrialEnd:
     """One finished trial, as the chief saw it (what the progress line shows)."""
 
     trial_id: str
-    status: str
+    status: str  # keras-tuner's: COMPLETED, FAILED, INVALID
     score: Optional[float]
     worker: Optional[str]
-    done: int  # trials finished in the sweep so far (this one included)
-    total: Optional[int]
+    done: int  # trials finished in the sweep so far, this one included
+    planned: Optional[int]
     best_score: Optional[float]
     best_trial: Optional[str]
     objective: str
-    direction: str
     elapsed_s: float
-    finished_this_session: int
+    finished_here: int  # trials finished since this chief started
     message: Optional[str] = None
-    retrying: bool = False
 
 
 class Chief:
@@ -211,24 +229,27 @@ class Chief:
 
     Args:
         oracle: the chief tuner's oracle (a real Oracle, reloaded from the sweep directory).
-        config_dict: the resolved sweep config; workers started without one receive it.
-        source: the config's file (workers resolve relative data paths against it).
+        identity: :func:`config_identity` of the sweep; a worker's config must equal it.
+        source: the config file, for supervised workers (relative data paths are resolved against it).
         sweep_dir: the shared sweep directory.
         on_trial_end: called with a :class:`TrialEnd` for every finished trial (from a gRPC thread).
-        on_event: called with a line of text for events (a worker lost, a trial re-queued).
-        lease_s: a worker that is not supervised here loses its trial after this many silent seconds.
+        on_event: called with a line of text for events (a worker lost, a trial back in the queue).
+        lease_s: a worker this chief does not supervise loses its trial after this many silent seconds.
+        planned: the number of trials the search plans (for progress lines).
     """
 
-    def __init__(self, oracle: Any, *, config_dict: Dict[str, Any], source: Optional[str], sweep_dir: str,
+    def __init__(self, oracle: Any, *, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
                  on_trial_end: Optional[Callable[[TrialEnd], None]] = None,
-                 on_event: Optional[Callable[[str], None]] = None, lease_s: float = WORKER_LEASE_S):
+                 on_event: Optional[Callable[[str], None]] = None, lease_s: float = WORKER_LEASE_S,
+                 planned: Optional[int] = None):
         self.oracle = oracle
-        self.config_dict = config_dict
-        self.fingerprint = config_fingerprint(config_dict)
-        self.source = source
-        self.sweep_dir = str(sweep_dir)
+        self.identity = identity
+        self.fingerprint = config_fingerprint(identity)
+        self.source = str(Path(source).resolve()) if source else None
+        self.sweep_dir = Path(sweep_dir)
         self.token = uuid.uuid4().hex
         self.lease_s = lease_s
+        self.planned = planned
         self._on_trial_end = on_trial_end or (lambda end: None)
         self._on_event = on_event or (lambda text: None)
         self.lock = threading.RLock()  # one oracle call at a time, as keras-tuner's one-thread server did
@@ -236,8 +257,8 @@ class Chief:
         self.stop_triggered = False
         self.halt_message: Optional[str] = None
         self.started = time.monotonic()
-        self.finished_this_session = 0
-        self._server = None
+        self.finished_here = 0
+        self._server: Any = None
         self.address: Optional[Address] = None
 
     # -- serving
@@ -262,12 +283,12 @@ class Chief:
         except RuntimeError:
             port = 0
         if not port:
-            raise UserError("the chief cannot listen there: the port is in use or the host is not an address "
+            raise UserError("the chief cannot listen there: the port is in use, or the host is not an address "
                             "of this machine", where="--listen", received=str(address))
         server.start()
         self._server = server
         self.address = Address(address.host, port)
-        _write_json(Path(self.sweep_dir) / "logs" / "chief.json",
+        _write_json(self.sweep_dir / LOGS_DIR / "chief.json",
                     {"address": str(self.address), "token": self.token, "pid": os.getpid(),
                      "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return self.address
@@ -281,38 +302,36 @@ class Chief:
             # keras-tuner saves oracle.json *before* popping the trial that just ended; save once more.
             self.oracle.save()
 
-    # -- bookkeeping used by the servicer
+    def nothing_left(self) -> bool:
+        """The reloaded sweep has every planned trial finished: no worker is needed."""
+        oracle = self.oracle
+        with self.lock:
+            return bool(oracle.max_trials) and len(oracle.trials) >= oracle.max_trials \
+                and not oracle.ongoing_trials and not oracle._retry_queue
 
-    def touch(self, worker_id: str, token: Optional[str] = None) -> None:
+    # -- the books
+
+    def book(self, worker_id: str) -> _WorkerBook:
         book = self.workers.get(worker_id)
         if book is None:
-            self.workers[worker_id] = _WorkerBook(token=token or "", last_seen=time.monotonic())
-        else:
-            book.last_seen = time.monotonic()
-            if token:
-                book.token = token
+            book = self.workers[worker_id] = _WorkerBook(token="", last_seen=time.monotonic())
+        return book
 
-    def ongoing_trial_of(self, worker_id: str) -> Optional[Any]:
-        return self.oracle.ongoing_trials.get(worker_id)
-
-    def done_count(self) -> int:
-        return len(self.oracle.end_order)
-
-    def halt(self, message: str) -> None:
-        """Hands out no more trials; running ones finish; the sweep then ends with `message`."""
-        with self.lock:
-            if self.halt_message is None:
-                self.halt_message = message
-
-    def forget(self, worker_id: str) -> None:
-        """The supervisor saw this worker die: a restart under the same id is welcome at once."""
-        with self.lock:
-            self.workers.pop(worker_id, None)
+    def touch(self, worker_id: str) -> _WorkerBook:
+        book = self.book(worker_id)
+        book.last_seen = time.monotonic()
+        book.gone = False
+        return book
 
     def supervise(self, worker_id: str) -> None:
+        """A worker of this chief's supervisor is (re)starting under `worker_id`."""
         with self.lock:
-            book = self.workers.setdefault(worker_id, _WorkerBook(token="", last_seen=time.monotonic()))
-            book.supervised = True
+            self.workers[worker_id] = _WorkerBook(token="", last_seen=time.monotonic(), supervised=True)
+
+    def ongoing_trial_id(self, worker_id: str) -> Optional[str]:
+        with self.lock:
+            trial = self.oracle.ongoing_trials.get(worker_id)
+            return trial.trial_id if trial is not None else None
 
     def fail_trial(self, worker_id: str, message: str) -> Optional[str]:
         """Records the trial `worker_id` was running as failed (it kept killing its worker)."""
@@ -322,31 +341,33 @@ class Chief:
             trial = self.oracle.ongoing_trials.get(worker_id)
             if trial is None:
                 return None
+            _write_failure_record(self.sweep_dir, trial, worker_id, message)
             trial.status = trial_module.TrialStatus.FAILED
             trial.message = message
             self._end(trial, worker_id)
             return trial.trial_id
 
     def requeue_silent_workers(self) -> None:
-        """Gives the trial of a remote worker that stopped sending heartbeats back to the queue."""
+        """Gives the trial of an unsupervised worker silent for longer than the lease back to the queue."""
         now = time.monotonic()
         with self.lock:
-            for worker_id, book in list(self.workers.items()):
-                if book.supervised or book.stopped or now - book.last_seen <= self.lease_s:
+            for worker_id, book in self.workers.items():
+                silent = now - book.last_seen
+                if book.supervised or book.told_to_stop or silent <= self.lease_s:
                     continue
-                book.stopped = True
-                self.oracle.tuner_ids.discard(worker_id)
                 trial = self.oracle.ongoing_trials.pop(worker_id, None)
+                self.oracle.tuner_ids.discard(worker_id)
                 if trial is not None:
                     self.oracle._retry_queue.append(trial.trial_id)
                     self.oracle.save()
-                    self._on_event(f"worker {worker_id} silent for {now - book.last_seen:.0f} s: "
-                                   f"trial {trial.trial_id} goes back to the queue")
-                else:
-                    self._on_event(f"worker {worker_id} silent for {now - book.last_seen:.0f} s: forgotten")
+                    self._on_event(f"worker {worker_id} silent for {silent:.0f} s: trial {trial.trial_id} goes "
+                                   "back to the queue")
+                elif not book.gone:
+                    self._on_event(f"worker {worker_id} silent for {silent:.0f} s: no longer waited for")
+                book.gone = True
 
     def finished(self) -> bool:
-        """Every trial is finished and every worker that came has been told to stop (or was lost)."""
+        """Every trial is finished and every worker that came has been told to stop (or is gone)."""
         with self.lock:
             if not (self.stop_triggered or self.halt_message):
                 return False
@@ -354,7 +375,9 @@ class Chief:
                 return False
             if self.halt_message is None and self.oracle._retry_queue:
                 return False
-            return all(book.stopped for book in self.workers.values())
+            # A supervised worker without a trial is stopped by its supervisor; others must hear STOPPED,
+            # or a worker would wait for a chief that is gone (keras-tuner PR #645).
+            return all(book.told_to_stop or book.gone or book.supervised for book in self.workers.values())
 
     def _end(self, trial: Any, worker_id: Optional[str]) -> None:
         """Ends a trial in the oracle (under the lock) and reports it."""
@@ -365,8 +388,8 @@ class Chief:
         try:
             oracle.end_trial(trial)
         except RuntimeError as error:
-            # Too many consecutive failures: keras-tuner raised after recording the trial but before saving
-            # and freeing its worker; finish that here and stop handing out trials.
+            # keras-tuner's own limit of failures in a row: it raised after recording the trial but before
+            # saving and freeing its worker. Finish that here and hand out no more trials.
             for tuner_id, ongoing in list(oracle.ongoing_trials.items()):
                 if ongoing.trial_id == trial.trial_id:
                     oracle.ongoing_trials.pop(tuner_id)
@@ -374,19 +397,48 @@ class Chief:
             oracle.save()
             self.halt_message = str(error).splitlines()[0]
         ended = oracle.trials[trial.trial_id]
-        retrying = len(oracle.end_order) == before and ended.status == trial_module.TrialStatus.INVALID
-        if not retrying:
-            self.finished_this_session += 1
+        if len(oracle.end_order) == before:
+            self._on_event(f"trial {ended.trial_id} on {worker_id} ended {ended.status}; it will be retried")
+            return
+        self.finished_here += 1
         best = [t for t in oracle.get_best_trials(1) if t.status == trial_module.TrialStatus.COMPLETED]
-        objective = oracle.objective
         self._on_trial_end(TrialEnd(
             trial_id=ended.trial_id, status=ended.status, score=ended.score, worker=worker_id,
-            done=len(oracle.end_order), total=oracle.max_trials,
+            done=len(oracle.end_order), planned=self.planned or oracle.max_trials,
             best_score=best[0].score if best else None, best_trial=best[0].trial_id if best else None,
-            objective=getattr(objective, "name", str(objective)),
-            direction=getattr(objective, "direction", "min"),
-            elapsed_s=time.monotonic() - self.started, finished_this_session=self.finished_this_session,
-            message=ended.message, retrying=retrying))
+            objective=getattr(oracle.objective, "name", str(oracle.objective)),
+            elapsed_s=time.monotonic() - self.started, finished_here=self.finished_here,
+            message=_failure_reason(self.sweep_dir, ended)))
+
+
+def _failure_reason(sweep_dir: Path, trial: Any) -> Optional[str]:
+    """The sweep's own failure message for a trial (its record), else keras-tuner's last line."""
+    if trial.status == "COMPLETED":
+        return None
+    try:
+        message = json.loads((sweep_dir / "records" / f"{trial.trial_id}.json").read_text()).get("message")
+    except (OSError, ValueError):
+        message = None
+    if message:
+        return str(message)
+    lines = [line.strip() for line in (trial.message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def _write_failure_record(sweep_dir: Path, trial: Any, worker_id: str, message: str) -> None:
+    """A trial record (as toolkit.sweeps writes them) for a trial whose worker process kept dying."""
+    from toolkit.config import parse_config, read_yaml_file
+    from toolkit.search import parse_search
+
+    values: Dict[str, Any] = {}
+    try:
+        spec = parse_search(parse_config(read_yaml_file(sweep_dir / "config.yaml")))
+        values = spec.config_values(trial.hyperparameters.values)
+    except (UserError, OSError):
+        pass
+    _write_json(sweep_dir / "records" / f"{trial.trial_id}.json", {
+        "trial_id": trial.trial_id, "values": values, "status": "failed", "message": message,
+        "started": None, "duration_s": None, "worker": worker_id})
 
 
 def _make_servicer(chief: Chief) -> Any:
@@ -421,19 +473,17 @@ def _make_servicer(chief: Chief) -> Any:
 
         def CreateTrial(self, request, context):  # noqa: N802
             tuner_id = request.tuner_id
+            oracle = chief.oracle
             with chief.lock:
-                chief.touch(tuner_id)
-                book = chief.workers[tuner_id]
-                if chief.halt_message is not None and tuner_id not in chief.oracle.ongoing_trials:
-                    trial = trial_module.Trial(chief.oracle.get_space(), status=trial_module.TrialStatus.STOPPED)
+                book = chief.touch(tuner_id)
+                if chief.halt_message is not None and tuner_id not in oracle.ongoing_trials:
+                    trial = trial_module.Trial(oracle.get_space(), status=trial_module.TrialStatus.STOPPED)
                 else:
-                    trial = chief.oracle.create_trial(tuner_id)
-                if trial.status == trial_module.TrialStatus.STOPPED:
+                    trial = oracle.create_trial(tuner_id)
+                book.told_to_stop = trial.status == trial_module.TrialStatus.STOPPED
+                if book.told_to_stop:
                     chief.stop_triggered = True
-                    chief.oracle.tuner_ids.discard(tuner_id)
-                    book.stopped = True
-                else:
-                    book.stopped = False
+                    oracle.tuner_ids.discard(tuner_id)
                 return service.CreateTrialResponse(trial=trial.to_proto())
 
         def EndTrial(self, request, context):  # noqa: N802
@@ -444,8 +494,8 @@ def _make_servicer(chief: Chief) -> Any:
                               if t.trial_id == trial.trial_id), None)
                 if owner is None:
                     if trial.trial_id in oracle._retry_queue:
-                        # Its worker was given up for lost (or the chief restarted) but it finished after all:
-                        # take the result rather than run the trial again.
+                        # Its worker was given up for lost (or the chief restarted), yet it finished: take the
+                        # result rather than run the trial again.
                         oracle._retry_queue.remove(trial.trial_id)
                     elif trial.trial_id not in oracle.trials or trial.trial_id in oracle.end_order:
                         return service.EndTrialResponse()  # ended already: a trial is recorded once
@@ -456,7 +506,7 @@ def _make_servicer(chief: Chief) -> Any:
 
 
 def _ktk_handlers(chief: Chief) -> Any:
-    """Two small calls keras-tuner lacks: a handshake (the sweep's config) and a heartbeat."""
+    """Three small calls keras-tuner lacks: a handshake (checks the config), heartbeats and a goodbye."""
     import grpc
 
     def hello(request: Dict[str, Any], context: Any) -> Dict[str, Any]:
@@ -464,29 +514,47 @@ def _ktk_handlers(chief: Chief) -> Any:
         with chief.lock:
             book = chief.workers.get(worker_id)
             now = time.monotonic()
-            if (book is not None and book.token and book.token != token and not book.stopped
-                    and now - book.last_seen < 2.5 * HEARTBEAT_S):
-                return {"ok": False, "error": f"worker id {worker_id!r} is in use by a running worker "
-                                              f"(heard from {now - book.last_seen:.0f} s ago); give this "
-                                              f"worker another --worker-id"}
-            chief.touch(worker_id, token)
-            chief.workers[worker_id].stopped = False
-        return {"ok": True, "config": chief.config_dict, "fingerprint": chief.fingerprint,
-                "source": chief.source, "sweep_dir": chief.sweep_dir, "token": chief.token}
+            if (book is not None and book.token and book.token != token and not book.gone
+                    and not book.told_to_stop and now - book.last_seen < 2.5 * HEARTBEAT_S):
+                return {"ok": False, "error": f"worker id {worker_id!r} is in use by a running worker (heard "
+                                              f"from {now - book.last_seen:.0f} s ago); give this worker "
+                                              "another --worker-id"}
+            if request.get("fingerprint") not in (None, chief.fingerprint):
+                mine = request.get("identity") or {}
+                paths = _differences(mine, chief.identity)
+                return {"ok": False, "where": ", ".join(paths[:6]) + (", ..." if len(paths) > 6 else ""),
+                        "error": "this worker's config is not the chief's: it differs at these keys; start "
+                                 "workers with the chief's config file and --set values"}
+            book = chief.touch(worker_id)
+            book.token = token
+            book.told_to_stop = False
+        return {"ok": True, "identity": chief.identity, "source": chief.source, "sweep_dir": str(chief.sweep_dir),
+                "token": chief.token}
 
     def heartbeat(request: Dict[str, Any], context: Any) -> Dict[str, Any]:
         worker_id, token = str(request.get("worker_id")), str(request.get("token"))
         with chief.lock:
             book = chief.workers.get(worker_id)
-            if book is not None and book.token and book.token != token:
-                return {"ok": False}
-            chief.touch(worker_id, token)
+            if book is None or book.token != token:
+                return {"ok": False}  # an older process under a reused id
+            chief.touch(worker_id)
         return {"ok": True}
 
-    def unary(fn):
+    def goodbye(request: Dict[str, Any], context: Any) -> Dict[str, Any]:
+        worker_id, token = str(request.get("worker_id")), str(request.get("token"))
+        with chief.lock:
+            book = chief.workers.get(worker_id)
+            if book is not None and book.token == token:
+                # Its trial stays its own: a restart under the same id resumes it; otherwise the lease
+                # gives it back to the queue.
+                book.gone, book.token = True, ""
+        return {"ok": True}
+
+    def unary(fn: Callable) -> Any:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_loads, response_serializer=_dumps)
 
-    return grpc.method_handlers_generic_handler(_SERVICE, {"Hello": unary(hello), "Heartbeat": unary(heartbeat)})
+    return grpc.method_handlers_generic_handler(
+        _SERVICE, {"Hello": unary(hello), "Heartbeat": unary(heartbeat), "Goodbye": unary(goodbye)})
 
 
 def _dumps(obj: Any) -> bytes:
@@ -498,17 +566,16 @@ def _loads(data: bytes) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    from toolkit.results import write_json
+
+    write_json(path, data)
 
 
 # ----------------------------------------------------------------------------------- the worker side
 
 
 class ChiefClient:
-    """A worker's line to the chief's ktk calls (handshake, heartbeats)."""
+    """A worker's line to the chief's ktk calls (handshake, heartbeats, goodbye)."""
 
     def __init__(self, address: Address, worker_id: str, timeout_s: float):
         import grpc
@@ -518,13 +585,15 @@ class ChiefClient:
         self.timeout_s = timeout_s
         self.token = uuid.uuid4().hex
         self._channel = grpc.insecure_channel(str(address))
-        self._hello = self._channel.unary_unary(f"/{_SERVICE}/Hello", request_serializer=_dumps,
-                                                response_deserializer=_loads)
-        self._heartbeat = self._channel.unary_unary(f"/{_SERVICE}/Heartbeat", request_serializer=_dumps,
-                                                    response_deserializer=_loads)
+        self._calls = {name: self._channel.unary_unary(f"/{_SERVICE}/{name}", request_serializer=_dumps,
+                                                       response_deserializer=_loads)
+                       for name in ("Hello", "Heartbeat", "Goodbye")}
         self._stop = threading.Event()
 
-    def hello(self) -> Dict[str, Any]:
+    def _ids(self) -> Dict[str, str]:
+        return {"worker_id": self.worker_id, "token": self.token}
+
+    def hello(self, identity: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         """Waits up to the timeout for the chief and returns its answer.
 
         Raises:
@@ -532,121 +601,135 @@ class ChiefClient:
         """
         import grpc
 
+        request = dict(self._ids())
+        if identity is not None:
+            request.update(identity=identity, fingerprint=config_fingerprint(identity))
         try:
-            answer = self._hello({"worker_id": self.worker_id, "token": self.token},
-                                 wait_for_ready=True, timeout=self.timeout_s)
+            answer = self._calls["Hello"](request, wait_for_ready=True, timeout=self.timeout_s)
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
-                raise UserError(f"cannot reach the chief at {self.address} within {self.timeout_s:g} s; "
-                                "is it running (ktk tune CONFIG --role chief --listen HOST:PORT), and is the "
-                                "address one this machine can reach", where="--chief") from None
+                raise UserError(f"cannot reach the chief at {self.address} within {self.timeout_s:g} s: is it "
+                                "running (ktk tune CONFIG --role chief --listen HOST:PORT) and listening on an "
+                                "address this machine can reach?", where="--chief") from None
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise UserError(f"{self.address} answers but is not a ktk chief (a plain keras-tuner chief?)",
-                                where="--chief") from None
+                raise UserError(f"{self.address} answers but is not a ktk chief", where="--chief") from None
             raise UserError(f"the chief at {self.address} failed: {error.details()}", where="--chief") from None
         if not answer.get("ok"):
-            raise UserError(answer.get("error", "the chief refused this worker"), where="--worker-id")
+            raise UserError(answer.get("error", "the chief refused this worker"),
+                            where=answer.get("where") or "--worker-id")
         return answer
 
     def start_heartbeats(self, interval_s: float = HEARTBEAT_S) -> None:
         def beat() -> None:
             while not self._stop.wait(interval_s):
                 try:
-                    self._heartbeat({"worker_id": self.worker_id, "token": self.token}, timeout=interval_s)
+                    self._calls["Heartbeat"](self._ids(), timeout=interval_s)
                 except Exception:  # noqa: BLE001 - the chief may be restarting; the trial calls will tell
                     pass
 
         threading.Thread(target=beat, name="ktk-heartbeat", daemon=True).start()
 
     def close(self) -> None:
+        """Says goodbye (so a restart under the same id is welcome at once) and closes the channel."""
         self._stop.set()
+        try:
+            self._calls["Goodbye"](self._ids(), timeout=2.0)
+        except Exception:  # noqa: BLE001 - the chief may be gone already; the lease covers that
+            pass
         self._channel.close()
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """A supervised worker exits when its supervisor is gone (killed -9), instead of training for no one."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(3)
-
-    threading.Thread(target=watch, name="ktk-parent-watch", daemon=True).start()
-
-
-@dataclass
-class WorkerResult:
-    """What a worker did: its id, the chief it served and the sweep directory."""
-
-    worker_id: str
-    chief: str
-    sweep_dir: str
-    trials_run: int = 0
+@contextlib.contextmanager
+def _environment(values: Dict[str, str]) -> Iterator[None]:
+    """Sets environment variables (keras-tuner reads its distributed settings there) and restores them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_worker(config: Any, *, chief: Address, worker_id: str, out_dir: Optional[str] = None,
-               verbose: bool = False, chief_timeout: float = CHIEF_TIMEOUT_S) -> WorkerResult:
+               verbose: bool = False, chief_timeout: float = CHIEF_TIMEOUT_S,
+               progress: Optional[Callable[[str], None]] = None) -> Any:
     """Runs trials for the chief at `chief` until it has no more; never deletes the shared sweep.
 
     Args:
-        config: this worker's config (it must be the chief's), or None to take the chief's.
+        config: this worker's config (it must equal the chief's), or None to take the chief's.
         chief: the chief's address.
         worker_id: this worker's id; a worker restarted with the same id resumes the trial it was running.
         out_dir: the shared sweep directory as this machine sees it (default: the chief's path).
         verbose: show Keras' per-epoch progress.
         chief_timeout: seconds to wait for an absent chief (at start and whenever it is gone).
+        progress: called with one line per trial this worker finishes.
+
+    Returns:
+        The :class:`toolkit.sweeps.SweepResult` of the worker (``role="worker"``, no ``best``).
 
     Raises:
         UserError: chief unreachable, a different config, a sweep directory that is not the chief's.
     """
     import grpc
 
+    from toolkit import sweeps
+
     check_worker_id(worker_id)
     client = ChiefClient(chief, worker_id, chief_timeout)
     try:
-        answer = client.hello()
+        answer = client.hello(config_identity(config) if config is not None else None)
         if config is None:
             from toolkit.config import parse_config
 
-            config = parse_config(answer["config"], source=answer.get("source"))
-        else:
-            mine = config.to_dict()
-            if config_fingerprint(mine) != answer["fingerprint"]:
-                paths = _differences(mine, answer["config"])
-                raise UserError("this worker's config is not the chief's sweep",
-                                where=", ".join(paths[:8]) + (" ..." if len(paths) > 8 else ""),
-                                expected="the same config (and --set values) as the chief", file=config.source)
-        sweep_dir = Path(out_dir if out_dir is not None else answer["sweep_dir"])
+            config = parse_config(answer["identity"], source=answer.get("source"))
+        sweep_dir = Path(out_dir) if out_dir is not None else Path(answer["sweep_dir"])
         _check_same_sweep(sweep_dir, answer["token"], chief)
         client.start_heartbeats()
-        os.environ["KERASTUNER_TUNER_ID"] = worker_id
-        os.environ["KERASTUNER_ORACLE_IP"] = chief.host
-        os.environ["KERASTUNER_ORACLE_PORT"] = str(chief.port)
         from keras_tuner.src.distribute import oracle_client
 
         oracle_client.TIMEOUT = chief_timeout  # keras-tuner waits an hour per call otherwise
+        settings = {"KERASTUNER_TUNER_ID": worker_id, "KERASTUNER_ORACLE_IP": chief.host,
+                    "KERASTUNER_ORACLE_PORT": str(chief.port)}
         try:
-            trials = _run_worker_search(config, sweep_dir, worker_id, verbose)
+            with _environment(settings):
+                return sweeps.tune(config, out_dir=sweep_dir, overwrite=False, verbose=verbose, progress=progress)
         except grpc.RpcError as error:
-            raise UserError(f"lost the chief at {chief} ({error.code().name}: waited up to {chief_timeout:g} s); "
-                            "the trial this worker was running is re-run when the sweep resumes",
-                            where="--chief") from None
-        return WorkerResult(worker_id=worker_id, chief=str(chief), sweep_dir=str(sweep_dir), trials_run=trials)
+            raise UserError(f"lost the chief at {chief} ({error.code().name} after waiting up to "
+                            f"{chief_timeout:g} s); the trial this worker was running is run again when the "
+                            "sweep goes on", where="--chief") from None
     finally:
         client.close()
 
 
 def _check_same_sweep(sweep_dir: Path, token: str, chief: Address) -> None:
-    marker = sweep_dir / "logs" / "chief.json"
+    marker = sweep_dir / LOGS_DIR / "chief.json"
     try:
-        found = json.loads(marker.read_text()).get("token")
+        found = json.loads(marker.read_text(encoding="utf-8")).get("token")
     except (OSError, ValueError):
         found = None
     if found != token:
-        raise UserError(f"{sweep_dir} is not the sweep directory of the chief at {chief} (workers and chief "
-                        "must share one directory, mounted at the same path or given with --out)",
-                        where="--out", received=str(sweep_dir))
+        raise UserError(f"this is not the sweep directory of the chief at {chief}: the chief and its workers "
+                        "must share one directory (a network file system mounted at the same path, or given "
+                        "to each worker with --out)", where="--out", received=str(sweep_dir))
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """A supervised worker ends (with its trial process) when its supervisor is gone, e.g. killed -9."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                try:
+                    os.killpg(os.getpgrp(), signal.SIGKILL)  # its own group: this worker and its trial process
+                finally:
+                    os._exit(3)
+
+    threading.Thread(target=watch, name="ktk-parent-watch", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------------- supervision
@@ -660,7 +743,7 @@ class _Slot:
     crashes_on_trial: Dict[str, int] = field(default_factory=dict)
     startup_crashes: int = 0
     restarts: int = 0
-    exited_ok: bool = False
+    exited: bool = False
 
 
 def _describe_exit(code: int) -> str:
@@ -669,119 +752,132 @@ def _describe_exit(code: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+        return f"was killed by {name}" + (" (out of memory, or kill -9)" if -code == signal.SIGKILL else "")
     return f"exited with status {code}"
 
 
 def _log_tail(path: Optional[Path], lines: int = 15) -> str:
     if path is None or not path.exists():
         return ""
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join(text[-lines:])
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Supervisor:
-    """Starts N local workers, restarts a dead one under the same id, and stops them all."""
+    """Runs N local worker processes; restarts a dead one under the same id; stops them all.
 
-    def __init__(self, chief: Chief, worker_ids: List[str], *, sweep_dir: Path, verbose: bool,
-                 chief_timeout: float, on_event: Callable[[str], None]):
+    Each worker is a session of its own (Ctrl-C reaches the supervisor only, which stops the workers in
+    order) and writes its output to ``<sweep>/logs/<worker id>.log``.
+    """
+
+    def __init__(self, chief: Chief, worker_ids: List[str], *, verbose: bool, chief_timeout: float,
+                 on_event: Callable[[str], None]):
         self.chief = chief
         self.slots = {worker_id: _Slot(worker_id) for worker_id in worker_ids}
-        self.sweep_dir = sweep_dir
         self.verbose = verbose
         self.chief_timeout = chief_timeout
         self.on_event = on_event
 
     def _command(self, worker_id: str) -> List[str]:
         command = [sys.executable, "-m", "toolkit.distributed", "--chief", str(self.chief.address),
-                   "--worker-id", worker_id, "--out", str(self.sweep_dir), "--chief-timeout",
-                   str(self.chief_timeout), "--parent", str(os.getpid())]
+                   "--worker-id", worker_id, "--out", str(self.chief.sweep_dir),
+                   "--chief-timeout", str(self.chief_timeout), "--parent", str(os.getpid())]
         return command + (["--verbose"] if self.verbose else [])
 
     def start(self, slot: _Slot) -> None:
-        self.chief.forget(slot.worker_id)
         self.chief.supervise(slot.worker_id)
-        log_dir = self.sweep_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        slot.log_path = log_dir / f"{slot.worker_id}.log"
+        slot.log_path = self.chief.sweep_dir / LOGS_DIR / f"{slot.worker_id}.log"
+        slot.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent),
-                                                        env.get("PYTHONPATH", "")] if p)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
             env.pop(name, None)
         with open(slot.log_path, "ab") as log:
-            # A session of its own: Ctrl-C reaches the supervisor only, which then stops workers in order.
-            slot.process = subprocess.Popen(self._command(slot.worker_id), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            slot.process = subprocess.Popen(self._command(slot.worker_id), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        slot.exited = False
+        _write_json(self.chief.sweep_dir / LOGS_DIR / "workers.json", self.pids())
 
     def start_all(self) -> None:
         for slot in self.slots.values():
             self.start(slot)
 
     def all_exited(self) -> bool:
-        return all(slot.exited_ok for slot in self.slots.values())
+        return all(slot.exited for slot in self.slots.values())
+
+    def pids(self) -> Dict[str, int]:
+        """The process id of each running worker (tests use it to kill one)."""
+        return {s.worker_id: s.process.pid for s in self.slots.values() if s.process and not s.exited}
 
     def poll(self) -> None:
-        """Restarts workers that died; raises when one cannot go on.
+        """Restarts workers that died.
 
         Raises:
-            UserError: a worker stopped on a user error (its message), or keeps dying before any trial.
+            UserError: a worker stopped on a user error (with its message), or keeps dying before any trial.
         """
         for slot in self.slots.values():
-            if slot.exited_ok or slot.process is None:
+            if slot.exited or slot.process is None:
                 continue
             code = slot.process.poll()
             if code is None:
                 continue
+            _kill_group(slot.process, signal.SIGKILL)  # a trial process it left behind
             if code == 0:
-                slot.exited_ok = True
-                continue
-            if code == 2:
-                tail = _log_tail(slot.log_path, 5)
-                message = next((line[len("ktk: error: "):] for line in reversed(tail.splitlines())
-                                if line.startswith("ktk: error: ")), tail)
+                slot.exited = True
+            elif code == 2:
+                slot.exited = True
+                tail = _log_tail(slot.log_path, 8).splitlines()
+                message = next((line[len("ktk: error: "):] for line in reversed(tail)
+                                if line.startswith("ktk: error: ")), "\n".join(tail))
                 raise UserError(f"worker {slot.worker_id} stopped: {message}")
-            self._restart_after_crash(slot, code)
+            else:
+                self._restart_after_crash(slot, code)
 
     def _restart_after_crash(self, slot: _Slot, code: int) -> None:
         how = _describe_exit(code)
-        with self.chief.lock:
-            trial = self.chief.ongoing_trial_of(slot.worker_id)
-            trial_id = trial.trial_id if trial is not None else None
+        trial_id = self.chief.ongoing_trial_id(slot.worker_id)
         if trial_id is None:
             slot.startup_crashes += 1
             if slot.startup_crashes >= STARTUP_CRASHES:
-                raise UserError(f"worker {slot.worker_id} {how} {slot.startup_crashes} times before running a "
-                                f"trial; its log ({slot.log_path}) ends with:\n{_log_tail(slot.log_path)}")
+                slot.exited = True
+                raise UserError(f"worker {slot.worker_id} {how} {slot.startup_crashes} times in a row before "
+                                f"running a trial; the end of its log ({slot.log_path}):\n{_log_tail(slot.log_path)}")
+            what = "restarting it"
         else:
             slot.startup_crashes = 0
             crashes = slot.crashes_on_trial[trial_id] = slot.crashes_on_trial.get(trial_id, 0) + 1
             if crashes >= CRASHES_PER_TRIAL:
-                self.chief.fail_trial(slot.worker_id, f"its worker {slot.worker_id} died {crashes} times while "
-                                                      f"running it (last: {how}); see {slot.log_path}")
-                trial_id = None
+                self.chief.fail_trial(slot.worker_id, f"its worker process died {crashes} times while running it "
+                                                      f"(last: {how})")
+                what = f"trial {trial_id} is recorded as failed"
+            else:
+                what = f"its trial {trial_id} resumes"
         slot.restarts += 1
-        what = f"its trial {trial_id} resumes" if trial_id else "restarting it"
-        self.on_event(f"worker {slot.worker_id} {how}; {what} (restart {slot.restarts})")
+        self.on_event(f"worker {slot.worker_id} {how}; {what} (restart {slot.restarts}, log {slot.log_path})")
         self.start(slot)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """SIGTERM to every worker still running, SIGKILL to those still there after `grace_s`."""
-        running = [s.process for s in self.slots.values() if s.process is not None and s.process.poll() is None]
+        """SIGTERM to every worker's process group, SIGKILL to what is left after `grace_s`."""
+        running = [s.process for s in self.slots.values() if s.process is not None]
         for process in running:
-            try:
-                process.terminate()
-            except ProcessLookupError:
-                pass
+            _kill_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for process in running:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5.0)
+                pass
+            _kill_group(process, signal.SIGKILL)
+            process.wait(5.0)
+
+
+def _kill_group(process: subprocess.Popen, sig: int) -> None:
+    """Signals a worker's process group (the worker and the trial process it runs)."""
+    try:
+        os.killpg(process.pid, sig)  # started with start_new_session: its group id is its pid
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # ----------------------------------------------------------------------------------- entry points
@@ -790,7 +886,7 @@ class Supervisor:
 def tune_distributed(config: Any, *, out_dir: Optional[str] = None, workers: Optional[int] = None,
                      role: Optional[str] = None, listen: Optional[str] = None, chief: Optional[str] = None,
                      worker_id: Optional[str] = None, overwrite: bool = False, verbose: bool = False,
-                     chief_timeout: float = CHIEF_TIMEOUT_S,
+                     chief_timeout: Optional[float] = None,
                      progress: Optional[Callable[[str], None]] = None) -> Any:
     """Runs the config's sweep as a keras-tuner chief with workers, supervised.
 
@@ -800,135 +896,135 @@ def tune_distributed(config: Any, *, out_dir: Optional[str] = None, workers: Opt
 
     Args:
         config: the sweep's :class:`toolkit.config.Config` (with a ``search:`` section).
-        out_dir: the sweep directory (shared by every machine in a multi-machine sweep).
+        out_dir: the sweep directory (one directory shared by every machine of a multi-machine sweep).
         workers: local worker processes to run.
-        role: "chief" or "worker" (inferred from `listen` / `chief` when not given).
+        role: ``"chief"`` or ``"worker"`` (inferred from `listen` / `chief` when not given).
         listen: the chief's address, ``HOST:PORT`` (default: loopback, a free port).
         chief: a worker's chief, ``HOST:PORT``.
         worker_id: a worker's id (default ``<host>-<pid>``); reuse it to resume a dead worker's trial.
-        overwrite: start the sweep over (chief only; workers never delete the shared sweep).
-        verbose: show Keras' per-epoch progress in the workers' logs.
-        chief_timeout: seconds a worker waits for an absent chief before giving up with an error.
-        progress: called with one line of text per finished trial and per event.
+        overwrite: start the sweep over (chief only: workers never delete the shared sweep).
+        verbose: show Keras' per-epoch progress (in the workers' logs).
+        chief_timeout: seconds a worker waits for an absent chief before giving up with an error
+            (default :data:`CHIEF_TIMEOUT_S`; local workers of a chief always use the default).
+        progress: called with one line per finished trial and per event (a worker restarted, ...).
 
     Returns:
-        The chief: the sweep's result (as ``toolkit.sweeps.tune`` returns). A worker: :class:`WorkerResult`.
+        The :class:`toolkit.sweeps.SweepResult`: on the chief with ``best/`` retrained, on a worker without.
 
     Raises:
-        UserError: bad flags, unreachable chief, a worker that cannot go on, too many failed trials.
+        UserError: bad flags, an unreachable chief, a worker that cannot go on, a run of failed trials.
     """
     the_plan = plan(workers=workers, role=role, listen=listen, chief=chief, worker_id=worker_id,
-                    overwrite=overwrite)
-    say = progress or (lambda text: None)
+                    overwrite=overwrite, chief_timeout=chief_timeout)
     if the_plan.role == "worker":
         return run_worker(config, chief=the_plan.chief, worker_id=the_plan.worker_id, out_dir=out_dir,
-                          verbose=verbose, chief_timeout=chief_timeout)
+                          verbose=verbose, chief_timeout=chief_timeout or CHIEF_TIMEOUT_S, progress=progress)
     return _run_chief(config, the_plan, out_dir=out_dir, overwrite=overwrite, verbose=verbose,
-                      chief_timeout=chief_timeout, say=say)
+                      chief_timeout=CHIEF_TIMEOUT_S, say=progress or (lambda text: None))
 
 
 def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite: bool, verbose: bool,
                chief_timeout: float, say: Callable[[str], None]) -> Any:
-    sweep = _open_chief_sweep(config, out_dir=out_dir, overwrite=overwrite)
+    """The chief: ``sweeps.tune`` as keras-tuner's chief, with keras-tuner's server replaced by ours."""
+    from keras_tuner.src.distribute import oracle_chief
+
+    from toolkit import sweeps
+    from toolkit.search import parse_search
+
+    spec = parse_search(config)
+    sweep_dir = Path(out_dir) if out_dir is not None else sweeps.DEFAULT_SWEEPS_DIR / config.name
+    project = sweep_dir / sweeps.TUNER_DIR
+    if not overwrite and (project / "oracle.json").is_file() and not (project / "chief.json").is_file():
+        # keras-tuner reloads the oracle only if the file of its own tuner id exists (keras-tuner #976):
+        # without this, a chief taking over a sweep begun in one process would start it over.
+        _write_json(project / "chief.json", {})
+
+    def serve(oracle: Any) -> None:
+        _serve(oracle, the_plan, identity=config_identity(config), source=config.source, sweep_dir=sweep_dir,
+               planned=spec.planned_trials(), verbose=verbose, chief_timeout=chief_timeout, say=say)
+
+    settings = {"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": the_plan.listen.host,
+                "KERASTUNER_ORACLE_PORT": str(the_plan.listen.port)}
+    original = oracle_chief.start_server
+    oracle_chief.start_server = serve  # keras-tuner's own: 20 s polling, no supervision, no prompt exit
     try:
-        chief = Chief(sweep.oracle, config_dict=config.to_dict(), source=config.source,
-                      sweep_dir=str(sweep.sweep_dir), on_trial_end=lambda end: say(format_trial_end(end)),
-                      on_event=say)
-        supervisor = None
-        try:
-            address = chief.start(the_plan.listen)
-            if the_plan.workers:
-                supervisor = Supervisor(chief, [f"tuner{i}" for i in range(the_plan.workers)],
-                                        sweep_dir=Path(sweep.sweep_dir), verbose=verbose,
-                                        chief_timeout=chief_timeout, on_event=say)
-                supervisor.start_all()
-                say(f"chief on {address}: {the_plan.workers} worker(s), logs in {Path(sweep.sweep_dir) / 'logs'}")
-            if the_plan.role == "chief" and (the_plan.listen.port or not the_plan.workers):
-                say(f"chief listening on {address}; on each worker machine run: ktk tune CONFIG --role worker "
-                    f"--chief {address}" + ("" if address.host not in (LOOPBACK, "localhost") else
-                                            "  (loopback: only this machine can join)"))
-            while True:
-                if supervisor is not None:
-                    supervisor.poll()
-                else:
-                    chief.requeue_silent_workers()
-                if chief.finished() and (supervisor is None or supervisor.all_exited()):
-                    break
-                if supervisor is not None and supervisor.all_exited() and not chief.finished():
-                    raise UserError("every worker exited but the sweep is not finished; see the logs in "
-                                    f"{Path(sweep.sweep_dir) / 'logs'}")
-                time.sleep(0.2)
-        finally:
-            if supervisor is not None:
-                supervisor.stop()
-            chief.stop()
-        if chief.halt_message:
-            raise UserError(f"the sweep stopped: {chief.halt_message}", file=str(sweep.sweep_dir))
-        return sweep.finish()
+        with _environment(settings):
+            return sweeps.tune(config, out_dir=sweep_dir, overwrite=overwrite, verbose=verbose, progress=say)
     finally:
-        sweep.close()
+        oracle_chief.start_server = original
+
+
+def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
+           planned: Optional[int],
+           verbose: bool, chief_timeout: float, say: Callable[[str], None]) -> None:
+    """Serves the oracle until every trial is finished, supervising the local workers; then returns."""
+    chief = Chief(oracle, identity=identity, source=source, sweep_dir=sweep_dir, planned=planned, on_event=say,
+                  on_trial_end=lambda end: say(format_trial_end(end)))
+    if chief.nothing_left():
+        chief.stop()
+        return
+    project = sweep_dir / "tuner"
+    if not (project / "tuner0.json").is_file():
+        _write_json(project / "tuner0.json", {})  # so that a later one-process `ktk tune` reloads the oracle
+    supervisor: Optional[Supervisor] = None
+    try:
+        address = chief.start(the_plan.listen)
+        if the_plan.workers:
+            supervisor = Supervisor(chief, [f"tuner{i}" for i in range(the_plan.workers)], verbose=verbose,
+                                    chief_timeout=chief_timeout, on_event=say)
+            supervisor.start_all()
+            say(f"chief on {address} with {the_plan.workers} worker process(es); their logs: {sweep_dir / LOGS_DIR}")
+        if the_plan.role == "chief" and (the_plan.listen.port or not the_plan.workers):
+            hint = "  (loopback: only this machine can join)" if address.host in (LOOPBACK, "localhost", "::1") else ""
+            say(f"chief listening on {address}; start workers with: ktk tune CONFIG --role worker --chief "
+                f"{address} --worker-id NAME{hint}")
+        while True:
+            if supervisor is not None:
+                supervisor.poll()
+            chief.requeue_silent_workers()
+            if chief.finished():
+                break
+            if supervisor is not None and supervisor.all_exited() and not the_plan.listen.port:
+                raise UserError(f"every worker exited but the sweep is not finished; see {sweep_dir / LOGS_DIR}")
+            time.sleep(0.1)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        chief.stop()
+    if chief.halt_message:
+        raise UserError(f"the sweep stopped: {chief.halt_message}", file=str(sweep_dir))
 
 
 def format_trial_end(end: TrialEnd) -> str:
-    """One progress line: trial k/N, worker, score, best so far, elapsed, an estimate of the time left."""
-    total = f"/{end.total}" if end.total else ""
-    parts = [f"trial {end.done}{total} ({end.trial_id}) on {end.worker or '?'}"]
-    if end.retrying:
-        parts.append("failed, will retry")
-    elif end.status == "COMPLETED":
-        parts.append(f"{end.objective} {_number(end.score)}")
+    """One progress line, like a one-process sweep's, with the worker that ran the trial."""
+    if end.status == "COMPLETED":
+        outcome = f"{end.objective} {_fmt(end.score)}"
     else:
-        reason = (end.message or "").strip().splitlines()
-        parts.append(end.status.lower() + (f": {reason[-1][:120]}" if reason else ""))
-    if end.best_score is not None:
-        parts.append(f"best {_number(end.best_score)} ({end.best_trial})")
-    parts.append(f"elapsed {_duration(end.elapsed_s)}")
-    if end.total and end.finished_this_session:
-        left = max(0, end.total - end.done)
-        parts.append(f"~{_duration(end.elapsed_s / end.finished_this_session * left)} left")
-    return "  ".join(parts)
+        reason = " ".join((end.message or "failed").split())
+        outcome = "failed: " + (reason if len(reason) <= 80 else reason[:77] + "...")
+    best = f"best {_fmt(end.best_score)} (trial {end.best_trial})" if end.best_trial is not None else "best -"
+    eta = "?"
+    if end.planned and end.finished_here:
+        eta = _clock(end.elapsed_s / end.finished_here * max(0, end.planned - end.done))
+    return (f"trial {end.done}/{end.planned or '?'} (id {end.trial_id}) [{end.worker or '?'}]: {outcome} | "
+            f"{best} | elapsed {_clock(end.elapsed_s)} | eta {eta}")
 
 
-def _number(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
-def _duration(seconds: float) -> str:
+def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-# ----------------------------------------------------------------------------------- the sweep itself
-
-
-@dataclass
-class _ChiefSweep:
-    sweep_dir: Path
-    oracle: Any
-    finish: Callable[[], Any]
-    close: Callable[[], None]
-
-
-def _open_chief_sweep(config: Any, *, out_dir: Optional[str], overwrite: bool) -> _ChiefSweep:
-    """The sweep as the chief sees it: its directory, the reloaded oracle, and how to finish it."""
-    from toolkit import _proto_sweep
-
-    return _proto_sweep.open_chief(config, out_dir=out_dir, overwrite=overwrite)
-
-
-def _run_worker_search(config: Any, sweep_dir: Path, worker_id: str, verbose: bool) -> int:
-    """Runs keras-tuner's search in this worker (the chief's env vars are set); returns trials run."""
-    from toolkit import _proto_sweep
-
-    return _proto_sweep.run_worker(config, sweep_dir=sweep_dir, worker_id=worker_id, verbose=verbose)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 # ----------------------------------------------------------------------------------- worker processes
 
 
 def _worker_main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of a supervised worker process (``python -m toolkit.distributed``)."""
+    """A supervised worker process (``python -m toolkit.distributed``): the config comes from the chief."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m toolkit.distributed")
@@ -942,17 +1038,18 @@ def _worker_main(argv: Optional[List[str]] = None) -> int:
     if args.parent:
         _watch_parent(args.parent)
     try:
-        result = run_worker(None, chief=parse_address(args.chief, flag="--chief"), worker_id=args.worker_id,
-                            out_dir=args.out, verbose=args.verbose, chief_timeout=args.chief_timeout)
+        run_worker(None, chief=parse_address(args.chief, flag="--chief"), worker_id=args.worker_id,
+                   out_dir=args.out, verbose=args.verbose, chief_timeout=args.chief_timeout,
+                   progress=lambda line: print(line, flush=True))
     except UserError as error:
         print(f"ktk: error: {error}", file=sys.stderr, flush=True)
         return 2
-    print(f"worker {result.worker_id}: {result.trials_run} trial(s) run", flush=True)
+    print(f"worker {args.worker_id}: done", flush=True)
     return 0
 
 
 def _exit_now(code: int) -> None:
-    """Exits without the interpreter's teardown: TensorFlow's takes seconds and there is nothing left to save."""
+    """Exits without the interpreter's teardown: TensorFlow's takes seconds and nothing is left to save."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
