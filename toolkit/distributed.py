@@ -137,16 +137,19 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
     if role is None:
         role = "worker" if chief is not None else "chief"
     if role not in ("chief", "worker"):
-        raise UserError(where="--role", received=role, choices=["chief", "worker"])
+        raise UserError("unknown role", where="--role", received=role, choices=["chief", "worker"])
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(where="--workers", expected="a whole number of worker processes, 1 or more",
                         received=workers)
     if chief_timeout is not None and not (isinstance(chief_timeout, (int, float)) and chief_timeout > 0):
         raise UserError(where="--chief-timeout", expected="a number of seconds above 0", received=chief_timeout)
     if role == "worker":
-        for flag, value in (("--workers", workers), ("--listen", listen)):
-            if value is not None:
-                raise UserError(f"{flag} is for the chief, not for a worker", where=flag, received=value)
+        if workers is not None:
+            raise UserError("a worker does not start workers; start them with --workers on the chief",
+                            where="--workers", received=workers)
+        if listen is not None:
+            raise UserError("a worker does not listen; it connects to the chief with --chief", where="--listen",
+                            received=listen)
         if overwrite:
             raise UserError("workers never delete the shared sweep directory; use --overwrite on the chief",
                             where="--overwrite")
@@ -156,12 +159,12 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
         return Plan("worker", chief=parse_address(chief, flag="--chief"),
                     worker_id=check_worker_id(worker_id) if worker_id is not None else default_worker_id())
     if chief is not None:
-        raise UserError("--chief is for workers; the chief listens with --listen", where="--chief",
+        raise UserError("the chief does not connect to a chief; it listens with --listen", where="--chief",
                         received=chief)
     if worker_id is not None:
-        raise UserError("--worker-id is for workers (--role worker)", where="--worker-id", received=worker_id)
+        raise UserError("only a worker (--role worker) has a worker id", where="--worker-id", received=worker_id)
     if chief_timeout is not None:
-        raise UserError("--chief-timeout is for workers (--role worker)", where="--chief-timeout",
+        raise UserError("only a worker (--role worker) waits for a chief", where="--chief-timeout",
                         received=chief_timeout)
     address = parse_address(listen, flag="--listen", default_port=0) if listen is not None else Address(LOOPBACK, 0)
     return Plan("chief", workers=workers or 0, listen=address)
@@ -243,6 +246,7 @@ class Chief:
                  on_event: Optional[Callable[[str], None]] = None, lease_s: float = WORKER_LEASE_S,
                  planned: Optional[int] = None):
         self.oracle = oracle
+        oracle.verbose = 0  # keras-tuner's display prints tables per trial; the chief prints one line instead
         self.identity = identity
         self.fingerprint = config_fingerprint(identity)
         self.source = str(Path(source).resolve()) if source else None
@@ -593,8 +597,12 @@ class ChiefClient:
     def _ids(self) -> Dict[str, str]:
         return {"worker_id": self.worker_id, "token": self.token}
 
-    def hello(self, identity: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    def hello(self, identity: Optional[Dict[str, Any]], file: Optional[str] = None) -> Dict[str, Any]:
         """Waits up to the timeout for the chief and returns its answer.
+
+        Args:
+            identity: this worker's :func:`config_identity` (checked by the chief), or None to take the chief's.
+            file: this worker's config file, named when the chief refuses its config.
 
         Raises:
             UserError: when the chief cannot be reached in time, or refuses this worker.
@@ -615,8 +623,9 @@ class ChiefClient:
                 raise UserError(f"{self.address} answers but is not a ktk chief", where="--chief") from None
             raise UserError(f"the chief at {self.address} failed: {error.details()}", where="--chief") from None
         if not answer.get("ok"):
-            raise UserError(answer.get("error", "the chief refused this worker"),
-                            where=answer.get("where") or "--worker-id")
+            if answer.get("where"):  # keys where the configs differ
+                raise UserError(answer["error"], where=answer["where"], file=file)
+            raise UserError(answer.get("error", "the chief refused this worker"), where="--worker-id")
         return answer
 
     def start_heartbeats(self, interval_s: float = HEARTBEAT_S) -> None:
@@ -681,7 +690,8 @@ def run_worker(config: Any, *, chief: Address, worker_id: str, out_dir: Optional
     check_worker_id(worker_id)
     client = ChiefClient(chief, worker_id, chief_timeout)
     try:
-        answer = client.hello(config_identity(config) if config is not None else None)
+        answer = client.hello(config_identity(config) if config is not None else None,
+                              file=config.source if config is not None else None)
         if config is None:
             from toolkit.config import parse_config
 

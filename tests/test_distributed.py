@@ -1,0 +1,418 @@
+"""Distributed sweeps on loopback: flags, the chief's books, and real supervised sweeps through the CLI.
+
+Every process a test starts is bounded by a timeout and killed in a finally block or fixture.
+"""
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit.config import parse_config
+from toolkit.distributed import (
+    Address,
+    Chief,
+    ChiefClient,
+    check_worker_id,
+    config_identity,
+    format_trial_end,
+    parse_address,
+    plan,
+    TrialEnd,
+)
+from toolkit.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SWEEP = """\
+name: iris-dist
+seed: 3
+data: {source: sklearn.iris}
+model: {hidden: [8]}
+training:
+  optimizer: {name: adam, learning_rate: 0.05}
+  batch_size: 32
+  epochs: 1
+search:
+  tuner: random
+  objective: val_accuracy
+  max_trials: 4
+  trials_per_process: inline
+  space:
+    model.hidden.0: {int: [2, 32]}
+    training.optimizer.learning_rate: {float: [1.0e-3, 1.0e-1], log: true}
+"""
+
+
+# ----------------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"workers": 0}, "--workers: expected a whole number of worker processes, 1 or more; received 0."),
+    ({"role": "worker"}, "--chief: a worker needs the chief's address; expected HOST:PORT, e.g. --chief "
+                         "10.0.0.5:8470."),
+    ({"chief": "h:1", "overwrite": True}, "--overwrite: workers never delete the shared sweep directory; use "
+                                          "--overwrite on the chief."),
+    ({"chief": "h:1", "workers": 2}, "--workers: a worker does not start workers; start them with --workers "
+                                     "on the chief; received 2."),
+    ({"chief": "h:1", "listen": "h:2"}, "--listen: a worker does not listen; it connects to the chief with "
+                                        "--chief; received 'h:2'."),
+    ({"role": "chief", "chief": "h:1"}, "--chief: the chief does not connect to a chief; it listens with "
+                                        "--listen; received 'h:1'."),
+    ({"workers": 2, "worker_id": "a"}, "--worker-id: only a worker (--role worker) has a worker id; "
+                                       "received 'a'."),
+    ({"workers": 2, "chief_timeout": 5.0}, "--chief-timeout: only a worker (--role worker) waits for a chief; "
+                                           "received 5.0."),
+    ({"chief": "h:1", "chief_timeout": 0}, "--chief-timeout: expected a number of seconds above 0; received 0."),
+    ({"chief": "h:1", "worker_id": "the-chief"}, "--worker-id: keras-tuner reserves ids containing 'chief' for "
+                                                 "the chief; received 'the-chief'."),
+    ({"chief": "localhost"}, "--chief: the port is missing; expected HOST:PORT, e.g. 127.0.0.1:8470 or "
+                             "10.0.0.5:8470; received 'localhost'."),
+    ({"role": "boss"}, "--role: unknown role; received 'boss'. Valid choices: chief, worker."),
+])
+def test_bad_flag_combinations_are_refused_with_a_clear_message(kwargs, message):
+    with pytest.raises(UserError) as caught:
+        plan(**kwargs)
+    assert str(caught.value) == message
+
+
+def test_plans_infer_the_role_and_bind_loopback_by_default():
+    local = plan(workers=3)
+    assert (local.role, local.workers, local.listen) == ("chief", 3, Address("127.0.0.1", 0))
+    assert plan(role="chief").listen == Address("127.0.0.1", 0)
+    assert plan(listen="0.0.0.0:8470").listen == Address("0.0.0.0", 8470)
+    worker = plan(chief="10.0.0.5:8470", worker_id="gpu-1")
+    assert (worker.role, worker.chief, worker.worker_id) == ("worker", Address("10.0.0.5", 8470), "gpu-1")
+    assert "chief" not in plan(chief="h:1").worker_id.lower()  # a default id is never taken for a chief
+
+
+def test_addresses_and_worker_ids():
+    assert parse_address("[::1]:9000", flag="--chief") == Address("::1", 9000)
+    assert str(Address("::1", 9000)) == "[::1]:9000"
+    assert parse_address("example.org", flag="--listen", default_port=0) == Address("example.org", 0)
+    with pytest.raises(UserError, match="expected a port between 1 and 65535; received 70000"):
+        parse_address("h:70000", flag="--chief")
+    assert check_worker_id("gpu-1.node_2") == "gpu-1.node_2"
+    with pytest.raises(UserError, match="letters, digits"):
+        check_worker_id("a b")
+
+
+def test_progress_line_names_the_worker():
+    end = TrialEnd(trial_id="07", status="COMPLETED", score=0.91234, worker="tuner1", done=3, planned=10,
+                   best_score=0.95, best_trial="02", objective="val_accuracy", elapsed_s=90.0, finished_here=3)
+    assert format_trial_end(end) == ("trial 3/10 (id 07) [tuner1]: val_accuracy 0.9123 | best 0.9500 (trial 02) "
+                                     "| elapsed 0:01:30 | eta 0:03:30")
+    failed = TrialEnd(trial_id="08", status="FAILED", score=None, worker="tuner0", done=4, planned=10,
+                      best_score=None, best_trial=None, objective="val_accuracy", elapsed_s=10.0, finished_here=1,
+                      message="diverged: the training loss became NaN")
+    assert "[tuner0]: failed: diverged: the training loss became NaN | best - |" in format_trial_end(failed)
+
+
+# ----------------------------------------------------------------------------------- the chief's books
+
+
+@pytest.fixture()
+def sweep_config(tmp_path):
+    path = tmp_path / "iris.yaml"
+    path.write_text(SWEEP)
+    return path
+
+
+@pytest.fixture()
+def served(tmp_path, sweep_config):
+    """A chief serving a real keras-tuner oracle (3 trials of one float) on loopback, and a stub to call it."""
+    import grpc
+    import keras_tuner
+    from keras_tuner.src import protos
+
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("score", "max"),
+                                                    max_trials=3, seed=1)
+    oracle._set_project_dir(str(tmp_path / "sweep"), "tuner")
+    space = oracle.get_space()
+    space.Float("x", 0.0, 1.0)
+    oracle.update_space(space)
+    events = []
+    config = parse_config(json.loads(json.dumps(config_identity(_load(sweep_config)))))
+    chief = Chief(oracle, identity=config_identity(config), source=str(sweep_config),
+                  sweep_dir=tmp_path / "sweep", on_event=events.append, lease_s=0.3)
+    address = chief.start(Address("127.0.0.1", 0))
+    channel = grpc.insecure_channel(str(address))
+    stub = protos.get_service_grpc().OracleStub(channel)
+    try:
+        yield chief, stub, protos.get_service(), events
+    finally:
+        channel.close()
+        chief.stop()
+
+
+def _load(path):
+    from toolkit.config import load_config
+
+    return load_config(path)
+
+
+def _create(stub, service, tuner_id):
+    from keras_tuner.src.engine import trial as trial_module
+
+    return trial_module.Trial.from_proto(stub.CreateTrial(service.CreateTrialRequest(tuner_id=tuner_id),
+                                                          timeout=10).trial)
+
+
+def _finish(stub, service, trial, score):
+    stub.UpdateTrial(service.UpdateTrialRequest(trial_id=trial.trial_id, metrics={"score": score}), timeout=10)
+    trial.status = "COMPLETED"
+    stub.EndTrial(service.EndTrialRequest(trial=trial.to_proto()), timeout=10)
+
+
+def test_a_silent_worker_loses_its_trial_and_a_late_result_is_recorded_once(served):
+    chief, stub, service, events = served
+    lost = _create(stub, service, "w1")
+    time.sleep(0.5)  # w1 sends no heartbeat: past its lease
+    chief.requeue_silent_workers()
+    assert len(events) == 1
+    assert re.fullmatch(rf"worker w1 silent for \d s: trial {lost.trial_id} goes back to the queue", events[0])
+    again = _create(stub, service, "w2")
+    assert again.trial_id == lost.trial_id  # the queue hands it to another worker
+    _finish(stub, service, lost, 0.7)  # w1 was alive after all and reports first
+    _finish(stub, service, again, 0.2)  # w2's result for the same trial is not recorded a second time
+    oracle = chief.oracle
+    assert oracle.end_order == [lost.trial_id]
+    assert oracle.trials[lost.trial_id].score == 0.7
+    assert not oracle.ongoing_trials and not oracle._retry_queue
+
+
+def test_the_chief_finishes_once_every_trial_is_done_and_every_worker_told(served):
+    chief, stub, service, events = served
+    trials = [_create(stub, service, "w1"), _create(stub, service, "w2")]
+    _finish(stub, service, trials[0], 0.5)
+    third = _create(stub, service, "w1")
+    for trial, score in ((trials[1], 0.6), (third, 0.4)):
+        _finish(stub, service, trial, score)
+    assert not chief.finished()  # no worker has heard STOPPED yet
+    assert _create(stub, service, "w1").status == "STOPPED"
+    assert not chief.finished()  # w2 would otherwise wait for a chief that is gone
+    assert _create(stub, service, "w2").status == "STOPPED"
+    assert chief.finished()
+    chief.stop()
+    saved = json.loads((chief.sweep_dir / "tuner" / "oracle.json").read_text())
+    assert saved["ongoing_trials"] == {}  # keras-tuner's own last save still listed the last trial
+    assert sorted(saved["end_order"]) == sorted(t.trial_id for t in (trials[0], trials[1], third))
+
+
+def test_the_handshake_refuses_another_config_a_busy_id_and_another_directory(served, sweep_config, tmp_path):
+    from toolkit.distributed import run_worker
+
+    chief, stub, service, events = served
+    other = _load(sweep_config).with_values({"training.epochs": 2})
+    with pytest.raises(UserError) as caught:
+        run_worker(other, chief=chief.address, worker_id="w9", chief_timeout=5)
+    assert str(caught.value) == (f"{sweep_config}: training.epochs: this worker's config is not the chief's: it "
+                                 "differs at these keys; start workers with the chief's config file and --set "
+                                 "values.")
+    first = ChiefClient(chief.address, "w1", 5)
+    first.hello(None)
+    second = ChiefClient(chief.address, "w1", 5)
+    with pytest.raises(UserError, match="worker id 'w1' is in use by a running worker"):
+        second.hello(None)
+    first.close()  # a goodbye frees the id at once: a restart may take it over
+    assert second.hello(None)["ok"]
+    second.close()
+    with pytest.raises(UserError) as caught:
+        run_worker(_load(sweep_config), chief=chief.address, worker_id="w3", out_dir=str(tmp_path / "elsewhere"),
+                   chief_timeout=5)
+    assert "--out: this is not the sweep directory of the chief at 127.0.0.1:" in str(caught.value)
+
+
+def test_an_unreachable_chief_is_a_clear_error_within_the_timeout(sweep_config):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit", "tune", str(sweep_config), "--role", "worker", "--chief",
+         f"127.0.0.1:{port}", "--chief-timeout", "2"], capture_output=True, text=True, env=_env(), timeout=60)
+    took = time.monotonic() - started
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"ktk: error: --chief: cannot reach the chief at 127.0.0.1:{port} within 2 s: is it running (ktk tune "
+        "CONFIG --role chief --listen HOST:PORT) and listening on an address this machine can reach?")
+    assert took < 30  # keras-tuner's own workers wait an hour
+
+
+# ----------------------------------------------------------------------------------- whole sweeps
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+class Sweep:
+    """`ktk tune` in a subprocess, its output lines timestamped as they arrive; always cleaned up."""
+
+    def __init__(self, *args, cwd):
+        self.out = Path(cwd) / "sweep"
+        self.lines = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "toolkit", "tune", *map(str, args), "--out", str(self.out)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=cwd,
+            start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def text(self):
+        return "\n".join(line for _, line in self.lines)
+
+    def wait_for(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"gave up waiting for {what}; output so far:\n{self.text()}")
+
+    def wait(self, timeout):
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"ktk tune still running after {timeout} s:\n{self.text()}") from None
+        self._reader.join(5)
+        return code
+
+    def worker_pids(self):
+        try:
+            return json.loads((self.out / "logs" / "workers.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def ongoing(self):
+        try:
+            return json.loads((self.out / "tuner" / "oracle.json").read_text())["ongoing_trials"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def kill_everything(self):
+        pids = list(self.worker_pids().values())
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        for pid in pids:  # workers run in sessions of their own
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture()
+def sweeps():
+    started = []
+
+    def start(*args, cwd):
+        sweep = Sweep(*args, cwd=cwd)
+        started.append(sweep)
+        return sweep
+
+    yield start
+    for sweep in started:
+        sweep.kill_everything()
+
+
+def _trials(sweep_dir):
+    with open(sweep_dir / "trials.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _oracle(sweep_dir):
+    return json.loads((sweep_dir / "tuner" / "oracle.json").read_text())
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_two_workers_run_every_trial_once_and_the_chief_exits_promptly(sweeps, sweep_config, tmp_path):
+    sweep = sweeps(sweep_config, "--workers", "2", "--set", "search.max_trials=6", cwd=tmp_path)
+    assert sweep.wait(240) == 0, sweep.text()
+    rows = _trials(sweep.out)
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2", "3", "4", "5"]
+    assert {r["status"] for r in rows} == {"completed"}
+    assert {r["worker"] for r in rows} == {"tuner0", "tuner1"}
+    oracle = _oracle(sweep.out)
+    assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1", "2", "3", "4", "5"]
+    assert json.loads((sweep.out / "best" / "metrics.json").read_text())["test"]
+    trial_lines = [(t, line) for t, line in sweep.lines if line.startswith("trial ")]
+    assert len(trial_lines) == 6 and all("[tuner" in line for _, line in trial_lines)
+    retrain = next(t for t, line in sweep.lines if line.startswith("retraining trial"))
+    assert retrain - trial_lines[-1][0] < 10  # keras-tuner's chief polls every 20 s before it stops
+    assert not any(_alive(pid) for pid in sweep.worker_pids().values())
+
+    # A finished distributed sweep resumed in one process runs nothing again (not even the last trial).
+    again = sweeps(sweep_config, "--set", "search.max_trials=6", cwd=tmp_path)
+    assert again.wait(120) == 0, again.text()
+    assert "6 of 6 trials already done" in again.text()
+    assert not [line for _, line in again.lines if line.startswith("trial ")]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_restarted_and_no_trial_is_lost_or_repeated(sweeps, sweep_config, tmp_path):
+    sweep = sweeps(sweep_config, "--workers", "2", cwd=tmp_path)
+    sweep.wait_for(lambda: "tuner1" in sweep.ongoing() and "tuner1" in sweep.worker_pids(), 120,
+                   "tuner1 to start a trial")
+    killed_trial = sweep.ongoing()["tuner1"]
+    os.kill(sweep.worker_pids()["tuner1"], signal.SIGKILL)
+    assert sweep.wait(240) == 0, sweep.text()
+    text = sweep.text()
+    assert "worker tuner1 was killed by SIGKILL (out of memory, or kill -9); its trial" in text
+    rows = _trials(sweep.out)
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2", "3"]
+    assert {r["status"] for r in rows} == {"completed"}
+    oracle = _oracle(sweep.out)
+    assert sorted(oracle["end_order"]) == ["0", "1", "2", "3"]  # each trial ended exactly once
+    assert oracle["ongoing_trials"] == {}
+    if f"its trial {killed_trial} resumes" in text:  # (unless tuner1 finished it just before the kill)
+        assert next(r for r in rows if r["trial_id"] == killed_trial)["worker"] == "tuner1"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_everything_and_a_plain_ktk_tune_resumes(sweeps, sweep_config, tmp_path):
+    sweep = sweeps(sweep_config, "--workers", "2", cwd=tmp_path)
+    sweep.wait_for(lambda: any(line.startswith("trial 1/4") for _, line in sweep.lines), 120, "a first trial")
+    pids = sweep.worker_pids()
+    os.kill(sweep.process.pid, signal.SIGINT)
+    assert sweep.wait(60) == 130, sweep.text()
+    assert "ktk: interrupted" in sweep.text()
+    time.sleep(0.5)
+    assert pids and not any(_alive(pid) for pid in pids.values())
+    done_before = {r["trial_id"] for r in _trials(sweep.out)}
+    assert 1 <= len(done_before) < 4
+
+    resumed = sweeps(sweep_config, cwd=tmp_path)
+    assert resumed.wait(180) == 0, resumed.text()
+    assert f"{len(done_before)} of 4 trials already done" in resumed.text()
+    rows = _trials(sweep.out)
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2", "3"]
+    assert {r["status"] for r in rows} == {"completed"}
+    assert len([line for _, line in resumed.lines if line.startswith("trial ")]) == 4 - len(done_before)
+    assert sorted(_oracle(sweep.out)["end_order"]) == ["0", "1", "2", "3"]
