@@ -208,6 +208,25 @@ def test_the_chief_finishes_once_every_trial_is_done_and_every_worker_told(serve
     assert sorted(saved["end_order"]) == sorted(t.trial_id for t in (trials[0], trials[1], third))
 
 
+def test_failed_trials_in_a_row_over_all_workers_stop_the_handing_out(served):
+    chief, stub, service, events = served
+    chief.max_failures_in_a_row = 2
+    first, second = _create(stub, service, "w1"), _create(stub, service, "w2")
+    for trial in (first, second):
+        # keras-tuner's trial messages do not travel over gRPC: the chief reads the worker's trial record
+        record = chief.sweep_dir / "records" / f"{trial.trial_id}.json"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"trial_id": trial.trial_id, "status": "failed", "message": "diverged"}))
+        trial.status = "FAILED"
+        stub.EndTrial(service.EndTrialRequest(trial=trial.to_proto()), timeout=10)
+    assert chief.halt_message == ("the search stopped after 2 failed trials in a row (limit 2); the last failed "
+                                  "with: diverged. Finished trials are kept: fix the cause and "
+                                  "run the same command to resume, or raise the limit")
+    assert _create(stub, service, "w1").status == "STOPPED"  # one trial was left: it is not handed out
+    assert _create(stub, service, "w2").status == "STOPPED"
+    assert chief.finished()
+
+
 def test_the_handshake_refuses_another_config_a_busy_id_and_another_directory(served, sweep_config, tmp_path):
     from toolkit.distributed import run_worker
 

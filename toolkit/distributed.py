@@ -52,7 +52,8 @@ HEARTBEAT_S = 5.0  # how often a worker tells the chief it is alive
 WORKER_LEASE_S = 60.0  # a remote worker silent this long loses its trial to the queue
 CRASHES_PER_TRIAL = 3  # a trial whose worker dies this many times is recorded as failed
 STARTUP_CRASHES = 3  # a worker that dies this many times in a row before any trial stops the sweep
-STOP_GRACE_S = 10.0  # how long stopping workers may take before they are killed
+STOP_GRACE_S = 10.0
+IDLE_DELAY_S = 0.5  # how long the chief holds an "ask again later" answer  # how long stopping workers may take before they are killed
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SERVICE = "ktk.Sweep"
 LOGS_DIR = "logs"  # <sweep>/logs: chief.json (address, token) and one log per local worker
@@ -239,12 +240,14 @@ class Chief:
         on_event: called with a line of text for events (a worker lost, a trial back in the queue).
         lease_s: a worker this chief does not supervise loses its trial after this many silent seconds.
         planned: the number of trials the search plans (for progress lines).
+        max_failures_in_a_row: after this many failed trials in a row (over all workers) the chief hands
+            out no more trials and the sweep stops with a message, as a one-process sweep does.
     """
 
     def __init__(self, oracle: Any, *, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
                  on_trial_end: Optional[Callable[[TrialEnd], None]] = None,
                  on_event: Optional[Callable[[str], None]] = None, lease_s: float = WORKER_LEASE_S,
-                 planned: Optional[int] = None):
+                 planned: Optional[int] = None, max_failures_in_a_row: Optional[int] = None):
         self.oracle = oracle
         oracle.verbose = 0  # keras-tuner's display prints tables per trial; the chief prints one line instead
         self.identity = identity
@@ -254,6 +257,7 @@ class Chief:
         self.token = uuid.uuid4().hex
         self.lease_s = lease_s
         self.planned = planned
+        self.max_failures_in_a_row = max_failures_in_a_row
         self._on_trial_end = on_trial_end or (lambda end: None)
         self._on_event = on_event or (lambda text: None)
         self.lock = threading.RLock()  # one oracle call at a time, as keras-tuner's one-thread server did
@@ -405,6 +409,18 @@ class Chief:
             self._on_event(f"trial {ended.trial_id} on {worker_id} ended {ended.status}; it will be retried")
             return
         self.finished_here += 1
+        reason = _failure_reason(self.sweep_dir, ended)
+        in_a_row = 0
+        for trial_id in reversed(oracle.end_order):
+            if oracle.trials[trial_id].status == trial_module.TrialStatus.COMPLETED:
+                break
+            in_a_row += 1
+        if self.max_failures_in_a_row and in_a_row >= self.max_failures_in_a_row and self.halt_message is None:
+            # The words of a one-process sweep (toolkit.sweeps), counted over every worker.
+            self.halt_message = (
+                f"the search stopped after {in_a_row} failed trials in a row (limit {self.max_failures_in_a_row});"
+                f" the last failed with: {reason or 'no reason recorded'}. Finished trials are kept: fix the cause and run the same "
+                "command to resume, or raise the limit")
         best = [t for t in oracle.get_best_trials(1) if t.status == trial_module.TrialStatus.COMPLETED]
         self._on_trial_end(TrialEnd(
             trial_id=ended.trial_id, status=ended.status, score=ended.score, worker=worker_id,
@@ -412,7 +428,7 @@ class Chief:
             best_score=best[0].score if best else None, best_trial=best[0].trial_id if best else None,
             objective=getattr(oracle.objective, "name", str(oracle.objective)),
             elapsed_s=time.monotonic() - self.started, finished_here=self.finished_here,
-            message=_failure_reason(self.sweep_dir, ended)))
+            message=reason))
 
 
 def _failure_reason(sweep_dir: Path, trial: Any) -> Optional[str]:
@@ -488,7 +504,11 @@ def _make_servicer(chief: Chief) -> Any:
                 if book.told_to_stop:
                     chief.stop_triggered = True
                     oracle.tuner_ids.discard(tuner_id)
-                return service.CreateTrialResponse(trial=trial.to_proto())
+            if trial.status == trial_module.TrialStatus.IDLE:
+                # Hyperband waits for a round to finish; keras-tuner's worker asks again at once, in a tight
+                # loop. Answering a little later keeps that loop from taking a core from the training.
+                time.sleep(IDLE_DELAY_S)
+            return service.CreateTrialResponse(trial=trial.to_proto())
 
         def EndTrial(self, request, context):  # noqa: N802
             trial = trial_module.Trial.from_proto(request.trial)
@@ -756,6 +776,19 @@ class _Slot:
     exited: bool = False
 
 
+class WorkerError(UserError):
+    """A user error a worker process stopped on, shown in the worker's own words."""
+
+    def __init__(self, worker_id: str, text: str):
+        self.worker_id = worker_id
+        self.text = text
+        super().__init__(text)
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        return f"{self.text} (worker {self.worker_id}; its log is in the sweep's logs/ folder)"
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -788,7 +821,11 @@ class Supervisor:
         self.on_event = on_event
 
     def _command(self, worker_id: str) -> List[str]:
-        command = [sys.executable, "-m", "toolkit.distributed", "--chief", str(self.chief.address),
+        address = self.chief.address
+        wildcard = {"0.0.0.0": LOOPBACK, "::": "::1"}
+        if address.host in wildcard:  # a chief listening on every interface is reached here on loopback
+            address = Address(wildcard[address.host], address.port)
+        command = [sys.executable, "-m", "toolkit.distributed", "--chief", str(address),
                    "--worker-id", worker_id, "--out", str(self.chief.sweep_dir),
                    "--chief-timeout", str(self.chief_timeout), "--parent", str(os.getpid())]
         return command + (["--verbose"] if self.verbose else [])
@@ -840,7 +877,7 @@ class Supervisor:
                 tail = _log_tail(slot.log_path, 8).splitlines()
                 message = next((line[len("ktk: error: "):] for line in reversed(tail)
                                 if line.startswith("ktk: error: ")), "\n".join(tail))
-                raise UserError(f"worker {slot.worker_id} stopped: {message}")
+                raise WorkerError(slot.worker_id, message)
             else:
                 self._restart_after_crash(slot, code)
 
@@ -951,7 +988,8 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
 
     def serve(oracle: Any) -> None:
         _serve(oracle, the_plan, identity=config_identity(config), source=config.source, sweep_dir=sweep_dir,
-               planned=spec.planned_trials(), verbose=verbose, chief_timeout=chief_timeout, say=say)
+               planned=spec.planned_trials(), max_failures_in_a_row=spec.max_consecutive_failures,
+               verbose=verbose, chief_timeout=chief_timeout, say=say)
 
     settings = {"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": the_plan.listen.host,
                 "KERASTUNER_ORACLE_PORT": str(the_plan.listen.port)}
@@ -965,11 +1003,11 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
 
 
 def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
-           planned: Optional[int],
-           verbose: bool, chief_timeout: float, say: Callable[[str], None]) -> None:
+           planned: Optional[int], max_failures_in_a_row: Optional[int], verbose: bool, chief_timeout: float,
+           say: Callable[[str], None]) -> None:
     """Serves the oracle until every trial is finished, supervising the local workers; then returns."""
     chief = Chief(oracle, identity=identity, source=source, sweep_dir=sweep_dir, planned=planned, on_event=say,
-                  on_trial_end=lambda end: say(format_trial_end(end)))
+                  on_trial_end=lambda end: say(format_trial_end(end)), max_failures_in_a_row=max_failures_in_a_row)
     if chief.nothing_left():
         chief.stop()
         return
@@ -990,7 +1028,12 @@ def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Opt
                 f"{address} --worker-id NAME{hint}")
         while True:
             if supervisor is not None:
-                supervisor.poll()
+                try:
+                    supervisor.poll()
+                except UserError:
+                    if chief.halt_message is None:
+                        raise
+                    # A worker stopped on its own count of failed trials; the chief's count says it better.
             chief.requeue_silent_workers()
             if chief.finished():
                 break
@@ -1002,7 +1045,7 @@ def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Opt
             supervisor.stop()
         chief.stop()
     if chief.halt_message:
-        raise UserError(f"the sweep stopped: {chief.halt_message}", file=str(sweep_dir))
+        raise UserError(chief.halt_message, where="search.max_consecutive_failures", file=source)
 
 
 def format_trial_end(end: TrialEnd) -> str:
