@@ -76,8 +76,8 @@ def sweep(work, name, trials, workers, sample_memory=False):
                 pids = {}
             now = time.perf_counter() - start
             for worker_id, pid in pids.items():
-                samples.setdefault(worker_id, []).append((now, group_rss_mb(pid)))
-            samples.setdefault("chief", []).append((now, rss_mb(process.pid)))
+                samples.setdefault(worker_id, []).append((now, rss_mb(pid), group_rss_mb(pid)))
+            samples.setdefault("chief", []).append((now, rss_mb(process.pid), None))
 
     sampler = threading.Thread(target=sample, daemon=True)
     if sample_memory:
@@ -103,8 +103,8 @@ def sweep(work, name, trials, workers, sample_memory=False):
 
 
 def memory_at(samples, moment):
-    """The sample nearest before `moment` (MB)."""
-    before = [mb for t, mb in samples if t <= moment and mb]
+    """The worker process's own RSS (MB) in the sample nearest before `moment`."""
+    before = [mb for t, mb, _ in samples if t <= moment and mb]
     return before[-1] if before else float("nan")
 
 
@@ -114,36 +114,44 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--memory-trials", type=int, default=60, help="trials of the memory sweep (0: none)")
     parser.add_argument("--memory-workers", type=int, default=2)
+    parser.add_argument("--memory-only", action="store_true", help="skip the throughput sweeps")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores; {args.trials}-trial sweeps of {CONFIG.name}")
     work = Path(tempfile.mkdtemp(prefix="ktk-dist-bench-"))
     try:
-        results = {"one process": sweep(work, "single", args.trials, 0)}
-        for workers in args.workers:
-            results[f"{workers} worker(s)"] = sweep(work, f"w{workers}", args.trials, workers)
+        results = {}
+        if not args.memory_only:
+            results["one process"] = sweep(work, "single", args.trials, 0)
+            for workers in args.workers:
+                results[f"{workers} worker(s)"] = sweep(work, f"w{workers}", args.trials, workers)
         base = results.get("1 worker(s)")
-        print(f"\n| setting | wall time | first trial at | trials/min (steady) | speed-up vs 1 worker |")
-        print("| --- | --- | --- | --- | --- |")
+        if results:
+            print(f"\n| setting | wall time | first trial at | trials/min (steady) | speed-up vs 1 worker |")
+            print("| --- | --- | --- | --- | --- |")
         for name, r in results.items():
             speedup = f"{r['per_minute'] / base['per_minute']:.2f}x" if base else "-"
             print(f"| {name} | {r['wall_s']:.1f} s | {r['first_trial_s']:.1f} s | {r['per_minute']:.1f} | {speedup} |")
         if args.memory_trials:
             r = sweep(work, "memory", args.memory_trials, args.memory_workers, sample_memory=True)
             print(f"\nmemory over a {args.memory_trials}-trial sweep with {args.memory_workers} workers "
-                  f"(RSS of each worker with its trial process; {r['wall_s']:.0f} s):")
-            print("| process | trials | RSS at its first trial | RSS at its last trial | peak | growth per trial |")
+                  f"({r['wall_s']:.0f} s). A worker process lives for the whole sweep; the trial processes it "
+                  "runs are replaced every search.trials_per_process trials (the next one starts during the "
+                  "last trial of the current one), so the peak of a worker with its trial processes counts "
+                  "up to two of them:")
+            print("| worker | trials | worker RSS at its first trial | at its last trial | growth per trial | "
+                  "peak with its trial processes |")
             print("| --- | --- | --- | --- | --- | --- |")
             for worker_id, ends in sorted(r["trial_ends"].items()):
                 samples = r["samples"].get(worker_id, [])
                 first, last = memory_at(samples, ends[0]), memory_at(samples, ends[-1])
-                peak = max((mb for _, mb in samples if mb), default=float("nan"))
+                peak = max((group for _, _, group in samples if group), default=float("nan"))
                 growth = (last - first) / max(1, len(ends) - 1)
-                print(f"| {worker_id} | {len(ends)} | {first:.0f} MB | {last:.0f} MB | {peak:.0f} MB | "
-                      f"{growth:+.2f} MB |")
-            chief = [mb for _, mb in r["samples"].get("chief", []) if mb]
+                print(f"| {worker_id} | {len(ends)} | {first:.0f} MB | {last:.0f} MB | {growth:+.2f} MB | "
+                      f"{peak:.0f} MB |")
+            chief = [mb for _, mb, _ in r["samples"].get("chief", []) if mb]
             if chief:
-                print(f"| chief (serves the oracle, retrains best/) | - | {chief[0]:.0f} MB | {chief[-1]:.0f} MB | "
-                      f"{max(chief):.0f} MB | - |")
+                print(f"| chief (serves the oracle, then retrains best/) | - | {chief[0]:.0f} MB | {chief[-1]:.0f} MB "
+                      f"| - | {max(chief):.0f} MB |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

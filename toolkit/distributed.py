@@ -559,9 +559,10 @@ def _ktk_handlers(chief: Chief) -> Any:
         worker_id, token = str(request.get("worker_id")), str(request.get("token"))
         with chief.lock:
             book = chief.workers.get(worker_id)
-            if book is None or book.token != token:
+            if book is not None and book.token and book.token != token:
                 return {"ok": False}  # an older process under a reused id
-            chief.touch(worker_id)
+            # Known, or a worker of a chief that was restarted: it carries on under this chief.
+            chief.touch(worker_id).token = token
         return {"ok": True}
 
     def goodbye(request: Dict[str, Any], context: Any) -> Dict[str, Any]:
