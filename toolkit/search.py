@@ -788,15 +788,27 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
 
     by_path = {p.path: p for p in spec.space}
     for param in spec.space:
+        # Only what the value can change is built: the model for model.*, the optimizer for training.*.
+        builds_model = param.path.startswith("model.")
+        builds_optimizer = param.path.startswith(("training.optimizer.", "training.schedule"))
+        if not (builds_model or builds_optimizer):
+            continue
         for value, values in candidates(param, by_path):
             trial_config = apply_values(config, values)
-            keras.backend.clear_session()
             try:
-                build_model(trial_config, data)
-                training.get_optimizer(trial_config, steps_per_epoch=1)
+                if builds_model:
+                    keras.backend.clear_session()
+                    build_model(trial_config, data)
+                if builds_optimizer:
+                    training.get_optimizer(trial_config, steps_per_epoch=1)
             except UserError as error:
                 raise _invalid(param, value, values, error, "is rejected by Keras") from None
     # The objective must be one of the metrics Keras reports on the validation split.
+    metrics = config.training.metrics if config.training.metrics is not None else \
+        training.DEFAULT_METRICS[data.task]
+    names = ["val_loss"] + [f"val_{m}" for m in metrics if isinstance(m, str)]
+    if spec.objective.name in names:
+        return
     keras.backend.clear_session()
     model = build_model(config, data)
     training.compile_model(model, config, data)
