@@ -294,15 +294,19 @@ class SearchSpec:
                       max_consecutive_failed_trials=10**9)
         if self.tuner == "random":
             return keras_tuner.oracles.RandomSearchOracle(max_trials=self.max_trials, **common)
+        # The grid and hyperband plan their own number of trials; giving it to keras-tuner also makes the
+        # trial ids short ("0".."9" rather than "0000"...).
         if self.tuner == "grid":
-            return keras_tuner.oracles.GridSearchOracle(max_trials=self.max_trials, **common)
+            return keras_tuner.oracles.GridSearchOracle(max_trials=self.planned_trials(), **common)
         if self.tuner == "bayesian":
             return keras_tuner.oracles.BayesianOptimizationOracle(
                 max_trials=self.max_trials, num_initial_points=self.num_initial_points, **common)
         if self.tuner == "hyperband":
-            return capped_hyperband_oracle_class()(
-                max_trials_cap=self.max_trials, max_epochs=self.base_epochs, factor=self.factor,
-                hyperband_iterations=self.hyperband_iterations, **common)
+            oracle = keras_tuner.oracles.HyperbandOracle(
+                max_epochs=self.base_epochs, factor=self.factor, hyperband_iterations=self.hyperband_iterations,
+                **common)
+            oracle.max_trials = self.planned_trials()  # the base Oracle stops there: search.max_trials caps
+            return oracle
         return quasi_random_oracle_class()(max_trials=self.max_trials, sequence=self.sequence, **common)
 
 
@@ -971,23 +975,3 @@ def quasi_random_oracle_class() -> type:
 
     QuasiRandomOracle.__module__ = __name__
     return QuasiRandomOracle
-
-
-@functools.lru_cache(maxsize=None)
-def capped_hyperband_oracle_class() -> type:
-    """keras-tuner's HyperbandOracle that also stops after ``max_trials_cap`` trials when one is given."""
-    import keras_tuner
-    from keras_tuner.src.engine import trial as trial_module
-
-    class CappedHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
-        def __init__(self, max_trials_cap=None, **kwargs):
-            super().__init__(**kwargs)
-            self.max_trials_cap = max_trials_cap
-
-        def populate_space(self, trial_id):
-            if self.max_trials_cap and len(self.trials) >= self.max_trials_cap:
-                return {"status": trial_module.TrialStatus.STOPPED, "values": None}
-            return super().populate_space(trial_id)
-
-    CappedHyperbandOracle.__module__ = __name__
-    return CappedHyperbandOracle
