@@ -294,15 +294,19 @@ class SearchSpec:
                       max_consecutive_failed_trials=10**9)
         if self.tuner == "random":
             return keras_tuner.oracles.RandomSearchOracle(max_trials=self.max_trials, **common)
+        # The grid and hyperband plan their own number of trials; giving it to keras-tuner also makes the
+        # trial ids short ("0".."9" rather than "0000"...).
         if self.tuner == "grid":
-            return keras_tuner.oracles.GridSearchOracle(max_trials=self.max_trials, **common)
+            return keras_tuner.oracles.GridSearchOracle(max_trials=self.planned_trials(), **common)
         if self.tuner == "bayesian":
             return keras_tuner.oracles.BayesianOptimizationOracle(
                 max_trials=self.max_trials, num_initial_points=self.num_initial_points, **common)
         if self.tuner == "hyperband":
-            return capped_hyperband_oracle_class()(
-                max_trials_cap=self.max_trials, max_epochs=self.base_epochs, factor=self.factor,
-                hyperband_iterations=self.hyperband_iterations, **common)
+            oracle = keras_tuner.oracles.HyperbandOracle(
+                max_epochs=self.base_epochs, factor=self.factor, hyperband_iterations=self.hyperband_iterations,
+                **common)
+            oracle.max_trials = self.planned_trials()  # the base Oracle stops there: search.max_trials caps
+            return oracle
         return quasi_random_oracle_class()(max_trials=self.max_trials, sequence=self.sequence, **common)
 
 
@@ -788,15 +792,27 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
 
     by_path = {p.path: p for p in spec.space}
     for param in spec.space:
+        # Only what the value can change is built: the model for model.*, the optimizer for training.*.
+        builds_model = param.path.startswith("model.")
+        builds_optimizer = param.path.startswith(("training.optimizer.", "training.schedule"))
+        if not (builds_model or builds_optimizer):
+            continue
         for value, values in candidates(param, by_path):
             trial_config = apply_values(config, values)
-            keras.backend.clear_session()
             try:
-                build_model(trial_config, data)
-                training.get_optimizer(trial_config, steps_per_epoch=1)
+                if builds_model:
+                    keras.backend.clear_session()
+                    build_model(trial_config, data)
+                if builds_optimizer:
+                    training.get_optimizer(trial_config, steps_per_epoch=1)
             except UserError as error:
                 raise _invalid(param, value, values, error, "is rejected by Keras") from None
     # The objective must be one of the metrics Keras reports on the validation split.
+    metrics = config.training.metrics if config.training.metrics is not None else \
+        training.DEFAULT_METRICS[data.task]
+    names = ["val_loss"] + [f"val_{m}" for m in metrics if isinstance(m, str)]
+    if spec.objective.name in names:
+        return
     keras.backend.clear_session()
     model = build_model(config, data)
     training.compile_model(model, config, data)
@@ -959,23 +975,3 @@ def quasi_random_oracle_class() -> type:
 
     QuasiRandomOracle.__module__ = __name__
     return QuasiRandomOracle
-
-
-@functools.lru_cache(maxsize=None)
-def capped_hyperband_oracle_class() -> type:
-    """keras-tuner's HyperbandOracle that also stops after ``max_trials_cap`` trials when one is given."""
-    import keras_tuner
-    from keras_tuner.src.engine import trial as trial_module
-
-    class CappedHyperbandOracle(keras_tuner.oracles.HyperbandOracle):
-        def __init__(self, max_trials_cap=None, **kwargs):
-            super().__init__(**kwargs)
-            self.max_trials_cap = max_trials_cap
-
-        def populate_space(self, trial_id):
-            if self.max_trials_cap and len(self.trials) >= self.max_trials_cap:
-                return {"status": trial_module.TrialStatus.STOPPED, "values": None}
-            return super().populate_space(trial_id)
-
-    CappedHyperbandOracle.__module__ = __name__
-    return CappedHyperbandOracle

@@ -186,7 +186,8 @@ class _Sweep:
             self.say(f"resuming the sweep in {self.dir}: {resumed} of {planned or '?'} trials already done")
         try:
             tuner = self._make_tuner()
-            tuner.search(verbose=0)
+            with _keras_tuner_quiet():
+                tuner.search(verbose=0)
         except _SearchStopped as stop:
             self._write_trials_csv()
             raise UserError(str(stop), where="search.max_consecutive_failures", file=self.base.source) from None
@@ -347,6 +348,19 @@ class _Sweep:
 
 class _SearchStopped(Exception):
     """Too many failed trials in a row."""
+
+
+@contextlib.contextmanager
+def _keras_tuner_quiet() -> Any:
+    """keras-tuner prints the traceback of every failed trial (its DEBUG flag); the sweep records the reason."""
+    from keras_tuner.src import config as keras_tuner_config
+
+    saved = keras_tuner_config.DEBUG
+    keras_tuner_config.DEBUG = False
+    try:
+        yield
+    finally:
+        keras_tuner_config.DEBUG = saved
 
 
 @functools.lru_cache(maxsize=None)
@@ -558,8 +572,7 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         model = build_model(config, data)
         training.compile_model(model, config, data)
         logger = history_logger(history_path)
-        training.fit(model, config, data, callbacks=[logger, keras.callbacks.TerminateOnNaN()],
-                     verbose=task["verbose"])
+        training.fit(model, config, data, callbacks=[logger, _stop_on_nan()], verbose=task["verbose"])
         history = logger.history
         losses = history.get("loss", [])
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
@@ -593,6 +606,19 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         "best_epoch": first["best_epoch"],
         "params": first["params"],
     }
+
+
+def _stop_on_nan() -> Any:
+    """Stops training at the first non-finite batch loss (Keras' TerminateOnNaN, without its print)."""
+    import keras
+
+    class StopOnNaN(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.model.stop_training = True
+
+    return StopOnNaN()
 
 
 class _InlineRunner:
