@@ -227,6 +227,28 @@ def test_failed_trials_in_a_row_over_all_workers_stop_the_handing_out(served):
     assert chief.finished()
 
 
+def test_trials_running_when_a_chief_stopped_go_back_to_their_workers(served):
+    chief, stub, service, events = served
+    oracle = chief.oracle
+    first, second = _create(stub, service, "w1"), _create(stub, service, "w2")
+    running = {"w1": first.trial_id, "w2": second.trial_id}
+    # What keras-tuner's reload does with the trials a stopped chief listed as running: back to the queue.
+    oracle._retry_queue.extend(t.trial_id for t in oracle.ongoing_trials.values())
+    oracle.ongoing_trials.clear()
+    chief.restore_running(running, local_ids=["w1"], remote_possible=False)
+    assert oracle.ongoing_trials["w1"].trial_id == first.trial_id  # held for its own (restarted) worker
+    assert oracle._retry_queue == [second.trial_id]  # w2 cannot come back here: anyone may take it
+    oracle._retry_queue.clear()
+    oracle.ongoing_trials["w2"] = oracle.trials[second.trial_id]
+    oracle.ongoing_trials.pop("w1")
+    oracle._retry_queue.append(first.trial_id)
+    chief.restore_running(running, local_ids=[], remote_possible=True)
+    assert {w: t.trial_id for w, t in oracle.ongoing_trials.items()} == running
+    assert _create(stub, service, "w1").trial_id == first.trial_id  # a restarted w1 resumes it
+    _finish(stub, service, first, 0.3)  # and w1 still training it reports it: once
+    assert oracle.end_order == [first.trial_id] and not oracle._retry_queue
+
+
 def test_the_handshake_refuses_another_config_a_busy_id_and_another_directory(served, sweep_config, tmp_path):
     from toolkit.distributed import run_worker
 

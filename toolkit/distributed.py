@@ -52,8 +52,8 @@ HEARTBEAT_S = 5.0  # how often a worker tells the chief it is alive
 WORKER_LEASE_S = 60.0  # a remote worker silent this long loses its trial to the queue
 CRASHES_PER_TRIAL = 3  # a trial whose worker dies this many times is recorded as failed
 STARTUP_CRASHES = 3  # a worker that dies this many times in a row before any trial stops the sweep
-STOP_GRACE_S = 10.0
-IDLE_DELAY_S = 0.5  # how long the chief holds an "ask again later" answer  # how long stopping workers may take before they are killed
+STOP_GRACE_S = 10.0  # how long stopping workers may take before they are killed
+IDLE_DELAY_S = 0.5  # how long the chief holds an "ask again later" answer
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SERVICE = "ktk.Sweep"
 LOGS_DIR = "logs"  # <sweep>/logs: chief.json (address, token) and one log per local worker
@@ -310,6 +310,33 @@ class Chief:
             # keras-tuner saves oracle.json *before* popping the trial that just ended; save once more.
             self.oracle.save()
 
+    def restore_running(self, running: Dict[str, str], *, local_ids: List[str], remote_possible: bool) -> None:
+        """Gives the trials that were running when the last chief stopped back to their workers.
+
+        keras-tuner puts them in the queue on reload, so a worker still training one (the chief died, its
+        workers did not) would see it handed to another worker too. Held for their worker instead, they are
+        re-queued by the lease if that worker does not come back (or at once where no such worker can).
+
+        Args:
+            running: ``ongoing_trials`` of the saved oracle state (worker id -> trial id).
+            local_ids: the ids of this chief's own worker processes.
+            remote_possible: whether workers of other processes can connect at all.
+        """
+        from keras_tuner.src.engine import trial as trial_module
+
+        oracle = self.oracle
+        with self.lock:
+            for worker_id, trial_id in running.items():
+                if trial_id not in oracle._retry_queue or (worker_id not in local_ids and not remote_possible):
+                    continue
+                oracle._retry_queue.remove(trial_id)
+                trial = oracle.trials[trial_id]
+                trial.status = trial_module.TrialStatus.RUNNING
+                oracle.ongoing_trials[worker_id] = trial
+                oracle.tuner_ids.add(worker_id)
+                self.book(worker_id)
+            oracle.save()
+
     def nothing_left(self) -> bool:
         """The reloaded sweep has every planned trial finished: no worker is needed."""
         oracle = self.oracle
@@ -419,8 +446,8 @@ class Chief:
             # The words of a one-process sweep (toolkit.sweeps), counted over every worker.
             self.halt_message = (
                 f"the search stopped after {in_a_row} failed trials in a row (limit {self.max_failures_in_a_row});"
-                f" the last failed with: {reason or 'no reason recorded'}. Finished trials are kept: fix the cause and run the same "
-                "command to resume, or raise the limit")
+                f" the last failed with: {reason or 'no reason recorded'}. Finished trials are kept: fix the cause "
+                "and run the same command to resume, or raise the limit")
         best = [t for t in oracle.get_best_trials(1) if t.status == trial_module.TrialStatus.COMPLETED]
         self._on_trial_end(TrialEnd(
             trial_id=ended.trial_id, status=ended.status, score=ended.score, worker=worker_id,
@@ -982,13 +1009,18 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
     spec = parse_search(config)
     sweep_dir = Path(out_dir) if out_dir is not None else sweeps.DEFAULT_SWEEPS_DIR / config.name
     project = sweep_dir / sweeps.TUNER_DIR
+    try:  # the trials running when the last chief stopped, and on which worker (keras-tuner forgets who)
+        running = {} if overwrite else json.loads((project / "oracle.json").read_text())["ongoing_trials"]
+    except (OSError, ValueError, KeyError):
+        running = {}
     if not overwrite and (project / "oracle.json").is_file() and not (project / "chief.json").is_file():
         # keras-tuner reloads the oracle only if the file of its own tuner id exists (keras-tuner #976):
         # without this, a chief taking over a sweep begun in one process would start it over.
         _write_json(project / "chief.json", {})
 
     def serve(oracle: Any) -> None:
-        _serve(oracle, the_plan, identity=config_identity(config), source=config.source, sweep_dir=sweep_dir,
+        _serve(oracle, the_plan, running=running, identity=config_identity(config), source=config.source,
+               sweep_dir=sweep_dir,
                planned=spec.planned_trials(), max_failures_in_a_row=spec.max_consecutive_failures,
                verbose=verbose, chief_timeout=chief_timeout, say=say)
 
@@ -1003,12 +1035,17 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
         oracle_chief.start_server = original
 
 
-def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
+def _serve(oracle: Any, the_plan: Plan, *, running: Dict[str, str], identity: Dict[str, Any],
+           source: Optional[str], sweep_dir: Path,
            planned: Optional[int], max_failures_in_a_row: Optional[int], verbose: bool, chief_timeout: float,
            say: Callable[[str], None]) -> None:
     """Serves the oracle until every trial is finished, supervising the local workers; then returns."""
     chief = Chief(oracle, identity=identity, source=source, sweep_dir=sweep_dir, planned=planned, on_event=say,
                   on_trial_end=lambda end: say(format_trial_end(end)), max_failures_in_a_row=max_failures_in_a_row)
+    local_ids = [f"tuner{i}" for i in range(the_plan.workers)]
+    # Only a chief on a known port (or with no local workers) can be joined by other processes.
+    remote_possible = bool(the_plan.listen.port or not the_plan.workers)
+    chief.restore_running(running, local_ids=local_ids, remote_possible=remote_possible)
     if chief.nothing_left():
         chief.stop()
         return
@@ -1019,7 +1056,7 @@ def _serve(oracle: Any, the_plan: Plan, *, identity: Dict[str, Any], source: Opt
     try:
         address = chief.start(the_plan.listen)
         if the_plan.workers:
-            supervisor = Supervisor(chief, [f"tuner{i}" for i in range(the_plan.workers)], verbose=verbose,
+            supervisor = Supervisor(chief, local_ids, verbose=verbose,
                                     chief_timeout=chief_timeout, on_event=say)
             supervisor.start_all()
             say(f"chief on {address} with {the_plan.workers} worker process(es); their logs: {sweep_dir / LOGS_DIR}")
