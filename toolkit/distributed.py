@@ -567,9 +567,11 @@ def _ktk_handlers(chief: Chief) -> Any:
             now = time.monotonic()
             if (book is not None and book.token and book.token != token and not book.gone
                     and not book.told_to_stop and now - book.last_seen < 2.5 * HEARTBEAT_S):
+                wait = 2.5 * HEARTBEAT_S - (now - book.last_seen)
                 return {"ok": False, "error": f"worker id {worker_id!r} is in use by a running worker (heard "
-                                              f"from {now - book.last_seen:.0f} s ago); give this worker "
-                                              "another --worker-id"}
+                                              f"from {now - book.last_seen:.0f} s ago); if that worker is gone, "
+                                              f"start this one again in {wait:.0f} s, or give it another "
+                                              "--worker-id"}
             if request.get("fingerprint") not in (None, chief.fingerprint):
                 mine = request.get("identity") or {}
                 paths = _differences(mine, chief.identity)
@@ -944,7 +946,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 pass
             _kill_group(process, signal.SIGKILL)
-            process.wait(5.0)
+            try:
+                process.wait(5.0)
+            except subprocess.TimeoutExpired:  # stuck in the kernel; nothing more to do from here
+                pass
 
 
 def _kill_group(process: subprocess.Popen, sig: int) -> None:
