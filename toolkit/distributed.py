@@ -9,6 +9,12 @@ train them and report back, all writing into one shared project directory. This 
 - ``--role chief --listen HOST:PORT`` and ``--role worker --chief HOST:PORT`` split the same sweep over
   several machines that share the sweep directory.
 
+Every process runs :func:`toolkit.sweeps.tune` with keras-tuner's environment variables set, so trials are
+built, trained and recorded exactly as in one process. In the chief, keras-tuner's ``start_server`` (called
+from ``BaseTuner.search``) is swapped for :func:`_serve` for the duration of the call: our server around the
+same oracle, our supervision loop. After it returns, ``tune`` goes on to write trials.csv and retrain
+``best/`` once, in the chief.
+
 Hazards of keras-tuner 1.4.8 handled here (measured; see docs/distributed.md):
 
 - the chief polls every 20 s before exiting and never exits while a dead worker holds a trial: the chief is
@@ -20,7 +26,11 @@ Hazards of keras-tuner 1.4.8 handled here (measured; see docs/distributed.md):
 - workers wait up to an hour for an absent chief: here a worker gives up after ``chief_timeout``
   seconds with a clear :class:`UserError`;
 - gRPC servers share ports (SO_REUSEPORT) by default, so two chiefs could silently split one port:
-  the chief binds exclusively.
+  the chief binds exclusively;
+- keras-tuner reloads a project only if the file of its own tuner id exists (keras-tuner #976), so a chief
+  taking over a one-process sweep would start it over: the chief creates ``chief.json`` and ``tuner0.json``;
+- a restarted chief puts the trials that were running back in the queue while their workers may still be
+  training them: they are held for those workers instead (:meth:`Chief.restore_running`).
 
 The gRPC channel has no authentication and no encryption: bind to loopback (the default) or a trusted
 network only.
