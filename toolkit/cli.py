@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-error", type=float, metavar="E",
                    help="Bayes/human-level error to measure avoidable bias against (default: config or 0)")
     p.add_argument("--format", default="text", choices=["text", "json"])
+    p.add_argument("--tolerance", type=float, metavar="T",
+                   help="gap above which bias/variance counts as high (default 0.03 of classification error; "
+                   "for regression 0.2 times the error it is measured from)")
 
     p = commands.add_parser("gradcheck", help="compare backprop gradients with finite differences")
     p.add_argument("config", metavar="CONFIG")
@@ -181,8 +184,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    # Implemented with the lessons issue: toolkit.diagnosis.diagnose(run_dir, baseline_error=...)
-    raise UserError("ktk diagnose is not available yet", where="diagnose")
+    import json
+
+    from toolkit.diagnosis import diagnose, format_diagnosis
+
+    result = diagnose(args.run_dir, baseline_error=args.baseline_error, tolerance=args.tolerance)
+    print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_diagnosis(result))
+    return 0
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
