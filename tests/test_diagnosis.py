@@ -126,7 +126,8 @@ def test_flat_loss_is_flagged(tmp_path):
 
 def test_gradient_flow_vanishing_exploding_and_zeros(tmp_path):
     vanishing = [(e, layer, norm, 1.0) for e in (0, 1, 2)
-                 for layer, norm in (("dense_1", 1e-9), ("dense_2", 1e-6), ("dense_3", 1e-2), ("output", 0.5))]
+                 for layer, norm in (("dense_1", 1e-9), ("batchnorm_1", 1e-4), ("dense_2", 1e-6), ("dense_3", 0.1),
+                                     ("output", 0.5))]
     note = diagnose(make_run(tmp_path / "v", 0.9, 0.9, gradients=vanishing)).note("vanishing_gradients")
     assert note.layers == ["dense_1", "dense_2"]
     assert "early layers" in note.message and "batch normalization (model.batchnorm: true)" in note.remedies

@@ -40,11 +40,14 @@ REGRESSION_ERROR_KEYS = ("mae", "mean_absolute_error", "mse", "mean_squared_erro
                          "root_mean_squared_error", "mape", "mean_absolute_percentage_error", "msle",
                          "mean_squared_logarithmic_error", "huber", "logcosh")
 
-# Gradient flow: a layer whose gradient norm is below this fraction of the largest layer's norm (at the
-# same epoch) receives almost no signal: its gradient vanished on the way back.
-VANISHING_RATIO = 1e-3
+# Gradient flow: a layer whose gradient norm is below this fraction of that of a layer closer to the
+# output (at the same epoch) receives little signal: its gradient faded on the way back.
+VANISHING_RATIO = 0.1
 # A gradient norm growing this many times over its first recorded value is blowing up.
 EXPLODING_GROWTH = 100.0
+# A training loss whose best value is within 5% of its first epoch's has not learnt.
+FLAT_LOSS_CHANGE = 0.05
+EXPLODING_MINIMUM = 1.0  # ... and reaching at least this norm
 
 REMEDIES = {
     "high_bias": [
@@ -198,16 +201,58 @@ def _check_run_dir(run_dir: Union[str, Path]) -> Path:
     return path
 
 
-def _config_baseline(path: Path) -> Optional[float]:
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        return None
-    from toolkit.config import read_yaml_file
+@dataclass
+class _RunFacts:
+    """What diagnosis needs from the run's config.yaml and model.keras (all optional)."""
 
-    raw = read_yaml_file(config_file) or {}
-    section = raw.get("diagnose") if isinstance(raw, dict) else None
-    value = section.get("baseline_error") if isinstance(section, dict) else None
-    return None if value is None else float(value)
+    baseline_error: Optional[float] = None
+    epochs: Optional[int] = None  # configured epochs, None with early stopping
+    regularized: bool = False  # an L1/L2 penalty is part of the loss
+    num_classes: Optional[int] = None
+
+
+def _run_facts(path: Path, metrics: Dict[str, Any]) -> _RunFacts:
+    facts = _RunFacts(num_classes=metrics.get("num_classes"))
+    config_file = path / "config.yaml"
+    if config_file.is_file():
+        from toolkit.config import read_yaml_file
+
+        raw = read_yaml_file(config_file) or {}
+        if not isinstance(raw, dict):
+            raise UserError(expected="a mapping of config sections", received=raw, file=str(config_file))
+        section = raw.get("diagnose")
+        value = section.get("baseline_error") if isinstance(section, dict) else None
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(where="diagnose.baseline_error", expected="a number", received=value,
+                                file=str(config_file))
+            facts.baseline_error = float(value)
+        training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+        epochs = training.get("epochs")
+        # With early stopping, an early end is no sign of "train longer".
+        if isinstance(epochs, int) and not training.get("early_stopping"):
+            facts.epochs = epochs
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in model.get("layers") or []
+                                              if isinstance(layer, dict)]
+        facts.regularized = any(isinstance(spec, dict) and (spec.get("l1") or spec.get("l2")) for spec in specs)
+    if facts.num_classes is None and metrics.get("task") == "multiclass":
+        facts.num_classes = _output_units(path / "model.keras")
+    return facts
+
+
+def _output_units(model_file: Path) -> Optional[int]:
+    """Units of the model's last Dense layer, read from model.keras's config.json (no TensorFlow)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            config = json.loads(archive.read("config.json"))
+        layers = config["config"]["layers"]
+        units = [layer["config"]["units"] for layer in layers if layer.get("class_name") == "Dense"]
+        return int(units[-1]) if units else None
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -262,11 +307,13 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     key, error_name, complement = _error_metric(metrics, task)
     classification = complement
 
+    facts = _run_facts(path, metrics)
     if baseline_error is not None:
         baseline, source = float(baseline_error), "flag"
+    elif facts.baseline_error is not None:
+        baseline, source = facts.baseline_error, "config"
     else:
-        from_config = _config_baseline(path)
-        baseline, source = (from_config, "config") if from_config is not None else (0.0, "default")
+        baseline, source = 0.0, "default"
     if baseline < 0 or not math.isfinite(baseline):
         raise UserError(where="--baseline-error", expected="a non-negative error", received=baseline)
 
@@ -316,8 +363,8 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     history_file = path / "history.csv"
     if history_file.is_file():
         notes.extend(curve_notes(_read_csv(history_file), task=task, epochs_run=metrics.get("epochs_run"),
-                                 best_epoch=metrics.get("best_epoch"), configured_epochs=_configured_epochs(path),
-                                 num_classes=metrics.get("num_classes")))
+                                 configured_epochs=facts.epochs, num_classes=facts.num_classes,
+                                 regularized=facts.regularized))
     gradients_file = path / "gradients.csv"
     if gradients_file.is_file():
         notes.extend(gradient_notes(_read_csv(gradients_file)))
@@ -341,22 +388,6 @@ def verdict_for_run(run_dir: Union[str, Path]) -> str:
         return ""
 
 
-def _configured_epochs(path: Path) -> Optional[int]:
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        return None
-    from toolkit.config import read_yaml_file
-
-    try:
-        raw = read_yaml_file(config_file) or {}
-        epochs = raw.get("training", {}).get("epochs")
-        stopping = raw.get("training", {}).get("early_stopping")
-    except (UserError, AttributeError):
-        return None
-    # With early stopping, an early end is no sign of "train longer".
-    return int(epochs) if isinstance(epochs, int) and not stopping else None
-
-
 # ---------------------------------------------------------------------------------- learning curves
 
 
@@ -374,8 +405,8 @@ def _epochs(rows: Sequence[Dict[str, str]]) -> List[int]:
 
 
 def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_run: Any = None,
-                best_epoch: Any = None, configured_epochs: Optional[int] = None,
-                num_classes: Optional[int] = None) -> List[Note]:
+                configured_epochs: Optional[int] = None, num_classes: Optional[int] = None,
+                regularized: bool = False) -> List[Note]:
     """Findings from the per-epoch history (rows of history.csv as dicts of strings).
 
     Flags a NaN or exploding loss, a first loss far above a chance-level guess (weights initialized too
@@ -409,7 +440,8 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
             EXPLODING_REMEDIES, epoch=epochs[i],
         ))
 
-    chance = _chance_loss(task, num_classes)
+    # With an L1/L2 penalty the loss includes it, so a large first loss says nothing about the outputs.
+    chance = None if regularized else _chance_loss(task, num_classes)
     if chance is not None and loss[0] > 10 * chance:
         notes.append(Note(
             "huge_initial_loss",
@@ -420,13 +452,14 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
              "smaller random weights (a smaller stddev)"], epoch=epochs[0],
         ))
 
-    if len(loss) >= 3 and _relative_change(loss[0], min(loss)) < 0.01:
+    if len(loss) >= 3 and _relative_change(loss[0], min(loss)) < FLAT_LOSS_CHANGE:
         notes.append(Note(
             "flat_loss",
             f"the training loss hardly moved ({loss[0]:.4g} at epoch {epochs[0]}, best {min(loss):.4g}): the "
-            f"network is not learning; all-equal (e.g. zeros) initial weights never break symmetry, or the "
-            f"learning rate is far too small",
+            f"network is not learning: all-equal (e.g. zeros) initial weights never break symmetry, gradients "
+            f"vanish before they reach the early layers, or the learning rate is far too small",
             ["random initialization that breaks symmetry (model.initializer: he_normal)",
+             "batch normalization (model.batchnorm: true) or relu units against vanishing gradients",
              "a larger learning rate (training.optimizer.learning_rate)"],
         ))
 
@@ -520,9 +553,9 @@ def _still_improving(values: Optional[Sequence[float]]) -> Optional[Tuple[int, f
 def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     """Findings from gradients.csv (epoch, layer, grad_norm, weight_norm): vanishing and exploding gradients.
 
-    Vanishing: a layer whose gradient norm stays below 1/1000 of the largest layer's (at the same epoch) in
-    most recorded epochs, typically the early layers. Exploding: a NaN/inf norm, or a gradient norm growing
-    over 100 times its first recorded value.
+    Vanishing: a layer whose gradient norm stays below 1/10 of that of a layer closer to the output (at the
+    same epoch) in most recorded epochs; normalization layers are not judged. Exploding: a NaN/inf norm, or a gradient norm growing
+    over 100 times its first recorded value to above 1.
     """
     by_epoch: Dict[int, Dict[str, Tuple[float, float]]] = {}
     order: List[str] = []
@@ -559,10 +592,12 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
         grown: List[Tuple[str, float, int]] = []
         for layer in order:
             series = [(e, by_epoch[e][layer][0]) for e in epochs if layer in by_epoch[e]]
-            if len(series) < 2 or series[0][1] <= 0:
+            if len(series) < 2 or not series[0][1] > 0:
                 continue
             peak_epoch, peak = max(series[1:], key=lambda item: item[1])
-            if peak > EXPLODING_GROWTH * series[0][1]:
+            # Growth from a near-zero start (a balanced output bias at init) is not an explosion: the
+            # peak must also be large in absolute terms.
+            if peak > EXPLODING_GROWTH * series[0][1] and peak > EXPLODING_MINIMUM:
                 grown.append((layer, peak / series[0][1], peak_epoch))
         if grown:
             worst = max(grown, key=lambda item: item[1])
@@ -573,27 +608,32 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
                 EXPLODING_REMEDIES, layers=_ordered([g[0] for g in grown], order), epoch=worst[2],
             ))
 
-    # Vanishing: tiny compared with the layer getting the most gradient, in most epochs.
-    small_count = {layer: 0 for layer in order}
-    zero_everywhere = {layer: True for layer in order}
-    zero_weights = {layer: True for layer in order}
+    # Vanishing: a layer whose gradient is an order of magnitude below that of a layer closer to the
+    # output, in most epochs. Normalization layers (their scale and shift get small gradients by nature)
+    # are not judged.
+    judged = [layer for layer in order if "norm" not in layer.lower()]
+    small_count = {layer: 0 for layer in judged}
+    zero_everywhere = {layer: True for layer in judged}
+    zero_weights = {layer: True for layer in judged}
     counted = 0
     for epoch in epochs:
-        norms = by_epoch[epoch]
-        finite = [g for g, _ in norms.values() if math.isfinite(g)]
-        if not finite or max(finite) <= 0:
+        norms = {layer: by_epoch[epoch][layer] for layer in judged if layer in by_epoch[epoch]}
+        if not any(math.isfinite(g) and g > 0 for g, _ in norms.values()):
             continue
         counted += 1
-        top = max(finite)
-        for layer, (grad, weight) in norms.items():
-            if math.isfinite(grad) and grad < VANISHING_RATIO * top:
+        later_max = 0.0
+        for layer in reversed(judged):  # from the output back
+            if layer not in norms:
+                continue
+            grad, weight = norms[layer]
+            if math.isfinite(grad) and grad < VANISHING_RATIO * later_max:
                 small_count[layer] += 1
-            if grad != 0:
-                zero_everywhere[layer] = False
-            if weight != 0:
-                zero_weights[layer] = False
+            if math.isfinite(grad):
+                later_max = max(later_max, grad)
+            zero_everywhere[layer] = zero_everywhere[layer] and grad == 0
+            zero_weights[layer] = zero_weights[layer] and weight == 0
     if counted:
-        vanished = [layer for layer in order if small_count[layer] > counted / 2]
+        vanished = [layer for layer in judged if small_count[layer] > counted / 2]
         if vanished:
             zero = [layer for layer in vanished if zero_everywhere[layer]]
             if zero and all(zero_weights[layer] for layer in zero):
@@ -602,11 +642,9 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
                            f"and symmetry is never broken, so these layers never learn")
                 remedies = ["random initialization: He (model.initializer: he_normal) or Glorot"]
             else:
-                first_layer, last_layer = order[0], order[-1]
-                where = ("the early layers " if order.index(vanished[0]) < len(order) - 1 else "")
-                message = (f"gradients vanish in {where}{_names(vanished, order)}: their gradient norms stay "
-                           f"below 1/{int(1 / VANISHING_RATIO)} of the largest layer's in most epochs, so they "
-                           f"barely learn (layers from {first_layer} to {last_layer})")
+                message = (f"gradients vanish on the way back to {_names(vanished, order)}: their gradient norms "
+                           f"stay below 1/{round(1 / VANISHING_RATIO)} of a layer's closer to the output in most "
+                           f"epochs, so the early layers barely learn")
                 remedies = VANISHING_REMEDIES
             notes.append(Note("vanishing_gradients", message, remedies, layers=_ordered(vanished, order)))
     return notes
