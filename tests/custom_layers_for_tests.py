@@ -54,3 +54,18 @@ class WrongGradientDense(_CubeDense):
 @keras.saving.register_keras_serializable(package="ktk_tests")
 class CubeDense(_CubeDense):
     """The same layer with the right gradient."""
+
+
+@keras.saving.register_keras_serializable(package="ktk_tests")
+class NoisyIdentity(keras.layers.Layer):
+    """Adds noise in training mode, with no setting gradient checking knows how to turn off."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, inputs, training=False):
+        if training:
+            return inputs + keras.random.normal(keras.ops.shape(inputs), stddev=0.1, seed=self.seed_generator,
+                                                dtype=inputs.dtype)
+        return inputs

@@ -446,10 +446,10 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
         notes.append(Note(
             "huge_initial_loss",
             f"the first epoch's training loss {loss[0]:.4g} is {loss[0] / chance:.0f} times that of a "
-            f"chance-level guess ({chance:.3g}): the initial weights are far too large, so the first outputs "
-            f"are confidently wrong and learning starts slowly",
+            f"chance-level guess ({chance:.3g}): the first outputs are confidently wrong, because the initial "
+            f"weights are far too large or the inputs are not normalized, and learning starts slowly",
             ["He initialization for relu (model.initializer: he_normal) or Glorot (glorot_uniform)",
-             "smaller random weights (a smaller stddev)"], epoch=epochs[0],
+             "normalized inputs (data.normalize: standard)"], epoch=epochs[0],
         ))
 
     if len(loss) >= 3 and _relative_change(loss[0], min(loss)) < FLAT_LOSS_CHANGE:

@@ -80,7 +80,7 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
         names = [p.stem for p in configs]
         for name in only:
             if name not in names:
-                raise UserError(where="only", expected="a config of the suite", received=name, choices=names)
+                raise UserError(where="--only", expected="a config of the suite", received=name, choices=names)
         configs = [p for p in configs if p.stem in only]
     overrides = list(overrides)
     loaded = [load_config(p, overrides=overrides) for p in configs]  # every mistake before any training
