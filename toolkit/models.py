@@ -82,7 +82,10 @@ def _keras_layer(spec: dict, where: str) -> Any:
     class_name = spec["class_name"]
     choices = keras_names(keras.layers, keras.layers.Layer)
     try:
-        return keras.layers.deserialize({"class_name": class_name, "config": dict(spec.get("config", {}))})
+        identifier = {"class_name": class_name, "config": dict(spec.get("config", {}))}
+        if class_name in choices:
+            identifier["module"] = "keras.layers"  # Keras 3 resolves built-in layers through their module
+        return keras.layers.deserialize(identifier)
     except (ValueError, TypeError, KeyError) as error:
         if class_name not in choices and not _is_registered(class_name):
             raise UserError(where=f"{where}.class_name", expected="a Keras layer class", received=class_name,

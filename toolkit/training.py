@@ -44,7 +44,7 @@ def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     if config.training.schedule is not None:
         arguments["learning_rate"] = get_schedule(config.training.schedule, opt.learning_rate)
     names = sorted({n.lower() for n in keras_names(keras.optimizers, keras.optimizers.Optimizer)}
-                   - {"lossscaleoptimizer"})
+                   - {"lossscaleoptimizer", "multioptimizer"})  # wrappers, not optimizers
     if opt.name.lower() not in names:
         raise UserError(where="training.optimizer.name", expected="a Keras optimizer", received=opt.name,
                         choices=names)
@@ -88,7 +88,7 @@ def _check_arguments(cls: type, arguments: Dict[str, Any], where: str) -> None:
         valid = set(params) | {p for b in base for p in b}
     else:
         valid = set(params)
-    valid -= {"self", "kwargs", "name"}
+    valid -= {"self", "args", "kwargs", "name"}
     for key in arguments:
         if key not in valid:
             raise UserError(where=f"{where}.{key}", expected=f"an argument of {cls.__name__}", received=key,
@@ -187,7 +187,7 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
             mode=stopping.mode, restore_best_weights=stopping.restore_best_weights, verbose=0,
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
-                     callbacks=all_callbacks, verbose=verbose)
+                     callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
 
 
 def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
