@@ -8,7 +8,8 @@ parameter theta_i::
     g_num_i = (J(theta + eps e_i) - J(theta - eps e_i)) / (2 eps)
 
 and the relative difference ``||g_auto - g_num|| / (||g_auto|| + ||g_num||)`` is reported overall and per
-layer: below 1e-7 passes, up to 1e-5 warns, above fails.
+layer: below 1e-7 passes, up to 1e-5 warns, above fails. The check is made at the initialized weights,
+with parameters that are exactly 0 (biases) moved by a small random amount so that no ReLU sits on its kink.
 
 The cost is evaluated *statelessly* (Keras' ``StatelessScope``): the weights are substituted by tensors,
 so nothing in the model (batch-norm moving statistics, random-generator state, loss trackers) changes.
@@ -28,6 +29,7 @@ PASS_BELOW = 1e-7
 WARN_UP_TO = 1e-5
 EPSILON = 1e-7
 BLOCK = 256  # perturbed parameters evaluated per call
+ZERO_JITTER = 0.05  # standard deviation of the value given to parameters that are exactly 0
 
 # Layers whose training-mode output is random, and the config argument that turns the randomness off.
 RANDOM_LAYERS = {
@@ -221,10 +223,16 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_lay
         raise UserError("the model has no trainable parameters to check", where="model")
     shapes = [tuple(v.shape) for v in variables]
     sizes = [int(np.prod(s)) for s in shapes]
-    theta0 = np.concatenate([np.asarray(v.numpy(), dtype=np.float64).ravel() for v in variables])
-    if theta0.dtype != np.float64 or any(v.dtype != "float64" for v in variables):
+    if any(v.dtype != "float64" for v in variables):
         raise UserError("a layer's weights are not float64 (a custom layer fixing its dtype?)",
                         where="model.layers", received=[v.path for v in variables if v.dtype != "float64"])
+    theta0 = np.concatenate([np.asarray(v.numpy(), dtype=np.float64).ravel() for v in variables])
+    # Parameters that are exactly 0 (biases at initialization) are moved by a small random amount: with a
+    # zero bias, a unit whose inputs are all 0 (dead ReLUs before it) sits exactly on the ReLU's kink, where
+    # finite differences and the gradient legitimately disagree. Correct gradients agree at any point.
+    rng = np.random.default_rng(seed)
+    zeros = theta0 == 0.0
+    theta0[zeros] = rng.normal(0.0, ZERO_JITTER, size=int(zeros.sum()))
 
     def unflatten(theta: Any) -> List[Any]:
         return [tf.reshape(part, shape) for part, shape in zip(tf.split(theta, sizes), shapes)]
@@ -245,7 +253,7 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_lay
     if gradient is None:
         raise UserError("the cost does not depend on the model's weights", where="model")
     g_auto = gradient.numpy()
-    if float(cost(tf.constant(theta0)).numpy()) != j0:
+    if float(cost(tf.constant(theta0)).numpy()) != float(cost(tf.constant(theta0)).numpy()):
         raise UserError("the cost differs between two evaluations with the same weights: a layer is random in "
                         "training mode (dropout or noise that gradcheck could not switch off)",
                         where="model.layers")
@@ -260,7 +268,6 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_lay
             index_by_layer[owner] = []
         index_by_layer[owner].append(np.arange(offset, offset + size))
         offset += size
-    rng = np.random.default_rng(seed)
     chosen: Dict[str, np.ndarray] = {}
     for layer in layer_order:
         every = np.concatenate(index_by_layer[layer])
@@ -276,7 +283,7 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_lay
 
         def shifted(step: Any) -> Any:
             return tf.vectorized_map(
-                lambda i: cost(tf.tensor_scatter_nd_add(base, [[i]], [step])), indices)
+                lambda i: cost(base + step * tf.one_hot(i, len(theta0), dtype=tf.float64)), indices)
 
         return (shifted(tf.constant(epsilon, tf.float64)) - shifted(tf.constant(-epsilon, tf.float64))) / (
             2 * epsilon)
