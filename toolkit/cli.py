@@ -131,11 +131,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(handler(args) or 0)
     except UserError as error:
+        config_file = getattr(args, "config", None)
+        if config_file and not (error.where or "").startswith("--"):
+            error.at(file=config_file)  # builder and data errors name a key path of this file
         print(f"ktk: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("ktk: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stderr.close()
+        return 0
 
 
 def _load(args: argparse.Namespace):

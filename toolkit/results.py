@@ -1,0 +1,128 @@
+"""Result files: atomic writes, the per-epoch history log, and the run directory's names.
+
+Every result file is written to a temporary name and renamed into place, so an interrupted process
+never leaves a half-written ``metrics.json`` behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+ENVIRONMENT_FILE = "environment.json"
+GRADIENTS_FILE = "gradients.csv"
+
+PathLike = Union[str, Path]
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Writes `text` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: such values are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _finite(value.item())
+    return value
+
+
+def write_history_csv(path: PathLike, history: Dict[str, List[float]],
+                      learning_rates: Optional[List[float]] = None) -> None:
+    """Writes a per-epoch history (epoch 1-based; train metrics, then val_ metrics, then learning_rate)."""
+    keys = [k for k in history if not k.startswith("val_")] + [k for k in history if k.startswith("val_")]
+    keys = [k for k in keys if k != "learning_rate"]
+    epochs = max((len(v) for v in history.values()), default=0)
+    rows = []
+    for i in range(epochs):
+        row = {"epoch": i + 1}
+        row.update({k: history[k][i] if i < len(history[k]) else "" for k in keys})
+        if learning_rates is not None and i < len(learning_rates):
+            row["learning_rate"] = learning_rates[i]
+        rows.append(row)
+    columns = ["epoch", *keys] + (["learning_rate"] if learning_rates is not None else [])
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(_cell(row.get(c, "")) for c in columns))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return str(value)
+
+
+def read_history_csv(path: PathLike) -> Dict[str, List[float]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return {}
+    return {key: [float(r[key]) if r[key] not in ("", None) else math.nan for r in rows] for key in rows[0]}
+
+
+def history_logger(path: PathLike) -> Any:
+    """A Keras callback rewriting history.csv after every epoch (so an interrupted run keeps its curves)."""
+    import keras
+
+    class HistoryLogger(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: Dict[str, List[float]] = {}
+            self.learning_rates: List[float] = []
+
+        def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+            for key, value in (logs or {}).items():
+                if key == "learning_rate":
+                    continue
+                self.history.setdefault(key, []).append(float(value))
+            self.learning_rates.append(current_learning_rate(self.model))
+            write_history_csv(path, self.history, self.learning_rates)
+
+    return HistoryLogger()
+
+
+def current_learning_rate(model: Any) -> float:
+    """The optimizer's learning rate now (a schedule evaluated at the current step)."""
+    optimizer = model.optimizer
+    try:
+        return float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
+                     else optimizer.learning_rate)
+    except (TypeError, ValueError):  # pragma: no cover - exotic optimizers
+        return math.nan

@@ -1,0 +1,222 @@
+"""Compiling and training: optimizer, learning-rate schedule, loss and metrics, ``tf.data`` pipelines.
+
+Small models spend most of their time in framework overhead, not arithmetic, so the data is fed from a
+``tf.data`` pipeline (cached, shuffled per epoch, prefetched) and several steps run per call into the
+compiled graph (``steps_per_execution``).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from toolkit.errors import UserError
+from toolkit.models import keras_names
+
+DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
+                "regression": "mean_squared_error"}
+DEFAULT_METRICS = {"binary": ["accuracy"], "multiclass": ["accuracy"], "regression": ["mae"]}
+# Steps fused into one call of the compiled training function when steps_per_execution is "auto".
+AUTO_STEPS_PER_EXECUTION = 32
+
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seeds Python, NumPy and TensorFlow (initializers, shuffling, dropout) and makes ops deterministic."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
+    """The Keras optimizer of ``training.optimizer``, with ``training.schedule`` as its learning rate."""
+    import keras
+
+    opt = config.training.optimizer
+    arguments = copy.deepcopy(opt.arguments)
+    if config.training.schedule is not None:
+        arguments["learning_rate"] = get_schedule(config.training.schedule, opt.learning_rate)
+    names = sorted({n.lower() for n in keras_names(keras.optimizers, keras.optimizers.Optimizer)}
+                   - {"lossscaleoptimizer"})
+    if opt.name.lower() not in names:
+        raise UserError(where="training.optimizer.name", expected="a Keras optimizer", received=opt.name,
+                        choices=names)
+    cls = keras.optimizers.get(opt.name.lower()).__class__
+    _check_arguments(cls, arguments, "training.optimizer")
+    try:
+        return cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"Keras rejected the optimizer arguments: {_first_line(error)}",
+                        where="training.optimizer", received=opt.arguments) from None
+
+
+def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
+    """A Keras learning-rate schedule from ``{name: exponential_decay, ...}`` (snake_case class names)."""
+    import keras
+
+    module = keras.optimizers.schedules
+    classes = {_snake(n): getattr(module, n)
+               for n in keras_names(module, module.LearningRateSchedule)}
+    name = schedule.name
+    cls = classes.get(name) or classes.get(_snake(name))
+    if cls is None:
+        raise UserError(where="training.schedule.name", expected="a Keras learning-rate schedule",
+                        received=name, choices=sorted(classes))
+    arguments = dict(schedule.arguments)
+    if "initial_learning_rate" in inspect.signature(cls.__init__).parameters:
+        arguments.setdefault("initial_learning_rate", initial_learning_rate)
+    _check_arguments(cls, arguments, "training.schedule")
+    try:
+        return cls(**arguments)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"Keras rejected the schedule arguments: {_first_line(error)}",
+                        where="training.schedule", received=schedule.arguments) from None
+
+
+def _check_arguments(cls: type, arguments: Dict[str, Any], where: str) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and cls.__name__ != "object":
+        # Optimizers take **kwargs for the base class's arguments: check against those too.
+        base = [inspect.signature(b.__init__).parameters for b in cls.__mro__[1:] if "__init__" in vars(b)]
+        valid = set(params) | {p for b in base for p in b}
+    else:
+        valid = set(params)
+    valid -= {"self", "args", "kwargs", "name"}
+    for key in arguments:
+        if key not in valid:
+            raise UserError(where=f"{where}.{key}", expected=f"an argument of {cls.__name__}", received=key,
+                            choices=sorted(valid))
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[int] = None) -> Any:
+    """Compiles `model` with the config's optimizer, schedule, loss and metrics (defaults by task)."""
+    steps = steps_per_epoch or _steps_per_epoch(config, data)
+    loss = config.training.loss or DEFAULT_LOSS[data.task]
+    metrics = list(config.training.metrics) if config.training.metrics is not None else DEFAULT_METRICS[data.task]
+    spe = config.training.steps_per_execution
+    if spe == "auto":
+        spe = max(1, min(AUTO_STEPS_PER_EXECUTION, steps))
+    try:
+        model.compile(optimizer=get_optimizer(config, steps), loss=copy.deepcopy(loss),
+                      metrics=copy.deepcopy(metrics), steps_per_execution=spe, jit_compile=False)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"Keras rejected the loss or metrics: {_first_line(error)}", where="training",
+                        received={"loss": loss, "metrics": metrics}) from None
+    return model
+
+
+def batch_size(config: Any, data: Any) -> int:
+    """The mini-batch size; "full" means the whole training split (batch gradient descent)."""
+    size = config.training.batch_size
+    return len(data.y_train) if size == "full" else int(size)
+
+
+def _steps_per_epoch(config: Any, data: Any) -> int:
+    return max(1, math.ceil(len(data.y_train) / batch_size(config, data)))
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool = False, seed: int = 0,
+                 sample_weight: Optional[np.ndarray] = None) -> Any:
+    """A cached, prefetched ``tf.data`` pipeline; reshuffled every epoch when `shuffle`."""
+    import tensorflow as tf
+
+    tensors = (x, y) if sample_weight is None else (x, y, sample_weight)
+    dataset = tf.data.Dataset.from_tensor_slices(tensors).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
+    """``training.class_weight`` as {class index: weight}; "balanced" weighs classes by inverse frequency."""
+    spec = config.training.class_weight
+    if spec is None:
+        return None
+    if data.task == "regression":
+        raise UserError(where="training.class_weight", expected="no class weights for a regression task",
+                        received=spec)
+    names = data.class_names or [str(i) for i in range(data.num_classes or 2)]
+    if spec == "balanced":
+        counts = np.bincount(data.y_train.astype(int).ravel(), minlength=len(names))
+        return {i: float(len(data.y_train) / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
+    weights = {}
+    for key, value in spec.items():
+        key_text = str(key)
+        if key_text in names:
+            weights[names.index(key_text)] = float(value)
+        elif key_text.isdigit() and int(key_text) < len(names):
+            weights[int(key_text)] = float(value)
+        else:
+            raise UserError(where=f"training.class_weight.{key}", expected="a class name or index",
+                            received=key, choices=names)
+    return weights
+
+
+def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbose: int = 1) -> Any:
+    """Trains a compiled model on the training split, validating on the validation split each epoch.
+
+    Returns:
+        The Keras ``History``. With ``training.early_stopping`` the best weights are restored.
+    """
+    import keras
+
+    batch = batch_size(config, data)
+    weights = class_weights(config, data)
+    sample_weight = None
+    if weights is not None:
+        sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
+    train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
+                         sample_weight=sample_weight)
+    validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
+    all_callbacks: List[Any] = list(callbacks)
+    stopping = config.training.early_stopping
+    if stopping is not None:
+        all_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=stopping.monitor, patience=stopping.patience, min_delta=stopping.min_delta,
+            mode=stopping.mode, restore_best_weights=stopping.restore_best_weights, verbose=0,
+        ))
+    return model.fit(train, validation_data=validation, epochs=config.training.epochs,
+                     callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+
+
+def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
+    """Loss and metrics of `model` on one split (dropout off), as {metric name: value}."""
+    x, y = data.split(split)
+    dataset = make_dataset(x, y, max(batch_size(config, data), 256))
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {name: float(value) for name, value in results.items()}
+
+
+def monitor_name(config: Any) -> str:
+    """The validation quantity that picks the best epoch (early stopping's monitor, else val_loss)."""
+    stopping = config.training.early_stopping
+    return stopping.monitor if stopping is not None else "val_loss"
+
+
+def best_epoch(history: Dict[str, List[float]], monitor: str, mode: str = "auto") -> int:
+    """The 1-based epoch where `monitor` was best (max for accuracy-like names in auto mode)."""
+    values = history.get(monitor)
+    if not values:
+        return len(next(iter(history.values()), [])) or 0
+    maximize = mode == "max" or (mode == "auto" and ("acc" in monitor or "auc" in monitor))
+    finite = [(v if math.isfinite(v) else (-math.inf if maximize else math.inf)) for v in values]
+    pick = max if maximize else min
+    return int(finite.index(pick(finite)) + 1)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
