@@ -119,9 +119,19 @@ def test_nan_and_exploding_and_huge_initial_loss(tmp_path):
     assert note is not None and "36 times that of a chance-level guess" in note.message
 
 
-def test_flat_loss_is_flagged(tmp_path):
+def test_flat_loss_and_chance_level_are_flagged(tmp_path):
     result = diagnose(make_run(tmp_path / "flat", 0.5, 0.5, history=[(0.6931, 0.6932)] * 3 + [(0.6930, 0.6932)]))
     assert result.note("flat_loss") is not None
+    assert result.note("chance_level") is None  # one note for one symptom
+    stuck = diagnose(make_run(tmp_path / "stuck", 0.5, 0.5, history=[(9.0, 5.0), (1.2, 0.9), (0.70, 0.70)]))
+    assert stuck.note("flat_loss") is None
+    assert "never got clearly below that of a chance-level guess (0.693; best 0.7)" in stuck.note("chance_level").message
+    learning = diagnose(make_run(tmp_path / "learning", 0.9, 0.9, history=[(0.69, 0.69), (0.6, 0.6), (0.5, 0.5)]))
+    assert learning.note("chance_level") is None and learning.note("flat_loss") is None
+    regularized = make_run(tmp_path / "reg", 0.5, 0.5, history=[(9.0, 5.0), (1.2, 0.9), (0.70, 0.70)],
+                           config="name: reg\nmodel: {regularizer: {l2: 0.1}}\n")
+    notes = {n.kind for n in diagnose(regularized).notes}  # the loss holds the penalty: no chance level
+    assert "chance_level" not in notes and "huge_initial_loss" not in notes
 
 
 def test_gradient_flow_vanishing_exploding_and_zeros(tmp_path):

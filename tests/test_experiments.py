@@ -94,9 +94,11 @@ def test_batchnorm_speeds_up_convergence(tmp_path):
 
 
 def test_input_normalization_speeds_up_convergence(tmp_path):
-    rows, _ = short_suite(tmp_path, "input_normalization", 10, only=["raw", "standardized"])
+    rows, dirs = short_suite(tmp_path, "input_normalization", 10, only=["raw", "standardized"])
     raw, standard = rows["raw"], rows["standardized"]
     assert raw["first_loss"] > 10 * standard["first_loss"]
+    notes = {n.kind for n in diagnose(dirs["raw"]).notes}  # 3 classes: chance is ln 3, from model.keras
+    assert {"huge_initial_loss", "chance_level"} <= notes
     assert standard["mean_loss"] < raw["mean_loss"]
     assert standard["val_error"] < raw["val_error"] - 0.2
 

@@ -47,6 +47,8 @@ VANISHING_RATIO = 0.1
 EXPLODING_GROWTH = 100.0
 # A training loss whose best value is within 5% of its first epoch's has not learnt.
 FLAT_LOSS_CHANGE = 0.05
+# ... nor one that never gets 2% below the cross-entropy of guessing (ln 2, ln K).
+CHANCE_MARGIN = 0.02
 EXPLODING_MINIMUM = 1.0  # ... and reaching at least this norm
 
 REMEDIES = {
@@ -99,7 +101,7 @@ class Note:
     """One finding beyond the verdict: what was seen, and what to try."""
 
     kind: str  # overfitting | train_longer | nan_loss | exploding_loss | huge_initial_loss | flat_loss |
-    #            mismatch | vanishing_gradients | exploding_gradients | bias_not_judged
+    #            chance_level | mismatch | vanishing_gradients | exploding_gradients | bias_not_judged
     message: str
     remedies: List[str] = field(default_factory=list)
     layers: List[str] = field(default_factory=list)
@@ -410,7 +412,7 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
     """Findings from the per-epoch history (rows of history.csv as dicts of strings).
 
     Flags a NaN or exploding loss, a first loss far above a chance-level guess (weights initialized too
-    large), a loss that does not move, overfitting (validation loss rising while training loss falls, and
+    large), a loss that does not move or never gets below guessing, overfitting (validation loss rising while training loss falls, and
     from which epoch), and a run still improving at its last epoch (train longer).
     """
     loss = _column(rows, "loss")
@@ -461,6 +463,16 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
             ["random initialization that breaks symmetry (model.initializer: he_normal)",
              "batch normalization (model.batchnorm: true) or relu units against vanishing gradients",
              "a larger learning rate (training.optimizer.learning_rate)"],
+        ))
+
+    flat = any(n.kind == "flat_loss" for n in notes)
+    if chance is not None and not flat and len(loss) >= 3 and min(loss) > (1 - CHANCE_MARGIN) * chance:
+        notes.append(Note(
+            "chance_level",
+            f"the training loss never got clearly below that of a chance-level guess ({chance:.3g}; best "
+            f"{min(loss):.4g}): the network predicts no better than guessing the classes",
+            ["normalized inputs (data.normalize: standard)", "He/Glorot initialization (model.initializer)",
+             "batch normalization (model.batchnorm: true)", "another learning rate (training.optimizer)"],
         ))
 
     if val_loss is not None and len(val_loss) >= 3:

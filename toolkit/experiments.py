@@ -171,7 +171,7 @@ def format_lesson_rows(rows: Sequence[Dict[str, Any]]) -> str:
     table = [columns] + [[cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     lines = ["  ".join(text.ljust(w) if i == 0 or not _numeric(text) else text.rjust(w)
-                       for i, (text, w) in enumerate(zip(line, widths))) for line in table]
+                       for i, (text, w) in enumerate(zip(line, widths))).rstrip() for line in table]
     return "\n".join(lines)
 
 
