@@ -77,6 +77,7 @@ def test_adaptive_optimizers_converge_fastest(tmp_path):
 def test_learning_rate_decay_settles_lower(tmp_path):
     rows, dirs = short_suite(tmp_path, "learning_rate_decay", 25, only=["constant", "exponential"])
     assert rows["exponential"]["final_loss"] < rows["constant"]["final_loss"]
+    assert rows["exponential"]["tail_sd"] < 0.5 * rows["constant"]["tail_sd"]  # settled, not wandering
     from toolkit.results import read_history_csv
 
     constant_lr = read_history_csv(dirs["constant"] / "history.csv")["learning_rate"]
@@ -103,13 +104,19 @@ def test_input_normalization_speeds_up_convergence(tmp_path):
     assert standard["val_error"] < raw["val_error"] - 0.2
 
 
-def test_tuning_suite_is_a_valid_sweep():
+def test_tuning_suite_is_a_valid_coarse_to_fine_sweep():
     pytest.importorskip("toolkit.sweeps")
-    from toolkit.search import parse_search  # noqa: F401  (the sweeps branch's validator)
+    from toolkit.search import parse_search  # the sweeps module's validator of search: sections
 
-    for path in suite_configs(SUITES / "tuning"):
-        config = load_config(path)
-        assert config.search is not None
+    coarse = parse_search(load_config(SUITES / "tuning" / "coarse.yaml"))
+    fine = parse_search(load_config(SUITES / "tuning" / "fine.yaml"))
+    assert (coarse.tuner, fine.tuner) == ("quasi_random", "bayesian")
+    paths = ["training.optimizer.learning_rate", "model.hidden.0", "model.regularizer.l2"]
+    assert coarse.paths == fine.paths == paths
+    for path in paths:
+        wide, narrow = coarse.param(path), fine.param(path)
+        assert wide.log and narrow.log  # every one spans decades
+        assert wide.low <= narrow.low < narrow.high <= wide.high  # fine zooms into coarse
 
 
 def test_cli_experiment_end_to_end_and_errors(tmp_path):
@@ -128,8 +135,8 @@ def test_cli_experiment_end_to_end_and_errors(tmp_path):
     assert (out / "small" / "metrics.json").is_file() and (out / "wide" / "metrics.json").is_file()
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("run ") and "mean_loss" in line)
-    assert header.split() == ["run", "epochs", "first_loss", "mean_loss", "final_loss", "best_val_loss",
-                              "train_error", "val_error", "verdict", "variance"]
+    assert header.split() == ["run", "epochs", "first_loss", "mean_loss", "final_loss", "tail_sd",
+                              "best_val_loss", "train_error", "val_error", "verdict", "variance"]
     assert any(line.startswith("small ") for line in lines) and any(line.startswith("wide ") for line in lines)
 
     again = subprocess.run([sys.executable, "-m", "toolkit", "experiment", str(suite), "--out", str(out)],

@@ -221,7 +221,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from toolkit.experiments import format_lesson_rows, lesson_rows, run_suite
 
     result = run_suite(args.suite, out_dir=args.out, overrides=args.overrides, verbose=0 if args.quiet else 2,
-                       only=args.only)
+                       only=args.only, progress=print)
     try:  # the general comparison table comes with `ktk compare`
         from toolkit.compare import compare, render
     except ImportError:
@@ -229,8 +229,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     else:
         print(render(compare(result.paths), "table"))
         print()
-    if result.run_dirs:
-        print(format_lesson_rows(lesson_rows(result.run_dirs, [p.name for p in result.run_dirs])))
+    finished = result.finished_runs()
+    if finished:
+        names = [f"{p.parent.name}/best" if p.name == "best" else p.name for p in finished]
+        print(format_lesson_rows(lesson_rows(finished, names)))
     print(f"\nruns in {result.out_dir}: ktk compare {result.out_dir}; ktk diagnose {result.out_dir}/<run>")
     return 0
 

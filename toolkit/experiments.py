@@ -17,11 +17,12 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from toolkit.errors import UserError
 
 DEFAULT_OUT = Path("runs") / "experiments"
+TAIL = 10  # epochs at the end whose training-loss spread is reported (tail_sd)
 
 
 @dataclass
@@ -39,6 +40,17 @@ class SuiteResult:
         """Every run and sweep directory, for ``ktk compare``."""
         return [*self.run_dirs, *self.sweep_dirs]
 
+    def finished_runs(self) -> List[Path]:
+        """The run directories plus each sweep's retrained ``best/`` (when it finished), in suite order."""
+        out = []
+        for path in [self.out_dir / name for name in self.names]:
+            if path in self.sweep_dirs:
+                if (path / "best" / "metrics.json").is_file():
+                    out.append(path / "best")
+            else:
+                out.append(path)
+        return out
+
 
 def suite_configs(suite: Union[str, Path]) -> List[Path]:
     """The variant configs of a suite folder, sorted by name (``base*`` and ``_*`` files excluded)."""
@@ -55,7 +67,8 @@ def suite_configs(suite: Union[str, Path]) -> List[Path]:
 
 
 def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = None,
-              overrides: Iterable[str] = (), verbose: int = 0, only: Optional[Sequence[str]] = None) -> SuiteResult:
+              overrides: Iterable[str] = (), verbose: int = 0, only: Optional[Sequence[str]] = None,
+              progress: Optional[Callable[[str], None]] = None) -> SuiteResult:
     """Runs every config of a suite folder; each into ``<out_dir>/<config stem>``.
 
     Args:
@@ -64,6 +77,7 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
         overrides: ``--set`` overrides applied to every config (``training.epochs=5`` for a quick look).
         verbose: Keras' progress display for each run.
         only: run only the variants with these names (config stems).
+        progress: called with a line as each run starts and for each finished sweep trial; None: silent.
 
     Returns:
         A :class:`SuiteResult` listing the run (and sweep) directories.
@@ -94,26 +108,30 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
                         where="--out", expected="a new or empty directory", received=str(out))
 
     result = SuiteResult(suite=suite_path, out_dir=out)
-    for config_path, config in zip(configs, loaded):
+    for number, (config_path, config) in enumerate(zip(configs, loaded), start=1):
         target = out / config_path.stem
+        if progress is not None:
+            kind = "sweep" if config.search is not None else "run"
+            progress(f"[{number}/{len(configs)}] {config_path.stem}: {kind} into {target}")
         if config.search is not None:
-            result.sweep_dirs.append(_tune(config, target, verbose))
+            result.sweep_dirs.append(_tune(config, target, verbose, progress))
         else:
             from toolkit.runs import run
 
-            result.run_dirs.append(Path(run(config, out_dir=target, verbose=verbose).run_dir))
+            run(config, out_dir=target, verbose=verbose)
+            result.run_dirs.append(target)
         result.names.append(config_path.stem)
     return result
 
 
-def _tune(config: Any, target: Path, verbose: int) -> Path:
+def _tune(config: Any, target: Path, verbose: int, progress: Optional[Callable[[str], None]]) -> Path:
     try:
         from toolkit.sweeps import tune
     except ImportError:
         raise UserError("this suite holds a sweep (a search: section), which needs ktk tune (toolkit.sweeps)",
                         where="search", file=config.source) from None
-    result = tune(config, out_dir=target, verbose=bool(verbose))
-    return Path(getattr(result, "sweep_dir", target))
+    tune(config, out_dir=target, verbose=bool(verbose), progress=progress)
+    return target
 
 
 # --------------------------------------------------------------------------------- lesson figures
@@ -130,7 +148,8 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
     """Per run: convergence figures from history.csv and the bias/variance figures from ``ktk diagnose``.
 
     Columns: run, epochs, first_loss (training loss of epoch 1), mean_loss (training loss averaged over
-    the epochs: lower means faster convergence), final_loss, best_val_loss, train_error, val_error,
+    the epochs: lower means faster convergence), final_loss, tail_sd (standard deviation of the training
+    loss over the last 10 epochs: how much it still wanders), best_val_loss, train_error, val_error,
     verdict, variance.
     """
     from toolkit.diagnosis import diagnose
@@ -148,6 +167,7 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
             "first_loss": loss[0] if loss else math.nan,
             "mean_loss": sum(loss) / len(loss) if loss else math.nan,
             "final_loss": loss[-1] if loss else math.nan,
+            "tail_sd": _sd(loss[-TAIL:]) if len(loss) >= 2 else math.nan,
             "best_val_loss": min(val_loss) if val_loss else math.nan,
             "train_error": diagnosis.train_error,
             "val_error": diagnosis.validation_error,
@@ -155,6 +175,11 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
             "variance": diagnosis.variance,
         })
     return rows
+
+
+def _sd(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
 def format_lesson_rows(rows: Sequence[Dict[str, Any]]) -> str:
