@@ -112,7 +112,8 @@ def test_regression_uses_its_error_metric_with_relative_tolerance(tmp_path):
 def test_nan_and_exploding_and_huge_initial_loss(tmp_path):
     nan = diagnose(make_run(tmp_path / "nan", 0.5, 0.5, history=[(0.7, 0.7), (3.0, 4.0), (float("nan"), float("nan"))]))
     assert nan.note("nan_loss").epoch == 3
-    exploding = diagnose(make_run(tmp_path / "ex", 0.5, 0.5, history=[(0.7, 0.7), (0.5, 0.5), (9.0, 9.0), (80.0, 90.0)]))
+    blowing_up = [(0.7, 0.7), (0.5, 0.5), (9.0, 9.0), (80.0, 90.0)]
+    exploding = diagnose(make_run(tmp_path / "ex", 0.5, 0.5, history=blowing_up))
     assert exploding.note("exploding_loss").epoch == 3
     huge = diagnose(make_run(tmp_path / "huge", 0.8, 0.8, history=[(25.0, 20.0), (12.0, 11.0), (6.0, 6.0)]))
     note = huge.note("huge_initial_loss")
@@ -125,7 +126,8 @@ def test_flat_loss_and_chance_level_are_flagged(tmp_path):
     assert result.note("chance_level") is None  # one note for one symptom
     stuck = diagnose(make_run(tmp_path / "stuck", 0.5, 0.5, history=[(9.0, 5.0), (1.2, 0.9), (0.70, 0.70)]))
     assert stuck.note("flat_loss") is None
-    assert "never got clearly below that of a chance-level guess (0.693; best 0.7)" in stuck.note("chance_level").message
+    message = stuck.note("chance_level").message
+    assert "never got clearly below that of a chance-level guess (0.693; best 0.7)" in message
     learning = diagnose(make_run(tmp_path / "learning", 0.9, 0.9, history=[(0.69, 0.69), (0.6, 0.6), (0.5, 0.5)]))
     assert learning.note("chance_level") is None and learning.note("flat_loss") is None
     regularized = make_run(tmp_path / "reg", 0.5, 0.5, history=[(9.0, 5.0), (1.2, 0.9), (0.70, 0.70)],
@@ -161,6 +163,24 @@ def test_gradient_flow_vanishing_exploding_and_zeros(tmp_path):
     assert result.note("vanishing_gradients") is None and result.note("exploding_gradients") is None
 
 
+def test_diverged_run_and_early_stopping(tmp_path):
+    run = make_run(tmp_path / "nan", train=0.5, validation=0.5, task="regression", key="mae",
+                   history=[(1.0, 1.0), (50.0, 60.0), (float("nan"), float("nan"))])
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["train"]["mae"] = metrics["validation"]["mae"] = None  # how results.write_json stores NaN
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    result = diagnose(run)
+    assert math.isnan(result.train_error) and result.verdict == "high_bias"
+    assert result.note("nan_loss").epoch == 3
+
+    improving = [(0.69, 0.69), (0.6, 0.61), (0.5, 0.52), (0.4, 0.45), (0.3, 0.40)]
+    stopped = make_run(tmp_path / "es", 0.9, 0.9, history=improving,
+                       config="name: es\ntraining: {epochs: 50, early_stopping: {patience: 2}}\n")
+    assert diagnose(stopped).note("train_longer") is None  # early stopping decided when to end
+    plain = make_run(tmp_path / "plain", 0.9, 0.9, history=improving, config="name: p\ntraining: {epochs: 5}\n")
+    assert diagnose(plain).note("train_longer") is not None
+
+
 def test_user_errors(tmp_path):
     with pytest.raises(UserError) as error:
         diagnose(tmp_path / "nope")
@@ -173,6 +193,8 @@ def test_user_errors(tmp_path):
     run = make_run(tmp_path / "r", 0.9, 0.9)
     with pytest.raises(UserError, match="--baseline-error: expected a non-negative error; received -0.1"):
         diagnose(run, baseline_error=-0.1)
+    with pytest.raises(UserError, match="--tolerance: expected a non-negative gap; received -1"):
+        diagnose(run, tolerance=-1)
 
 
 def test_verdict_for_run_and_json_and_text(tmp_path):

@@ -55,7 +55,8 @@ def test_batchnorm_model_passes_and_sampling_limits_parameters():
 
 
 WRONG = {"custom_modules": ["custom_layers_for_tests"],
-         "layers": [{"units": 6}, {"class_name": "ktk_tests>WrongGradientDense", "config": {"units": 4, "name": "cube"}},
+         "layers": [{"units": 6},
+                    {"class_name": "ktk_tests>WrongGradientDense", "config": {"units": 4, "name": "cube"}},
                     {"units": 3, "activation": "tanh"}]}
 
 

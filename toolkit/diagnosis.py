@@ -208,7 +208,7 @@ class _RunFacts:
     """What diagnosis needs from the run's config.yaml and model.keras (all optional)."""
 
     baseline_error: Optional[float] = None
-    epochs: Optional[int] = None  # configured epochs, None with early stopping
+    epochs: Optional[int] = None  # training.epochs: a run that ended before it was stopped early
     regularized: bool = False  # an L1/L2 penalty is part of the loss
     num_classes: Optional[int] = None
 
@@ -231,8 +231,7 @@ def _run_facts(path: Path, metrics: Dict[str, Any]) -> _RunFacts:
             facts.baseline_error = float(value)
         training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
         epochs = training.get("epochs")
-        # With early stopping, an early end is no sign of "train longer".
-        if isinstance(epochs, int) and not training.get("early_stopping"):
+        if isinstance(epochs, int) and not isinstance(epochs, bool):
             facts.epochs = epochs
         model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
         specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in model.get("layers") or []
@@ -278,9 +277,9 @@ def _error_metric(metrics: Dict[str, Any], task: str) -> Tuple[str, str, bool]:
 
 def _split_error(metrics: Dict[str, Any], split: str, key: str, complement: bool) -> Optional[float]:
     values = metrics.get(split) or {}
-    if key not in values or values[key] is None:
+    if key not in values:
         return None
-    value = float(values[key])
+    value = math.nan if values[key] is None else float(values[key])  # JSON has no NaN: a diverged run has null
     return 1.0 - value if complement else value
 
 
@@ -317,12 +316,15 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     else:
         baseline, source = 0.0, "default"
     if baseline < 0 or not math.isfinite(baseline):
-        raise UserError(where="--baseline-error", expected="a non-negative error", received=baseline)
+        raise UserError(where="--baseline-error" if source == "flag" else "diagnose.baseline_error",
+                        expected="a non-negative error", received=baseline)
+    if tolerance is not None and (tolerance < 0 or not math.isfinite(tolerance)):
+        raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
 
     train = _split_error(metrics, "train", key, complement)
     val = _split_error(metrics, "validation", key, complement)
     test = _split_error(metrics, "test", key, complement)
-    if train is None:  # _error_metric picked a key that train has, so this means a null value
+    if train is None:  # pragma: no cover - _error_metric only picks keys the train section has
         raise UserError(f"metrics.json has no training {key}", file=str(path / "metrics.json"))
     avoidable_bias = train - baseline
     variance = None if val is None else val - train
@@ -412,8 +414,9 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
     """Findings from the per-epoch history (rows of history.csv as dicts of strings).
 
     Flags a NaN or exploding loss, a first loss far above a chance-level guess (weights initialized too
-    large), a loss that does not move or never gets below guessing, overfitting (validation loss rising while training loss falls, and
-    from which epoch), and a run still improving at its last epoch (train longer).
+    large), a loss that does not move or never gets below guessing, overfitting (validation loss rising
+    while training loss falls, and from which epoch), and a run still improving at its last epoch (train
+    longer) unless early stopping ended it.
     """
     loss = _column(rows, "loss")
     if not loss:
@@ -489,8 +492,8 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
             ))
 
     improving = _still_improving(val_loss if val_loss is not None else loss)
-    if improving is not None and (configured_epochs is None or epochs_run is None
-                                  or int(epochs_run) >= configured_epochs):
+    stopped_early = configured_epochs is not None and epochs_run is not None and int(epochs_run) < configured_epochs
+    if improving is not None and not stopped_early:  # early stopping already decided when to end
         window, gain = improving
         name = "validation" if val_loss is not None else "training"
         notes.append(Note(
@@ -566,8 +569,8 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     """Findings from gradients.csv (epoch, layer, grad_norm, weight_norm): vanishing and exploding gradients.
 
     Vanishing: a layer whose gradient norm stays below 1/10 of that of a layer closer to the output (at the
-    same epoch) in most recorded epochs; normalization layers are not judged. Exploding: a NaN/inf norm, or a gradient norm growing
-    over 100 times its first recorded value to above 1.
+    same epoch) in most recorded epochs; normalization layers are not judged. Exploding: a NaN/inf norm,
+    or a gradient norm growing over 100 times its first recorded value to above 1.
     """
     by_epoch: Dict[int, Dict[str, Tuple[float, float]]] = {}
     order: List[str] = []
