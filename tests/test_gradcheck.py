@@ -117,3 +117,12 @@ def test_cli_exit_status_and_json(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "toolkit", "gradcheck", str(wrong), "--samples", "0"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_large_regression_cost_passes_with_a_scaled_step():
+    cfg = config({"hidden": [4], "regularizer": {"l1": 0.001, "l2": 0.001}}, data={"source": "sklearn.diabetes"})
+    result = gradient_check(cfg)
+    assert result.cost > 1e3  # mean squared error on targets in the hundreds
+    assert result.epsilon == pytest.approx(1e-7 * result.cost ** (1 / 3))
+    assert result.status == "pass", result.to_dict()
+    assert gradient_check(cfg, epsilon=1e-7).difference > result.difference  # round-off at the fixed step

@@ -8,7 +8,8 @@ parameter theta_i::
     g_num_i = (J(theta + eps e_i) - J(theta - eps e_i)) / (2 eps)
 
 and the relative difference ``||g_auto - g_num|| / (||g_auto|| + ||g_num||)`` is reported overall and per
-layer: below 1e-7 passes, up to 1e-5 warns, above fails. The check is made at the initialized weights,
+layer: below 1e-7 passes, up to 1e-5 warns, above fails. eps is 1e-7, scaled by the cube root of the cost
+when that is above 1 (round-off grows with the cost). The check is made at the initialized weights,
 with parameters that are exactly 0 (biases) moved by a small random amount so that no ReLU sits on its kink.
 
 The cost is evaluated *statelessly* (Keras' ``StatelessScope``): the weights are substituted by tensors,
@@ -166,14 +167,16 @@ def without_dropout(config: Any) -> Any:
     return config.with_values(values)
 
 
-def gradient_check(config: Any, samples: int = 8, epsilon: float = EPSILON,
+def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = None,
                    max_parameters_per_layer: Optional[int] = None, data: Any = None) -> GradcheckResult:
     """Checks the model's backpropagation gradients against centered finite differences.
 
     Args:
         config: a :class:`toolkit.config.Config`; its model is built in float64 with dropout off.
         samples: training examples in the batch the cost is evaluated on.
-        epsilon: the finite-difference step.
+        epsilon: the finite-difference step; default 1e-7 (the course's), scaled up by the cube root of
+            the cost when the cost is above 1: the round-off error of a difference grows with the cost,
+            and the cube root balances it against the truncation error of centered differences.
         max_parameters_per_layer: compare at most this many parameters per layer (chosen at random with
             the config's seed); None compares every parameter, as the course does.
         data: an already loaded :class:`toolkit.data.Dataset`; loaded from the config when None.
@@ -214,7 +217,7 @@ def gradient_check(config: Any, samples: int = 8, epsilon: float = EPSILON,
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_layer: Optional[int],
+def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], max_per_layer: Optional[int],
            seed: int) -> GradcheckResult:
     import tensorflow as tf
 
@@ -250,6 +253,8 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: float, max_per_lay
 
     value, gradient = cost_and_gradient(tf.constant(theta0))
     j0 = float(value.numpy())
+    if epsilon is None:
+        epsilon = EPSILON * max(1.0, abs(j0)) ** (1 / 3) if np.isfinite(j0) else EPSILON
     if gradient is None:
         raise UserError("the cost does not depend on the model's weights", where="model")
     g_auto = gradient.numpy()
