@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from toolkit import data as data_module
 from toolkit import sweeps, training
 from toolkit.cli import main
 from toolkit.config import load_config, parse_config
@@ -169,8 +170,8 @@ def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
 
 
 def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatch):
-    seen_by_trials, evaluated = [], []
-    real_task, real_evaluate = sweeps.run_trial_task, training.evaluate
+    seen_by_trials, evaluated, loads = [], [], []
+    real_task, real_evaluate, real_load = sweeps.run_trial_task, training.evaluate, data_module.load_data
 
     def spy_task(task, data):
         seen_by_trials.append(len(data.y_test))
@@ -182,6 +183,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
 
     monkeypatch.setattr(sweeps, "run_trial_task", spy_task)
     monkeypatch.setattr(training, "evaluate", spy_evaluate)
+    monkeypatch.setattr(data_module, "load_data", lambda config: loads.append(1) or real_load(config))
     config = sweep_config(tmp_path, {"tuner": "quasi_random", "objective": "val_accuracy", "max_trials": 3,
                                      "trials_per_process": "inline", "space": {
                                          "model.dropout": {"float": [0.0, 0.5]},
@@ -190,6 +192,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
     assert result.completed == 3
     assert seen_by_trials == [0, 0, 0]  # trials get the data without its test split
     assert evaluated.count("test") == 1  # only best/ touches it, once
+    assert len(loads) == 1  # data loaded and split once per sweep
     dropouts = sorted(float(r["model.dropout"]) for r in read_csv(tmp_path / "sweep" / "trials.csv"))
     assert len(set(dropouts)) == 3 and all(0.0 <= d < 0.5 for d in dropouts)
 

@@ -137,6 +137,9 @@ class Param:
         for original, known in zip(self.values, self._codes):
             if _same(known, code):
                 return json.loads(json.dumps(original))
+        for original, known in zip(self.values, self._codes):
+            if known == code:  # keras-tuner's gRPC sends booleans as integers
+                return json.loads(json.dumps(original))
         raise KeyError(code)
 
     def candidates(self) -> List[Any]:

@@ -137,6 +137,9 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
                 check_with_keras(spec, base, data_cache.get(base))
                 sweep = _Sweep(spec, base, sweep_dir, data_cache, runner, verbose=verbose, say=say, role=role)
                 return sweep.run()
+        except BaseException:
+            runner.close(now=True)  # Ctrl-C or an error: do not wait for the worker's trial to end
+            raise
         finally:
             runner.close()
 
@@ -175,12 +178,12 @@ class _Sweep:
         self.records = _Records(sweep_dir / RECORDS_DIR)
         self.pending: Dict[str, Dict[str, Any]] = {}
         self.started = time.time()
-        self.finished_here = 0
         self.failures_in_a_row = 0
+        self.resumed = 0
         self.runner = runner
 
     def run(self) -> SweepResult:
-        resumed = len(self.records.load())
+        resumed = self.resumed = len(self.records.load())
         planned = self.spec.planned_trials()
         if resumed and self.role != "worker":
             self.say(f"resuming the sweep in {self.dir}: {resumed} of {planned or '?'} trials already done")
@@ -189,10 +192,10 @@ class _Sweep:
             with _keras_tuner_quiet():
                 tuner.search(verbose=0)
         except _SearchStopped as stop:
+            self.runner.close()
             self._write_trials_csv()
             raise UserError(str(stop), where="search.max_consecutive_failures", file=self.base.source) from None
-        finally:
-            self.runner.close()  # its memory is not needed for retraining best/
+        self.runner.close()  # its memory is not needed for retraining best/
         rows = self._write_trials_csv()
         result = SweepResult(sweep_dir=self.dir, spec=self.spec, trials=rows, best=None, planned=planned,
                              resumed=resumed, role=self.role)
@@ -257,6 +260,7 @@ class _Sweep:
             "history_dir": str(self.dir / HISTORIES_DIR),
             "verbose": 1 if self.verbose else 0,
             "data_key": data_key,
+            "free_memory": self.spec.trials_per_process is None,
         }
         outcome = self.runner.run(task, data)
         record.update(outcome)
@@ -285,7 +289,6 @@ class _Sweep:
         """Called after keras-tuner saved the trial's end: trials.csv, progress, the failure count."""
         record = self.records.get(trial.trial_id)
         self._write_trials_csv()
-        self.finished_here += 1
         self.failures_in_a_row = 0 if record["status"] == "completed" else self.failures_in_a_row + 1
         self.say(self._progress_line(record))
         if self.failures_in_a_row >= self.spec.max_consecutive_failures:
@@ -306,9 +309,9 @@ class _Sweep:
         best = f"best {_fmt(ranked[0]['score'])} (trial {ranked[0]['trial_id']})" if ranked else "best -"
         elapsed = time.time() - self.started
         eta = "?"
-        if planned:
-            remaining = max(0, planned - done)
-            eta = _clock(elapsed / self.finished_here * remaining) if self.finished_here else "?"
+        finished_since_start = done - self.resumed  # by every process, in distributed mode
+        if planned and finished_since_start > 0:
+            eta = _clock(elapsed / finished_since_start * max(0, planned - done))
         total = planned if planned else "?"
         worker = f" [{self.worker_id}]" if self.worker_id else ""
         return (f"trial {done}/{total} (id {record['trial_id']}){worker}: {outcome} | {best} | "
@@ -564,15 +567,20 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
     config = parse_config(task["config"], source=task["source"])
     objective = Objective(*task["objective"])
     executions = []
+    fit_seconds = 0.0
     for execution in range(task["executions"]):
         suffix = "" if execution == 0 else f".execution{execution + 1}"
         history_path = Path(task["history_dir"]) / f"{task['trial_id']}{suffix}.csv"
-        keras.backend.clear_session()
+        # Python's full garbage collection (free_memory) costs ~0.5 s per trial once TensorFlow is loaded;
+        # a recycled worker process gives its memory back anyway.
+        keras.backend.clear_session(free_memory=task.get("free_memory", True))
         training.set_seed(config.seed + execution)  # executions differ in initialization only
         model = build_model(config, data)
         training.compile_model(model, config, data)
         logger = history_logger(history_path)
+        fit_started = time.perf_counter()
         training.fit(model, config, data, callbacks=[logger, _stop_on_nan()], verbose=task["verbose"])
+        fit_seconds += time.perf_counter() - fit_started
         history = logger.history
         losses = history.get("loss", [])
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
@@ -605,7 +613,21 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         "epochs": first["epochs"],
         "best_epoch": first["best_epoch"],
         "params": first["params"],
+        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
+        "fit_s": round(fit_seconds, 4),
+        "rss_mb": rss_mb(),
     }
+
+
+def rss_mb(pid: Optional[int] = None) -> Optional[float]:
+    """Resident memory of a process (this one by default) in MB, from /proc (None where unavailable)."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def _stop_on_nan() -> Any:
@@ -630,15 +652,18 @@ class _InlineRunner:
     def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         return run_trial_task(task, data)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         pass
+
+
+# Imported once by the fork server, so that forked workers start with them loaded.
+_WORKER_PRELOAD = ("tensorflow", "keras", "toolkit.sweeps", "toolkit.training", "toolkit.models", "toolkit.data")
 
 
 class _ProcessRunner:
     """Runs trials in a worker process replaced every `limit` trials, so memory does not grow.
 
-    The next worker is started while the current one runs its last trial, so that importing
-    TensorFlow overlaps with training. A worker that dies (killed, out of memory) fails its trial
+    The next worker is started while the current one runs its last trial. A worker that dies (killed, out of memory) fails its trial
     only; the next trial gets a fresh worker.
     """
 
@@ -646,8 +671,15 @@ class _ProcessRunner:
         import multiprocessing
 
         self.limit = limit
-        # spawn: never fork a process that has TensorFlow's threads running
-        self.context = multiprocessing.get_context("spawn")
+        # Never fork this process (TensorFlow's threads run here). A fork server imports TensorFlow once,
+        # before running anything, and forks each worker from that: a new worker then starts in about a
+        # second instead of re-importing TensorFlow (10 s or more on a busy machine). Where there is no
+        # fork server (Windows), each worker is a fresh interpreter.
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            self.context = multiprocessing.get_context("forkserver")
+            self.context.set_forkserver_preload(list(_WORKER_PRELOAD))
+        else:  # pragma: no cover - Windows
+            self.context = multiprocessing.get_context("spawn")
         self.current: Optional[_Worker] = None
         self.spare: Optional[_Worker] = None
 
@@ -690,10 +722,11 @@ class _ProcessRunner:
             self.current = None
         return outcome
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Stops the workers: politely between trials, or at once (`now`) when the sweep is interrupted."""
         for worker in (self.current, self.spare):
             if worker is not None:
-                worker.stop()
+                worker.stop(now=now)
         self.current = self.spare = None
 
 
@@ -718,7 +751,9 @@ class _Worker:
                 except (EOFError, OSError):
                     return None
 
-    def stop(self) -> None:
+    def stop(self, now: bool = False) -> None:
+        if now:
+            self.process.kill()
         try:
             self.connection.send(("stop",))
         except (BrokenPipeError, OSError):
@@ -754,7 +789,10 @@ def _worker_main(connection: Any) -> None:
         task = message[1]
         outcome = run_trial_task(task, datasets[task["data_key"]])
         sys.stdout.flush()
-        connection.send(outcome)
+        try:
+            connection.send(outcome)
+        except (BrokenPipeError, OSError):
+            return  # the sweep is gone
 
 
 # ------------------------------------------------------------------- the sweep directory itself
