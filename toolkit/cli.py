@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run N worker processes on this machine (chief/worker on loopback)")
     p.add_argument("--role", choices=["chief", "worker"], help="multi-machine mode: this process's role")
-    p.add_argument("--listen", metavar="HOST:PORT", help="with --role chief: address to serve the oracle on")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="with --role chief: address to serve the oracle on (default: 127.0.0.1, a free port; "
+                        "the channel has no authentication: trusted networks only)")
     p.add_argument("--chief", metavar="HOST:PORT", help="with --role worker: the chief's address")
     p.add_argument("--worker-id", metavar="ID", help="with --role worker: a stable id for this worker")
     p.add_argument("--chief-timeout", type=float, default=None, metavar="SECONDS",
