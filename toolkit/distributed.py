@@ -39,6 +39,7 @@ network only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -810,6 +811,7 @@ class _Slot:
     worker_id: str
     process: Optional[subprocess.Popen] = None
     log_path: Optional[Path] = None
+    pump: Optional[threading.Thread] = None
     crashes_on_trial: Dict[str, int] = field(default_factory=dict)
     startup_crashes: int = 0
     restarts: int = 0
@@ -849,46 +851,75 @@ class Supervisor:
     """Runs N local worker processes; restarts a dead one under the same id; stops them all.
 
     Each worker is a session of its own (Ctrl-C reaches the supervisor only, which stops the workers in
-    order) and writes its output to ``<sweep>/logs/<worker id>.log``.
+    order); its output goes to ``<sweep>/logs/<worker id>.log``. Workers may be started before the chief
+    serves (they import TensorFlow meanwhile and their handshake waits for it); :meth:`attach` then hands
+    them to the chief.
+
+    Args:
+        worker_ids: the ids of the workers (``tuner0``, ``tuner1``, ...).
+        address: where the workers reach the chief.
+        sweep_dir: the sweep directory (their logs go to its logs/ folder once the sweep has its config.yaml).
+        verbose: workers show Keras' per-epoch progress (in their logs).
+        chief_timeout: how long a worker waits for the chief.
+        on_event: called with a line of text when a worker dies or is restarted.
     """
 
-    def __init__(self, chief: Chief, worker_ids: List[str], *, verbose: bool, chief_timeout: float,
-                 on_event: Callable[[str], None]):
-        self.chief = chief
+    def __init__(self, worker_ids: List[str], *, address: Address, sweep_dir: Path, verbose: bool,
+                 chief_timeout: float, on_event: Callable[[str], None]):
+        self.chief: Optional[Chief] = None
         self.slots = {worker_id: _Slot(worker_id) for worker_id in worker_ids}
+        wildcard = {"0.0.0.0": LOOPBACK, "::": "::1"}
+        # a chief listening on every interface is reached here on loopback
+        self.address = Address(wildcard.get(address.host, address.host), address.port)
+        self.sweep_dir = Path(sweep_dir)
         self.verbose = verbose
         self.chief_timeout = chief_timeout
         self.on_event = on_event
 
+    def attach(self, chief: Chief) -> None:
+        """The chief is serving: it learns which workers are supervised (their liveness is known here)."""
+        self.chief = chief
+        for worker_id in self.slots:
+            chief.supervise(worker_id)
+        _write_json(self.sweep_dir / LOGS_DIR / "workers.json", self.pids())
+
     def _command(self, worker_id: str) -> List[str]:
-        address = self.chief.address
-        wildcard = {"0.0.0.0": LOOPBACK, "::": "::1"}
-        if address.host in wildcard:  # a chief listening on every interface is reached here on loopback
-            address = Address(wildcard[address.host], address.port)
-        command = [sys.executable, "-m", "toolkit.distributed", "--chief", str(address),
-                   "--worker-id", worker_id, "--out", str(self.chief.sweep_dir),
+        command = [sys.executable, "-m", "toolkit.distributed", "--chief", str(self.address),
+                   "--worker-id", worker_id, "--out", str(self.sweep_dir),
                    "--chief-timeout", str(self.chief_timeout), "--parent", str(os.getpid())]
         return command + (["--verbose"] if self.verbose else [])
 
     def start(self, slot: _Slot) -> None:
-        self.chief.supervise(slot.worker_id)
-        slot.log_path = self.chief.sweep_dir / LOGS_DIR / f"{slot.worker_id}.log"
-        slot.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.chief is not None:
+            self.chief.supervise(slot.worker_id)
+        slot.log_path = self.sweep_dir / LOGS_DIR / f"{slot.worker_id}.log"
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
             env.pop(name, None)
-        with open(slot.log_path, "ab") as log:
-            slot.process = subprocess.Popen(self._command(slot.worker_id), stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        slot.process = subprocess.Popen(self._command(slot.worker_id), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        slot.pump = threading.Thread(target=_pump, args=(slot.process.stdout, slot.log_path, self._sweep_ready),
+                                     name=f"ktk-log-{slot.worker_id}", daemon=True)
+        slot.pump.start()
         slot.exited = False
-        _write_json(self.chief.sweep_dir / LOGS_DIR / "workers.json", self.pids())
+        if self.chief is not None:
+            _write_json(self.sweep_dir / LOGS_DIR / "workers.json", self.pids())
+
+    def _sweep_ready(self) -> bool:
+        # Nothing may appear in a new sweep directory before its config.yaml: the sweep refuses a folder
+        # that is not empty and holds no sweep.
+        return (self.sweep_dir / "config.yaml").is_file()
 
     def start_all(self) -> None:
         for slot in self.slots.values():
             self.start(slot)
+
+    def started(self) -> bool:
+        return any(slot.process is not None for slot in self.slots.values())
 
     def all_exited(self) -> bool:
         return all(slot.exited for slot in self.slots.values())
@@ -910,6 +941,8 @@ class Supervisor:
             if code is None:
                 continue
             _kill_group(slot.process, signal.SIGKILL)  # a trial process it left behind
+            if slot.pump is not None:
+                slot.pump.join(2.0)  # its last words are in the log
             if code == 0:
                 slot.exited = True
             elif code == 2:
@@ -923,7 +956,7 @@ class Supervisor:
 
     def _restart_after_crash(self, slot: _Slot, code: int) -> None:
         how = _describe_exit(code)
-        trial_id = self.chief.ongoing_trial_id(slot.worker_id)
+        trial_id = self.chief.ongoing_trial_id(slot.worker_id) if self.chief is not None else None
         if trial_id is None:
             slot.startup_crashes += 1
             if slot.startup_crashes >= STARTUP_CRASHES:
@@ -934,7 +967,7 @@ class Supervisor:
         else:
             slot.startup_crashes = 0
             crashes = slot.crashes_on_trial[trial_id] = slot.crashes_on_trial.get(trial_id, 0) + 1
-            if crashes >= CRASHES_PER_TRIAL:
+            if crashes >= CRASHES_PER_TRIAL and self.chief is not None:
                 self.chief.fail_trial(slot.worker_id, f"its worker process died {crashes} times while running it "
                                                       f"(last: {how})")
                 what = f"trial {trial_id} is recorded as failed"
@@ -960,6 +993,36 @@ class Supervisor:
                 process.wait(5.0)
             except subprocess.TimeoutExpired:  # stuck in the kernel; nothing more to do from here
                 pass
+        for slot in self.slots.values():
+            if slot.pump is not None:
+                slot.pump.join(2.0)
+
+
+def _pump(stream: Any, log_path: Path, ready: Callable[[], bool]) -> None:
+    """Copies a worker's output into its log file, holding it back until the sweep directory is ready."""
+    held: List[bytes] = []
+    log = None
+    try:
+        for line in iter(stream.readline, b""):
+            if log is None:
+                held.append(line)
+                if not ready():
+                    continue
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log = open(log_path, "ab")
+                log.writelines(held)
+                held = []
+            else:
+                log.write(line)
+            log.flush()
+        if log is None and held and ready():
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as late:
+                late.writelines(held)
+    finally:
+        if log is not None:
+            log.close()
+        stream.close()
 
 
 def _kill_group(process: subprocess.Popen, sig: int) -> None:
@@ -1032,12 +1095,23 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
         # keras-tuner reloads the oracle only if the file of its own tuner id exists (keras-tuner #976):
         # without this, a chief taking over a sweep begun in one process would start it over.
         _write_json(project / "chief.json", {})
+    # Other processes can join only a chief on a port given in advance (or one with no local workers).
+    remote_possible = bool(the_plan.listen.port or not the_plan.workers)
+    supervisor = None
+    if the_plan.workers:
+        if not the_plan.listen.port:
+            the_plan = dataclasses.replace(the_plan, listen=Address(the_plan.listen.host,
+                                                                    _free_port(the_plan.listen.host)))
+        supervisor = Supervisor([f"tuner{i}" for i in range(the_plan.workers)], address=the_plan.listen,
+                                sweep_dir=sweep_dir, verbose=verbose, chief_timeout=chief_timeout, on_event=say)
+        if not overwrite:  # (--overwrite empties the directory they would log into)
+            # The workers import TensorFlow while this process loads the sweep; their handshake waits for us.
+            supervisor.start_all()
 
     def serve(oracle: Any) -> None:
-        _serve(oracle, the_plan, running=running, identity=config_identity(config), source=config.source,
-               sweep_dir=sweep_dir,
-               planned=spec.planned_trials(), max_failures_in_a_row=spec.max_consecutive_failures,
-               verbose=verbose, chief_timeout=chief_timeout, say=say)
+        _serve(oracle, the_plan, supervisor, running=running, remote_possible=remote_possible,
+               identity=config_identity(config), source=config.source, sweep_dir=sweep_dir,
+               planned=spec.planned_trials(), max_failures_in_a_row=spec.max_consecutive_failures, say=say)
 
     settings = {"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": the_plan.listen.host,
                 "KERASTUNER_ORACLE_PORT": str(the_plan.listen.port)}
@@ -1048,18 +1122,25 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
             return sweeps.tune(config, out_dir=sweep_dir, overwrite=overwrite, verbose=verbose, progress=say)
     finally:
         oracle_chief.start_server = original
+        if supervisor is not None:
+            supervisor.stop()
 
 
-def _serve(oracle: Any, the_plan: Plan, *, running: Dict[str, str], identity: Dict[str, Any],
-           source: Optional[str], sweep_dir: Path,
-           planned: Optional[int], max_failures_in_a_row: Optional[int], verbose: bool, chief_timeout: float,
-           say: Callable[[str], None]) -> None:
+def _free_port(host: str) -> int:
+    """A port free on `host` now (the chief binds it a few seconds later, exclusively: a clash is an error)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _serve(oracle: Any, the_plan: Plan, supervisor: Optional[Supervisor], *, running: Dict[str, str],
+           remote_possible: bool, identity: Dict[str, Any], source: Optional[str], sweep_dir: Path,
+           planned: Optional[int], max_failures_in_a_row: Optional[int], say: Callable[[str], None]) -> None:
     """Serves the oracle until every trial is finished, supervising the local workers; then returns."""
     chief = Chief(oracle, identity=identity, source=source, sweep_dir=sweep_dir, planned=planned, on_event=say,
                   on_trial_end=lambda end: say(format_trial_end(end)), max_failures_in_a_row=max_failures_in_a_row)
-    local_ids = [f"tuner{i}" for i in range(the_plan.workers)]
-    # Only a chief on a known port (or with no local workers) can be joined by other processes.
-    remote_possible = bool(the_plan.listen.port or not the_plan.workers)
+    local_ids = list(supervisor.slots) if supervisor is not None else []
     chief.restore_running(running, local_ids=local_ids, remote_possible=remote_possible)
     if chief.nothing_left():
         chief.stop()
@@ -1067,15 +1148,14 @@ def _serve(oracle: Any, the_plan: Plan, *, running: Dict[str, str], identity: Di
     project = sweep_dir / "tuner"
     if not (project / "tuner0.json").is_file():
         _write_json(project / "tuner0.json", {})  # so that a later one-process `ktk tune` reloads the oracle
-    supervisor: Optional[Supervisor] = None
     try:
         address = chief.start(the_plan.listen)
-        if the_plan.workers:
-            supervisor = Supervisor(chief, local_ids, verbose=verbose,
-                                    chief_timeout=chief_timeout, on_event=say)
-            supervisor.start_all()
-            say(f"chief on {address} with {the_plan.workers} worker process(es); their logs: {sweep_dir / LOGS_DIR}")
-        if the_plan.role == "chief" and (the_plan.listen.port or not the_plan.workers):
+        if supervisor is not None:
+            supervisor.attach(chief)
+            if not supervisor.started():
+                supervisor.start_all()
+            say(f"chief on {address} with {len(local_ids)} worker process(es); their logs: {sweep_dir / LOGS_DIR}")
+        if remote_possible:
             hint = "  (loopback: only this machine can join)" if address.host in (LOOPBACK, "localhost", "::1") else ""
             say(f"chief listening on {address}; start workers with: ktk tune CONFIG --role worker --chief "
                 f"{address} --worker-id NAME{hint}")
@@ -1090,7 +1170,7 @@ def _serve(oracle: Any, the_plan: Plan, *, running: Dict[str, str], identity: Di
             chief.requeue_silent_workers()
             if chief.finished():
                 break
-            if supervisor is not None and supervisor.all_exited() and not the_plan.listen.port:
+            if supervisor is not None and supervisor.all_exited() and not remote_possible:
                 raise UserError(f"every worker exited but the sweep is not finished; see {sweep_dir / LOGS_DIR}")
             time.sleep(0.1)
     finally:
@@ -1143,6 +1223,9 @@ def _worker_main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.parent:
         _watch_parent(args.parent)
+    # TensorFlow (through keras-tuner) first: a worker started early imports it while the chief loads.
+    import keras_tuner  # noqa: F401
+
     try:
         run_worker(None, chief=parse_address(args.chief, flag="--chief"), worker_id=args.worker_id,
                    out_dir=args.out, verbose=args.verbose, chief_timeout=args.chief_timeout,
