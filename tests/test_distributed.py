@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.config import parse_config
 from toolkit.distributed import (
     Address,
     Chief,
     ChiefClient,
+    TrialEnd,
     check_worker_id,
     config_identity,
     format_trial_end,
     parse_address,
     plan,
-    TrialEnd,
 )
 from toolkit.errors import UserError
 
@@ -141,8 +140,7 @@ def served(tmp_path, sweep_config):
     space.Float("x", 0.0, 1.0)
     oracle.update_space(space)
     events = []
-    config = parse_config(json.loads(json.dumps(config_identity(_load(sweep_config)))))
-    chief = Chief(oracle, identity=config_identity(config), source=str(sweep_config),
+    chief = Chief(oracle, identity=config_identity(_load(sweep_config)), source=str(sweep_config),
                   sweep_dir=tmp_path / "sweep", on_event=events.append, lease_s=0.3)
     address = chief.start(Address("127.0.0.1", 0))
     channel = grpc.insecure_channel(str(address))
