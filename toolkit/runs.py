@@ -83,6 +83,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         "params": int(model.count_params()),
         "wall_time_s": round(time.time() - started, 3),
         "task": data.task,
+        "num_classes": data.num_classes,
         "monitor": monitor,
         "seed": config.seed,
         "sizes": data.sizes(),
