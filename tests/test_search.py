@@ -10,7 +10,7 @@ import pytest
 from toolkit.cli import main
 from toolkit.config import parse_config
 from toolkit.errors import UserError
-from toolkit.search import (DEPTH_PATH, apply_values, grid_size, hyperband_trial_count, parse_search,
+from toolkit.search import (DEPTH_PATH, apply_values, check_with_keras, grid_size, hyperband_trial_count, parse_search,
                             quasi_random_oracle_class)
 
 # keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
@@ -255,6 +255,31 @@ def test_bad_space_exits_with_status_2(tmp_path, capsys):
         f"ktk: error: {path}: search.space.model.dropout: empty range; expected {{float: [low, high]}} "
         f"with low < high; received [0.5, 0.1].\n")
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
+
+
+def keras_check_error(space, base=BASE, **search):
+    from toolkit.data import load_data
+
+    config = config_with(space, base, **search)
+    with pytest.raises(UserError) as caught:
+        check_with_keras(parse_search(config), config.with_values({"search": None}), load_data(config))
+    return str(caught.value)
+
+
+def test_keras_checks_names_and_arguments_before_training():
+    assert keras_check_error({
+        "training.optimizer.name": {"choice": ["sgd", "adam"]},
+        "training.optimizer.momentum": {"float": [0.0, 0.9]},
+    }) == ("sweep.yaml: search.space.training.optimizer.momentum: momentum is not an argument of the adam optimizer; "
+           "expected when: {training.optimizer.name: [sgd]}.")
+    assert keras_check_error({"model.activation": {"choice": ["relu", "rleu"]}}).startswith(
+        "sweep.yaml: search.space.model.activation: the value 'rleu' is rejected by Keras: model.activation: "
+        "expected a Keras activation; received 'rleu'. Valid choices: ")
+    assert keras_check_error({"training.optimizer.momentun": {"float": [0.0, 0.9]}}, base=dict(
+        BASE, training={"optimizer": {"name": "sgd"}})).endswith("Did you mean 'momentum'?")
+    assert keras_check_error({"model.dropout": {"float": [0.0, 0.5]}}, objective="val_auc") == (
+        "sweep.yaml: search.objective: not a metric of this model; received 'val_auc'. Valid choices: val_accuracy, "
+        "val_loss. Did you mean 'val_accuracy'?")
 
 
 # ------------------------------------------------------------------------------------- oracles

@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -146,7 +145,7 @@ def test_a_finished_sweep_returns_at_once_without_retesting(random_sweep, monkey
 
 @pytest.mark.parametrize("tuner, extra, planned", [
     ("grid", {"max_trials": 3}, 3),
-    ("bayesian", {"max_trials": 3, "num_initial_points": 2}, 3),
+    ("bayesian", {"max_trials": 3, "num_initial_points": 2, "executions_per_trial": 2}, 3),
     ("hyperband", {"max_trials": 3, "factor": 2}, 3),
 ])
 def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
@@ -164,6 +163,12 @@ def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
     if tuner == "grid":  # the grid starts from the first value of every parameter
         assert (rows[0]["model.hidden.0"], rows[0]["training.optimizer.learning_rate"]) == ("4", "0.01")
         assert len({(r["model.hidden.0"], r["training.optimizer.learning_rate"]) for r in rows}) == 3
+    if tuner == "bayesian":  # two executions per trial, seeds 1 and 2: both histories kept
+        for row in rows:
+            one, two = (read_csv(tmp_path / "sweep" / "histories" / f"{row['trial_id']}{suffix}.csv")
+                        for suffix in ("", ".execution2"))
+            scores = [min(float(h["val_loss"]) for h in history) for history in (one, two)]
+            assert scores[0] != scores[1] and float(row["score"]) == pytest.approx(sum(scores) / 2)
     if tuner == "hyperband":  # hyperband's epoch budget is the training.epochs column
         assert {r["training.epochs"] for r in rows} <= {"1", "2"}
         assert all(r["epochs"] == r["training.epochs"] for r in rows)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from toolkit.errors import UserError, did_you_mean, show
+from toolkit.errors import UserError, show
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "quasi_random")
 SEQUENCES = ("halton", "sobol")
@@ -669,7 +669,7 @@ def _check_key(path: str, config: Any, by_path: Mapping[str, Param]) -> None:
                 raise UserError(f"{done} has {length} item{'s' if length != 1 else ''}; index {index} does not "
                                 f"exist{hint}", where=where, expected=f"an index from 0 to {length - 1}",
                                 received=index)
-            node = _item_type(node, done, config)
+            node = _item_type(done)
             data = data[index] if isinstance(data, list) and index < len(data) else None
         else:
             return  # inside free-form data (a mapping of options, a layer's config): nothing to check
@@ -695,8 +695,9 @@ def _inner_type(annotation: Any) -> Any:
     return None
 
 
-def _item_type(node: Any, done: str, config: Any) -> Any:
-    if done == "model.layers":
+def _item_type(list_path: str) -> Any:
+    """The schema of the items of a list in the config (only model.layers holds sections)."""
+    if list_path == "model.layers":
         from toolkit.config import LayerConfig
 
         return LayerConfig
@@ -800,6 +801,7 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
         builds_optimizer = param.path.startswith(("training.optimizer.", "training.schedule"))
         if not (builds_model or builds_optimizer):
             continue
+        _check_optimizer_names_for(param, config, by_path)
         for value, values in candidates(param, by_path):
             trial_config = apply_values(config, values)
             try:
@@ -828,6 +830,27 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _check_optimizer_names_for(param: Param, config: Any, by_path: Mapping[str, Param]) -> None:
+    """An optimizer argument that only some of the searched optimizers take needs a ``when``."""
+    from toolkit import training
+
+    name_path = "training.optimizer.name"
+    if not param.path.startswith("training.optimizer.") or param.path == name_path or name_path not in by_path \
+            or name_path in dict(param.when):
+        return
+    accepting, rejecting = [], []
+    for name in by_path[name_path].values:
+        try:
+            training.get_optimizer(apply_values(config, {name_path: name, param.path: param.candidates()[0]}), 1)
+            accepting.append(name)
+        except UserError:
+            rejecting.append(name)
+    if accepting and rejecting:
+        argument = param.path.rsplit(".", 1)[1]
+        raise UserError(f"{argument} is not an argument of the {', '.join(map(str, rejecting))} optimizer",
+                        where=f"search.space.{param.path}", expected=f"when: {{{name_path}: [{', '.join(map(str, accepting))}]}}")
 
 
 def apply_values(config: Any, values: Mapping[str, Any]) -> Any:

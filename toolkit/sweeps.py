@@ -174,7 +174,7 @@ class _Sweep:
         self.verbose = verbose
         self.say = say
         self.role = role
-        self.worker_id = os.environ.get("KERASTUNER_TUNER_ID") if role != "single" else None
+        self.worker_id = os.environ.get("KERASTUNER_TUNER_ID") or None
         self.records = _Records(sweep_dir / RECORDS_DIR)
         self.pending: Dict[str, Dict[str, Any]] = {}
         self.started = time.time()
@@ -187,14 +187,18 @@ class _Sweep:
         planned = self.spec.planned_trials()
         if resumed and self.role != "worker":
             self.say(f"resuming the sweep in {self.dir}: {resumed} of {planned or '?'} trials already done")
+        watcher = _RecordWatcher(self) if self.role == "chief" else None
         try:
             tuner = self._make_tuner()
             with _keras_tuner_quiet():
-                tuner.search(verbose=0)
+                tuner.search(verbose=0)  # the chief serves the oracle here until the workers are done
         except _SearchStopped as stop:
             self.runner.close()
             self._write_trials_csv()
             raise UserError(str(stop), where="search.max_consecutive_failures", file=self.base.source) from None
+        finally:
+            if watcher is not None:
+                watcher.stop()
         self.runner.close()  # its memory is not needed for retraining best/
         rows = self._write_trials_csv()
         result = SweepResult(sweep_dir=self.dir, spec=self.spec, trials=rows, best=None, planned=planned,
@@ -347,6 +351,34 @@ class _Sweep:
         self.say(f"retraining trial {row['trial_id']} into {run_dir} (evaluated once on the test split)")
         return run(run_config, out_dir=run_dir, verbose=1 if self.verbose else 0,
                    data=self.data_cache.get(run_config))
+
+
+class _RecordWatcher:
+    """In the chief (which runs no trials), one progress line per trial recorded by any worker."""
+
+    def __init__(self, sweep: _Sweep):
+        import threading
+
+        self.sweep = sweep
+        self.reported = set(sweep.records.load())
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="ktk-progress", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(1.0):
+            self._report()
+
+    def _report(self) -> None:
+        for trial_id, record in sorted(self.sweep.records.load().items()):
+            if trial_id not in self.reported:
+                self.reported.add(trial_id)
+                self.sweep.say(self.sweep._progress_line(record))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        self._report()
 
 
 class _SearchStopped(Exception):
