@@ -1119,7 +1119,8 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
     oracle_chief.start_server = serve  # keras-tuner's own: 20 s polling, no supervision, no prompt exit
     try:
         with _environment(settings):
-            return sweeps.tune(config, out_dir=sweep_dir, overwrite=overwrite, verbose=verbose, progress=say)
+            return sweeps.tune(config, out_dir=sweep_dir, overwrite=overwrite, verbose=verbose, progress=say,
+                               chief_reports=False)  # _serve's chief reports each trial, from the oracle
     finally:
         oracle_chief.start_server = original
         if supervisor is not None:

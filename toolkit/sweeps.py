@@ -94,7 +94,7 @@ class SweepResult:
 
 
 def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: bool = False,
-         verbose: bool = False, progress: Optional[Progress] = None) -> SweepResult:
+         verbose: bool = False, progress: Optional[Progress] = None, *, chief_reports: bool = True) -> SweepResult:
     """Runs (or resumes) the config's search into a sweep directory.
 
     Args:
@@ -106,6 +106,8 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
         verbose: show Keras' per-epoch progress of each trial.
         progress: called with one line per finished trial (trial k/N, score, best so far, elapsed,
             time left) and a few lines about resuming and retraining; None for silence.
+        chief_reports: in a distributed chief, report each trial a worker records (False when the caller
+            reports trials itself, as :mod:`toolkit.distributed`'s chief does from the oracle).
 
     Returns:
         A :class:`SweepResult`. ``best/`` holds the best configuration retrained on the training split
@@ -136,6 +138,7 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
             with _quiet_tensorflow(verbose):
                 check_with_keras(spec, base, data_cache.get(base))
                 sweep = _Sweep(spec, base, sweep_dir, data_cache, runner, verbose=verbose, say=say, role=role)
+                sweep.chief_reports = chief_reports
                 return sweep.run()
         except BaseException:
             runner.close(now=True)  # Ctrl-C or an error: do not wait for the worker's trial to end
@@ -174,6 +177,7 @@ class _Sweep:
         self.verbose = verbose
         self.say = say
         self.role = role
+        self.chief_reports = True
         self.worker_id = os.environ.get("KERASTUNER_TUNER_ID") or None
         self.records = _Records(sweep_dir / RECORDS_DIR)
         self.pending: Dict[str, Dict[str, Any]] = {}
@@ -187,7 +191,7 @@ class _Sweep:
         planned = self.spec.planned_trials()
         if resumed and self.role != "worker":
             self.say(f"resuming the sweep in {self.dir}: {resumed} of {planned or '?'} trials already done")
-        watcher = _RecordWatcher(self) if self.role == "chief" else None
+        watcher = _RecordWatcher(self) if self.role == "chief" and self.chief_reports else None
         try:
             tuner = self._make_tuner()
             with _keras_tuner_quiet():
