@@ -322,6 +322,98 @@ class Sweep:
         return pick(scored, key=lambda t: t["score"])
 
 
+@dataclass
+class Parameter:
+    """One searched parameter: its range or choices (from the search space) and where the best trial sits."""
+
+    name: str  # dot path, as in trials.csv
+    kind: str  # "int" | "float" | "choice" | "unknown" (not described by the search space)
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[List[Any]] = None
+    when: Optional[Dict[str, Any]] = None
+    best: Any = None  # the best trial's value (None when inactive there or no trial completed)
+    edge: Optional[str] = None  # "low" or "high" when the best value sits at an edge of the range
+
+    def describe(self) -> str:
+        """The range in words: ``float in [0.0001, 0.1], log scale`` or ``one of sgd, adam``."""
+        if self.kind in ("int", "float"):
+            text = f"{self.kind} in [{format_value(self.low)}, {format_value(self.high)}]"
+            return text + (", log scale" if self.log else "")
+        if self.kind == "choice":
+            return "one of " + ", ".join(_compact(c) for c in self.choices or [])
+        return "(not in the search space)"
+
+    @property
+    def edge_message(self) -> Optional[str]:
+        if self.edge is None:
+            return None
+        bound = self.low if self.edge == "low" else self.high
+        if self.kind == "choice":
+            return (f"the best value {_compact(self.best)} is the {'lowest' if self.edge == 'low' else 'highest'}"
+                    f" choice: consider extending the choices beyond it")
+        return (f"the best value {format_value(self.best)} is at the {self.edge} edge of the searched range "
+                f"(near {format_value(bound)}): consider widening the range")
+
+
+EDGE_FRACTION = 0.1  # the outer tenth of a range (of its logarithm for log-scale parameters) is its edge
+
+
+def parameters(sweep: "Sweep") -> List[Parameter]:
+    """The searched parameters of a sweep with their ranges, the best trial's values and edge flags.
+
+    The search space (``search.space``: ``{int: [lo, hi]}``, ``{float: [lo, hi], log: true}``,
+    ``{choice: [...]}``, optionally ``when:``) gives the ranges; a parameter found only in trials.csv
+    gets the range of the values tried.
+    """
+    best = sweep.best_trial()
+    names = list(sweep.parameters) + [n for n in sweep.space if n not in sweep.parameters]
+    result = []
+    for name in names:
+        spec = sweep.space.get(name)
+        parameter = _parameter_from_spec(name, spec)
+        if parameter.kind == "unknown":
+            tried = [t.get(name) for t in sweep.trials if _is_number(t.get(name))]
+            if tried:
+                parameter.low, parameter.high = min(tried), max(tried)
+        parameter.best = best.get(name) if best else None
+        parameter.edge = _edge(parameter)
+        result.append(parameter)
+    return result
+
+
+def _parameter_from_spec(name: str, spec: Any) -> Parameter:
+    if not isinstance(spec, Mapping):
+        return Parameter(name, "unknown")
+    when = spec.get("when") if isinstance(spec.get("when"), Mapping) else None
+    for kind in ("int", "float"):
+        bounds = spec.get(kind)
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(_is_number(b) for b in bounds):
+            return Parameter(name, kind, low=bounds[0], high=bounds[1], log=bool(spec.get("log")), when=when)
+    if isinstance(spec.get("choice"), (list, tuple)):
+        return Parameter(name, "choice", choices=list(spec["choice"]), when=when)
+    return Parameter(name, "unknown", when=when)
+
+
+def _edge(parameter: Parameter) -> Optional[str]:
+    value = parameter.best
+    if parameter.kind == "choice":
+        numeric = [c for c in parameter.choices or [] if _is_number(c)]
+        if len(numeric) < 3 or len(numeric) != len(parameter.choices or []) or not _is_number(value):
+            return None  # two choices are both edges; unordered (text) choices have none
+        return "low" if value == min(numeric) else "high" if value == max(numeric) else None
+    if parameter.kind == "unknown":
+        return None  # without the searched range there is no edge to speak of
+    low, high = parameter.low, parameter.high
+    if not (_is_number(value) and _is_number(low) and _is_number(high)) or high <= low:
+        return None
+    if parameter.log and low > 0 and value > 0:
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    position = (value - low) / (high - low)
+    return "low" if position <= EDGE_FRACTION else "high" if position >= 1 - EDGE_FRACTION else None
+
+
 def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
     """Reads a sweep directory's config.yaml and trials.csv.
 
