@@ -164,3 +164,43 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert result.returncode == 2 and "--set: expected KEY=VALUE" in result.stderr
     result = subprocess_ktk("rnu")
     assert result.returncode == 2 and "Did you mean 'run'?" in result.stderr
+
+
+@pytest.mark.parametrize("section, message", [
+    ("training: {optimizer: {name: adamm}}",
+     "training.optimizer.name: expected a Keras optimizer; received 'adamm'."),
+    ("model: {activation: relux}", "model.activation: expected a Keras activation; received 'relux'."),
+    ("model: {initializer: he_normall}", "model.initializer: expected a Keras initializer; received 'he_normall'."),
+    ("model: {layers: [{class_name: Conv2d, config: {}}]}",
+     "model.layers.0.class_name: expected a Keras layer; received 'Conv2d'."),
+    ("training: {schedule: {name: exponential_decai}}",
+     "training.schedule.name: expected a Keras schedule; received 'exponential_decai'."),
+])
+def test_validate_catches_keras_name_typos_without_importing_keras(tmp_path, section, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {source: sklearn.iris}\n" + section + "\n")
+    code = ("import sys; from toolkit.cli import main; rc = main(['validate', sys.argv[1]]); "
+            "assert 'keras' not in sys.modules; sys.exit(rc)")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"ktk: error: {path}: {message}")
+    assert "Did you mean" in out.stderr
+
+
+def test_fast_name_lists_match_keras_registries():
+    import keras
+
+    from toolkit.keras_names import choices
+    from toolkit.models import initializer_names, keras_names
+
+    assert choices("layer") == keras_names(keras.layers, keras.layers.Layer)
+    assert choices("initializer") == initializer_names()
+    assert set(choices("optimizer")) == {n.lower() for n in keras_names(keras.optimizers, keras.optimizers.Optimizer)
+                                         } - {"lossscaleoptimizer", "multioptimizer"}
+
+
+def test_validate_deep_builds_the_model(capsys):
+    assert main(["validate", str(REPO / "configs" / "quickstart.yaml"), "--deep"]) == 0
+    assert "17,802 parameters" in capsys.readouterr().out

@@ -111,15 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-error", type=float, metavar="E",
                    help="Bayes/human-level error to measure avoidable bias against (default: config or 0)")
     p.add_argument("--format", default="text", choices=["text", "json"])
+    p.add_argument("--tolerance", type=float, metavar="T",
+                   help="gap above which bias/variance counts as high (default 0.03 of classification error; "
+                   "for regression 0.2 times the error it is measured from)")
 
     p = commands.add_parser("gradcheck", help="compare backprop gradients with finite differences")
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("--samples", type=int, default=8, metavar="N", help="examples in the batch (default 8)")
+    p.add_argument("--max-per-layer", type=int, metavar="N",
+                   help="compare at most N randomly chosen parameters per layer (default: every parameter)")
+    p.add_argument("--format", default="text", choices=["text", "json"])
     _add_set(p)
 
     p = commands.add_parser("experiment", help="run a ready-made experiment suite and compare its runs")
     p.add_argument("suite", metavar="SUITE", help="a folder of configs, e.g. experiments/initialization")
-    p.add_argument("--out", metavar="DIR", help="where the runs go (default: runs/experiments/<suite>)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where the runs go, one folder per config (default: runs/experiments/<suite>/<time>)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this config of the suite (repeatable)")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     return parser
@@ -187,16 +195,46 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    # Implemented with the lessons issue: toolkit.diagnosis.diagnose(run_dir, baseline_error=...)
-    raise UserError("ktk diagnose is not available yet", where="diagnose")
+    import json
+
+    from toolkit.diagnosis import diagnose, format_diagnosis
+
+    result = diagnose(args.run_dir, baseline_error=args.baseline_error, tolerance=args.tolerance)
+    print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_diagnosis(result))
+    return 0
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
-    raise UserError("ktk gradcheck is not available yet", where="gradcheck")
+    import json
+
+    from toolkit.gradcheck import format_gradcheck, gradient_check
+
+    if args.max_per_layer is not None and args.max_per_layer < 1:
+        raise UserError(where="--max-per-layer", expected="a positive number of parameters",
+                        received=args.max_per_layer)
+    result = gradient_check(_load(args), samples=args.samples, max_parameters_per_layer=args.max_per_layer)
+    print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_gradcheck(result))
+    return 1 if result.status == "fail" else 0
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    raise UserError("ktk experiment is not available yet", where="experiment")
+    from toolkit.experiments import format_lesson_rows, lesson_rows, run_suite
+
+    result = run_suite(args.suite, out_dir=args.out, overrides=args.overrides, verbose=0 if args.quiet else 2,
+                       only=args.only, progress=print)
+    try:  # the general comparison table comes with `ktk compare`
+        from toolkit.compare import compare, render
+    except ImportError:
+        pass
+    else:
+        print(render(compare(result.paths), "table"))
+        print()
+    finished = result.finished_runs()
+    if finished:
+        names = [f"{p.parent.name}/best" if p.name == "best" else p.name for p in finished]
+        print(format_lesson_rows(lesson_rows(finished, names)))
+    print(f"\nruns in {result.out_dir}: ktk compare {result.out_dir}; ktk diagnose {result.out_dir}/<run>")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -83,6 +83,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         "params": int(model.count_params()),
         "wall_time_s": round(time.time() - started, 3),
         "task": data.task,
+        "num_classes": data.num_classes,
         "monitor": monitor,
         "seed": config.seed,
         "sizes": data.sizes(),
@@ -101,9 +102,13 @@ def validate(config: Config, deep: bool = False) -> str:
     initializer, activation, optimizer and schedule names and report the parameter count.
     """
     from toolkit.data import load_data
+    from toolkit.keras_names import check_config_names
 
+    names_checked = check_config_names(config)
     data = load_data(config)
     lines = [f"# {config.source or config.name}: valid", f"# data: {data.describe()}"]
+    if not names_checked and not deep:
+        lines.append("# Keras names: not checked (Keras' API listing not found); use --deep")
     if deep:
         from toolkit import training
         from toolkit.models import build_model

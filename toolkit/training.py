@@ -44,7 +44,7 @@ def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     if config.training.schedule is not None:
         arguments["learning_rate"] = get_schedule(config.training.schedule, opt.learning_rate)
     names = sorted({n.lower() for n in keras_names(keras.optimizers, keras.optimizers.Optimizer)}
-                   - {"lossscaleoptimizer"})
+                   - {"lossscaleoptimizer", "multioptimizer"})  # wrappers, not optimizers
     if opt.name.lower() not in names:
         raise UserError(where="training.optimizer.name", expected="a Keras optimizer", received=opt.name,
                         choices=names)

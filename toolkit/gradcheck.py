@@ -1,0 +1,335 @@
+"""Gradient checking: backpropagation's gradients against centered finite differences, as the course teaches.
+
+The config's model is built in float64 with dropout disabled (it makes the cost random), and the full cost
+(the loss plus the model's regularization penalties) is evaluated on a small batch of training examples,
+in training mode (so batch normalization uses the batch's statistics, as when training). For every
+parameter theta_i::
+
+    g_num_i = (J(theta + eps e_i) - J(theta - eps e_i)) / (2 eps)
+
+and the relative difference ``||g_auto - g_num|| / (||g_auto|| + ||g_num||)`` is reported overall and per
+layer: below 1e-7 passes, up to 1e-5 warns, above fails. eps is 1e-7, scaled by the cube root of the cost
+when that is above 1 (round-off grows with the cost). The check is made at the initialized weights,
+with parameters that are exactly 0 (biases) moved by a small random amount so that no ReLU sits on its kink.
+
+The cost is evaluated *statelessly* (Keras' ``StatelessScope``): the weights are substituted by tensors,
+so nothing in the model (batch-norm moving statistics, random-generator state, loss trackers) changes.
+:func:`model_cost` is also what the gradient monitor (``toolkit.monitor``) uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from toolkit.errors import UserError
+
+PASS_BELOW = 1e-7
+WARN_UP_TO = 1e-5
+EPSILON = 1e-7
+BLOCK = 256  # perturbed parameters evaluated per call
+ZERO_JITTER = 0.05  # standard deviation of the value given to parameters that are exactly 0
+
+# Layers whose training-mode output is random, and the config argument that turns the randomness off.
+RANDOM_LAYERS = {
+    "Dropout": "rate", "SpatialDropout1D": "rate", "SpatialDropout2D": "rate", "SpatialDropout3D": "rate",
+    "AlphaDropout": "rate", "GaussianDropout": "rate", "GaussianNoise": "stddev",
+}
+
+
+def status_for(difference: float) -> str:
+    """pass below 1e-7, warn up to 1e-5, fail above (and fail for NaN)."""
+    if not np.isfinite(difference):
+        return "fail"
+    return "pass" if difference < PASS_BELOW else "warn" if difference <= WARN_UP_TO else "fail"
+
+
+@dataclass
+class LayerCheck:
+    """The check of one layer's parameters."""
+
+    layer: str
+    difference: float
+    status: str
+    checked: int  # parameters compared
+    parameters: int  # trainable parameters in the layer
+    grad_norm: float  # ||g_auto|| over the checked parameters
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"layer": self.layer, "difference": float(self.difference), "status": self.status,
+                "checked": self.checked, "parameters": self.parameters, "grad_norm": float(self.grad_norm)}
+
+
+@dataclass
+class GradcheckResult:
+    """The overall relative difference, its status, and the per-layer checks (in model order)."""
+
+    difference: float
+    status: str  # pass | warn | fail
+    layers: List[LayerCheck]
+    samples: int
+    epsilon: float
+    cost: float
+    checked: int
+    parameters: int
+    model_name: str = ""
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def worst(self) -> List[LayerCheck]:
+        """Layers from the largest difference down."""
+        return sorted(self.layers, key=lambda c: (-c.difference if np.isfinite(c.difference) else -np.inf))
+
+    @property
+    def failing(self) -> List[LayerCheck]:
+        return [c for c in self.layers if c.status == "fail"]
+
+    @property
+    def suspect(self) -> Optional[str]:
+        """The failing layer closest to the output: backpropagation passes its error on to the earlier
+        layers, so the wrong gradient most likely starts there."""
+        failing = self.failing
+        return failing[-1].layer if failing else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"status": self.status, "difference": float(self.difference), "suspect": self.suspect,
+                "samples": self.samples, "epsilon": self.epsilon, "cost": self.cost, "checked": self.checked,
+                "parameters": self.parameters, "layers": [c.to_dict() for c in self.layers],
+                "notes": list(self.notes)}
+
+
+def format_gradcheck(result: GradcheckResult, top: int = 5) -> str:
+    """The text report printed by ``ktk gradcheck``."""
+    lines = [
+        f"Gradient check of {result.model_name or 'the model'}: {result.status.upper()}  "
+        f"(relative difference {result.difference:.3e}; pass < {PASS_BELOW:g}, warn <= {WARN_UP_TO:g})",
+        f"  {result.checked:,} of {result.parameters:,} parameters compared on {result.samples} training "
+        f"examples, float64, eps {result.epsilon:g}, cost {result.cost:.6g} (loss + regularization)",
+        "",
+        "  worst layers:",
+    ]
+    width = max(len(c.layer) for c in result.layers) if result.layers else 5
+    for check in result.worst[:top]:
+        lines.append(f"    {check.layer:<{width}}  {check.difference:.3e}  {check.status.upper():<4}  "
+                     f"({check.checked:,} of {check.parameters:,} parameters)")
+    if result.suspect:
+        earlier = [c.layer for c in result.failing[:-1]]
+        lines += ["", f"  The wrong gradient most likely starts in layer {result.suspect!r}"
+                  + (f" (backpropagation carries its error into {', '.join(earlier)})" if earlier else "")
+                  + ": check its backward pass (custom gradients, non-differentiable operations)."]
+    lines += [f"  note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- the cost
+
+
+def model_cost(model: Any, trainable_values: Sequence[Any], x: Any, y: Any, training: bool = True) -> Any:
+    """The compiled model's full cost (loss + regularization losses) with substituted weight values.
+
+    Nothing in `model` changes: the call runs in a Keras ``StatelessScope`` mapping every trainable
+    variable to the given value and every other variable (moving statistics, seeds, metric state) to its
+    current value. Differentiate with ``tf.GradientTape`` by watching `trainable_values`.
+    """
+    import keras
+
+    mapping = list(zip(model.trainable_variables, trainable_values))
+    mapping += [(v, v.value) for v in model.non_trainable_variables]
+    mapping += [(v, v.value) for v in model.metrics_variables]
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+        y_pred = model(x, training=training)
+        return model.compute_loss(x=x, y=y, y_pred=y_pred, training=training)
+
+
+def layer_of_variables(model: Any) -> List[str]:
+    """The name of the (top-level) layer owning each trainable variable, in model.trainable_variables order."""
+    owner: Dict[int, str] = {}
+    for layer in model.layers:
+        for variable in layer.trainable_variables:
+            owner.setdefault(id(variable), layer.name)
+    return [owner.get(id(v), str(getattr(v, "path", v.name)).split("/")[0]) for v in model.trainable_variables]
+
+
+# ----------------------------------------------------------------------------------- the check
+
+
+def without_dropout(config: Any) -> Any:
+    """The config with every dropout (and noise) rate set to 0: dropout makes the cost random."""
+    values: Dict[str, Any] = {"model.dropout": 0.0}
+    for i, layer in enumerate(config.model.layers or []):
+        if layer.class_name is None:
+            if layer.dropout:
+                values[f"model.layers.{i}.dropout"] = 0.0
+        elif layer.class_name in RANDOM_LAYERS:
+            values[f"model.layers.{i}.config.{RANDOM_LAYERS[layer.class_name]}"] = 0.0
+    return config.with_values(values)
+
+
+def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = None,
+                   max_parameters_per_layer: Optional[int] = None, data: Any = None) -> GradcheckResult:
+    """Checks the model's backpropagation gradients against centered finite differences.
+
+    Args:
+        config: a :class:`toolkit.config.Config`; its model is built in float64 with dropout off.
+        samples: training examples in the batch the cost is evaluated on.
+        epsilon: the finite-difference step; default 1e-7 (the course's), scaled up by the cube root of
+            the cost when the cost is above 1: the round-off error of a difference grows with the cost,
+            and the cube root balances it against the truncation error of centered differences.
+        max_parameters_per_layer: compare at most this many parameters per layer (chosen at random with
+            the config's seed); None compares every parameter, as the course does.
+        data: an already loaded :class:`toolkit.data.Dataset`; loaded from the config when None.
+
+    Returns:
+        A :class:`GradcheckResult`; its ``status`` is "fail" when the overall difference exceeds 1e-5.
+
+    Raises:
+        UserError: a bad config, no training examples, or a cost that is random in training mode.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise UserError(where="--samples", expected="a positive number of examples", received=samples)
+    import keras
+    import tensorflow as tf
+
+    from toolkit.data import load_data
+    from toolkit.models import build_model
+    from toolkit.training import compile_model
+
+    checked_config = without_dropout(config)
+    if data is None:
+        data = load_data(checked_config)
+    if len(data.y_train) == 0:
+        raise UserError("the training split is empty", where="data.split")
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(checked_config, data)
+        compile_model(model, checked_config, data)
+        x = tf.constant(np.asarray(data.x_train[:samples], dtype=np.float64))
+        y_np = np.asarray(data.y_train[:samples])
+        y = tf.constant(y_np if data.task == "multiclass" else y_np.astype(np.float64))
+        return _check(model, x, y, int(x.shape[0]), epsilon, max_parameters_per_layer, config.seed)
+    finally:
+        keras.config.set_floatx(previous_floatx)
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], max_per_layer: Optional[int],
+           seed: int) -> GradcheckResult:
+    import tensorflow as tf
+
+    variables = model.trainable_variables
+    if not variables:
+        raise UserError("the model has no trainable parameters to check", where="model")
+    shapes = [tuple(v.shape) for v in variables]
+    sizes = [int(np.prod(s)) for s in shapes]
+    if any(v.dtype != "float64" for v in variables):
+        raise UserError("a layer's weights are not float64 (a custom layer fixing its dtype?)",
+                        where="model.layers", received=[v.path for v in variables if v.dtype != "float64"])
+    theta0 = np.concatenate([np.asarray(v.numpy(), dtype=np.float64).ravel() for v in variables])
+    # Parameters that are exactly 0 (biases at initialization) are moved by a small random amount: with a
+    # zero bias, a unit whose inputs are all 0 (dead ReLUs before it) sits exactly on the ReLU's kink, where
+    # finite differences and the gradient legitimately disagree. Correct gradients agree at any point.
+    rng = np.random.default_rng(seed)
+    zeros = theta0 == 0.0
+    theta0[zeros] = rng.normal(0.0, ZERO_JITTER, size=int(zeros.sum()))
+
+    def unflatten(theta: Any) -> List[Any]:
+        return [tf.reshape(part, shape) for part, shape in zip(tf.split(theta, sizes), shapes)]
+
+    @tf.function(input_signature=[tf.TensorSpec([len(theta0)], tf.float64)], reduce_retracing=True)
+    def cost(theta: Any) -> Any:
+        return tf.cast(model_cost(model, unflatten(theta), x, y, training=True), tf.float64)
+
+    @tf.function(input_signature=[tf.TensorSpec([len(theta0)], tf.float64)], reduce_retracing=True)
+    def cost_and_gradient(theta: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            value = cost(theta)
+        return value, tape.gradient(value, theta)
+
+    value, gradient = cost_and_gradient(tf.constant(theta0))
+    j0 = float(value.numpy())
+    if epsilon is None:
+        epsilon = EPSILON * max(1.0, abs(j0)) ** (1 / 3) if np.isfinite(j0) else EPSILON
+    if gradient is None:
+        raise UserError("the cost does not depend on the model's weights", where="model")
+    g_auto = gradient.numpy()
+    if float(cost(tf.constant(theta0)).numpy()) != float(cost(tf.constant(theta0)).numpy()):
+        raise UserError("the cost differs between two evaluations with the same weights: a layer is random in "
+                        "training mode (dropout or noise that gradcheck could not switch off)",
+                        where="model.layers")
+
+    owners = layer_of_variables(model)
+    layer_order: List[str] = []
+    index_by_layer: Dict[str, List[np.ndarray]] = {}
+    offset = 0
+    for owner, size in zip(owners, sizes):
+        if owner not in index_by_layer:
+            layer_order.append(owner)
+            index_by_layer[owner] = []
+        index_by_layer[owner].append(np.arange(offset, offset + size))
+        offset += size
+    chosen: Dict[str, np.ndarray] = {}
+    for layer in layer_order:
+        every = np.concatenate(index_by_layer[layer])
+        if max_per_layer is not None and len(every) > max_per_layer:
+            every = np.sort(rng.choice(every, size=max_per_layer, replace=False))
+        chosen[layer] = every
+
+    # J(theta + eps e_i) and J(theta - eps e_i) for a block of parameters per call (vectorized over the
+    # block), instead of two calls into TensorFlow per parameter.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
+    def centered_differences(indices: Any) -> Any:
+        base = tf.constant(theta0)
+
+        def shifted(step: Any) -> Any:
+            return tf.vectorized_map(
+                lambda i: cost(base + step * tf.one_hot(i, len(theta0), dtype=tf.float64)), indices)
+
+        return (shifted(tf.constant(epsilon, tf.float64)) - shifted(tf.constant(-epsilon, tf.float64))) / (
+            2 * epsilon)
+
+    g_num = np.full_like(theta0, np.nan)
+    every_chosen = np.concatenate([chosen[layer] for layer in layer_order]).astype(np.int32)
+    for start in range(0, len(every_chosen), BLOCK):
+        block = every_chosen[start:start + BLOCK]
+        g_num[block] = centered_differences(tf.constant(block)).numpy()
+
+    # Finite differences cannot resolve gradients below their round-off error (about machine epsilon
+    # times the cost, over eps, per parameter): a layer whose whole gradient is that small is not judged.
+    floor_per_parameter = 10 * np.finfo(np.float64).eps * max(abs(j0), 1.0) / epsilon
+    checks = []
+    notes = []
+    for layer in layer_order:
+        idx = chosen[layer]
+        total = int(sum(len(part) for part in index_by_layer[layer]))
+        diff = relative_difference(g_auto[idx], g_num[idx])
+        status = status_for(diff)
+        absolute = float(np.linalg.norm(g_auto[idx] - g_num[idx]))
+        if status != "pass" and np.isfinite(absolute) and absolute < floor_per_parameter * np.sqrt(len(idx)):
+            status = "pass"
+            notes.append(f"layer {layer!r}: its gradient ({np.linalg.norm(g_auto[idx]):.1e}) is at the "
+                         f"round-off level of finite differences; its relative difference is not meaningful")
+        checks.append(LayerCheck(layer, diff, status, int(len(idx)), total, float(np.linalg.norm(g_auto[idx]))))
+    every = np.concatenate([chosen[layer] for layer in layer_order])
+    overall = relative_difference(g_auto[every], g_num[every])
+    ranks = ["pass", "warn", "fail"]
+    overall_status = max([status_for(overall)] + [c.status for c in checks], key=ranks.index)
+    if not np.isfinite(j0):
+        notes.append(f"the cost is {j0} at the initial weights: the comparison is meaningless")
+    return GradcheckResult(difference=overall, status=overall_status, layers=checks, samples=samples,
+                           epsilon=epsilon, cost=j0, checked=int(len(every)), parameters=int(len(theta0)),
+                           model_name=model.name, notes=notes)
+
+
+def relative_difference(g_auto: np.ndarray, g_num: np.ndarray) -> float:
+    """||g_auto - g_num|| / (||g_auto|| + ||g_num||); 0 when both gradients are zero."""
+    numerator = float(np.linalg.norm(g_auto - g_num))
+    denominator = float(np.linalg.norm(g_auto) + np.linalg.norm(g_num))
+    if denominator == 0.0:
+        return 0.0 if numerator == 0.0 else float("inf")
+    return numerator / denominator
