@@ -55,7 +55,7 @@ class Entry:
     """One row before it becomes a DataFrame row: a run, a sweep trial, or a sweep's best run."""
 
     label: str
-    kind: str  # "run" | "trial" | "best"
+    kind: str  # "run" | "trial" | "best" (a sweep's best/) | "top" (a sweep's top/trial_<id>/)
     path: Path  # the run directory; for a trial, its sweep directory
     config: Dict[str, Any]  # flattened: dot path -> scalar (lists shown compactly)
     metrics: Dict[str, Dict[str, float]]  # split -> metric name -> value, at the best epoch
@@ -442,7 +442,7 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
                     warnings.append(f"{sweep_dir / 'trials.csv'}: line {number} has {len(cells)} fields, "
                                     f"expected {len(header)} (half-written?); skipped")
                     continue
-                trials.append({name: _typed(text) for name, text in zip(header, cells)})
+                trials.append({name: _typed(text, flow=name not in _TRIAL_FIXED) for name, text in zip(header, cells)})
     except FileNotFoundError:
         raise ValueError("no trials.csv") from None
     except (csv.Error, UnicodeDecodeError) as error:
@@ -454,6 +454,9 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
     return Sweep(sweep_dir, config, trials, parameters, warnings)
 
 
+DEPTH_PARAMETER = "model.depth"  # a sweep helper, not a config key: model.hidden cut or extended to it
+
+
 def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
     """One entry per trial: the sweep's config with the trial's searched values applied."""
     from toolkit.config import set_path
@@ -462,9 +465,13 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
     entries = []
     for trial in sweep.trials:
         config = copy.deepcopy(base)
+        depth = trial.get(DEPTH_PARAMETER)
+        hidden = config.get("model", {}).get("hidden") if isinstance(config.get("model"), dict) else None
+        if isinstance(depth, int) and isinstance(hidden, list) and hidden:  # as toolkit.search applies it
+            config["model"]["hidden"] = hidden[:depth] if depth <= len(hidden) else hidden + [hidden[-1]] * (depth - len(hidden))
         for parameter in sweep.parameters:
             value = trial.get(parameter)
-            if value is None:  # a conditional parameter that was not active in this trial
+            if value is None or parameter == DEPTH_PARAMETER:  # inactive (conditional), or not a config key
                 continue
             try:
                 set_path(config, parameter, value, where=parameter)
@@ -588,12 +595,17 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
                 continue
             warnings.extend(sweep.warnings)
             rows.extend(trial_entries(sweep, labels[directory]))
-            best = directory / "best"
-            if (best / "metrics.json").is_file():
+            retrained = [(directory / "best", "best")]
+            top = directory / "top"
+            if top.is_dir():
+                retrained += [(run_dir, "top") for run_dir in sorted(top.iterdir()) if run_dir.is_dir()]
+            for run_dir, kind in retrained:
+                if not (run_dir / "metrics.json").is_file():
+                    continue  # not retrained yet (a sweep still running, or retrain_top 1)
                 try:
-                    rows.append(read_run(best, labels[directory] + "/best", kind="best"))
+                    rows.append(read_run(run_dir, f"{labels[directory]}/{os.path.relpath(run_dir, directory)}", kind=kind))
                 except ValueError as error:
-                    warnings.append(f"{best}: {error}; skipped")
+                    warnings.append(f"{run_dir}: {error}; skipped")
         else:
             try:
                 rows.append(read_run(directory, labels[directory]))
@@ -776,15 +788,21 @@ def render(df, fmt: str = "table") -> str:
     if fmt == "json":
         records = [{str(k): _plain(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         return json.dumps(records, indent=2, allow_nan=False) + "\n"
+    header, cells, numeric = table_cells(df)
+    if fmt == "table":
+        return text_table(header, cells, numeric)
+    if fmt == "markdown":
+        return markdown_table(header, cells, numeric)
+    return html_page("ktk compare", [html_table(header, cells, numeric)])
+
+
+def table_cells(df) -> Tuple[List[str], List[List[str]], List[bool]]:
+    """The header, the formatted cells and which columns are numeric, for a table to read (no locations)."""
     shown = df[[c for c in df.columns if c not in LOCATION_COLUMNS]]
     header = [str(c) for c in shown.columns]
     cells = [[format_value(v) for v in values] for values in shown.itertuples(index=False, name=None)]
     numeric = [_numeric_column(shown[c]) for c in shown.columns]
-    if fmt == "table":
-        return _text_table(header, cells, numeric)
-    if fmt == "markdown":
-        return _markdown_table(header, cells, numeric)
-    return html_page("ktk compare", [html_table(header, cells, numeric)])
+    return header, cells, numeric
 
 
 def format_value(value: Any) -> str:
@@ -808,7 +826,7 @@ def _numeric_column(series) -> bool:
     return bool(values) and all(_is_number(v) for v in values)
 
 
-def _text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
+def text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
 
     def line(values: Sequence[str]) -> str:
@@ -818,7 +836,10 @@ def _text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) 
     return "\n".join([line(header), rule, *(line(r) for r in cells)]) + "\n"
 
 
-def _markdown_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
+def markdown_table(header: List[str], cells: List[List[str]], numeric: Optional[List[bool]] = None) -> str:
+    """A Markdown (GitHub) pipe table of already formatted cells; numeric columns right-aligned."""
+    numeric = numeric or [False] * len(header)
+
     def escape(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -854,8 +875,8 @@ tr:nth-child(even) td { background: #fafafa; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
 .scroll { overflow-x: auto; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 640px; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; max-width: 640px; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; max-width: 600px; }
 pre, code { background: #f6f8fa; padding: 0.1em 0.3em; border-radius: 3px; }
 pre { padding: 0.7em; overflow-x: auto; }
 .warning { color: #8a4b00; }
@@ -893,10 +914,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _typed(text: str) -> Any:
-    """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str."""
+def _typed(text: str, flow: bool = False) -> Any:
+    """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str.
+
+    With `flow`, text like ``[128, 64]`` or ``{name: adam}`` (how trials.csv writes list and mapping
+    choices) is read back as YAML.
+    """
     if text == "":
         return None
+    if flow and text[:1] in "[{":
+        try:
+            return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError:
+            return text
     if re.fullmatch(r"[-+]?\d+", text):
         return int(text)
     try:

@@ -109,6 +109,9 @@ def learning_curves(curves: Sequence[Curve], out_path: PathLike, title: str = "L
     from matplotlib.ticker import MaxNLocator
 
     for axis, name in zip(axes, panels):
+        low, high = axis.dataLim.y0, axis.dataLim.y1
+        if name == "loss" and low > 0 and high / low > 100:  # a diverging run would flatten the others
+            axis.set_yscale("log")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel(name)
@@ -153,9 +156,6 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
         x_of = lambda trial: float(trial[parameter.name])  # noqa: E731
         if parameter.log:
             axis.set_xscale("log")
-        if _is_number(parameter.low) and _is_number(parameter.high) and parameter.kind != "unknown":
-            for bound in (parameter.low, parameter.high):
-                axis.axvline(bound, color="0.6", lw=0.8, ls=":")
     xs = [x_of(t) for t in completed]
     ys = [t["score"] for t in completed]
     axis.scatter(xs, ys, s=28, color="#1f77b4", alpha=0.8, label="trial", zorder=2)
@@ -166,6 +166,9 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
         bottom = min(ys) if ys else 0.0
         axis.scatter([x_of(t) for t in failed], [bottom] * len(failed), marker="x", color="0.35", s=40,
                      label=f"failed ({len(failed)})", zorder=2)
+    if not categorical and parameter.kind in ("int", "float"):
+        for bound in (parameter.low, parameter.high):  # the searched range, to see how far the best is from it
+            axis.axvline(bound, color="0.6", lw=0.8, ls=":")
     axis.set_xlabel(parameter.name + (" (log scale)" if parameter.log else ""))
     axis.set_ylabel(f"{objective} ({'lower' if direction == 'min' else 'higher'} is better)")
     title = parameter.name
