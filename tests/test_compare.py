@@ -400,8 +400,7 @@ def test_sweep_plots_are_png_files(sweep, tmp_path):
                             "param-training.optimizer.learning_rate.png", "trial-status.png", "best-trials.png"])
     for path in result.files:
         assert_png(path)
-    assert result.warnings == [f"{sweep / 'histories' / f'{fid}.csv'}: no learning curve (No such file or directory)"
-                               for fid in []] or all("no learning curve" in w for w in result.warnings)
+    assert result.warnings == []  # every trial, the failed one too, left its history
 
 
 # ------------------------------------------------------------------------------------ unit checks

@@ -139,17 +139,17 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
     completed = [t for t in sweep.trials if t.get("status") == "completed" and _is_number(t.get("score"))
                  and t.get(parameter.name) is not None]
     failed = [t for t in sweep.trials if t.get("status") != "completed" and t.get(parameter.name) is not None]
-    categorical = parameter.kind == "choice" and not all(_is_number(c) for c in parameter.choices or []) or any(
-        not _is_number(t.get(parameter.name)) for t in completed + failed)
+    # choices are drawn evenly spaced in their own order (batch sizes 32, 64, 128; or names)
+    categorical = parameter.kind == "choice" or any(not _is_number(t.get(parameter.name)) for t in completed + failed)
     figure = _figure(6.0, 4.2)
     axis = figure.subplots()
     if categorical:
-        order = [str(c) for c in (parameter.choices or [])]
+        order = [_label(c) for c in (parameter.choices or [])]
         for trial in completed + failed:
-            if str(trial[parameter.name]) not in order:
-                order.append(str(trial[parameter.name]))
+            if _label(trial[parameter.name]) not in order:
+                order.append(_label(trial[parameter.name]))
         position = {value: i for i, value in enumerate(order)}
-        x_of = lambda trial: position[str(trial[parameter.name])]  # noqa: E731
+        x_of = lambda trial: position[_label(trial[parameter.name])]  # noqa: E731
         axis.set_xticks(range(len(order)), order)
         axis.set_xlim(-0.5, len(order) - 0.5)
     else:
@@ -163,7 +163,8 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
         axis.scatter([x_of(best)], [best["score"]], s=220, marker="*", color="#d62728", edgecolor="black",
                      lw=0.6, label=f"best ({format_value(best[parameter.name])})", zorder=3)
     if failed:
-        bottom = min(ys) if ys else 0.0
+        spread = (max(ys) - min(ys)) if ys else 0.0
+        bottom = (min(ys) - 0.08 * (spread or 1.0)) if ys else 0.0  # below every score: failed have none
         axis.scatter([x_of(t) for t in failed], [bottom] * len(failed), marker="x", color="0.35", s=40,
                      label=f"failed ({len(failed)})", zorder=2)
     if not categorical and parameter.kind in ("int", "float"):
@@ -280,6 +281,15 @@ def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotR
     result = plot_table(table, out_dir)
     result.warnings = list(table.attrs.get("warnings", [])) + result.warnings
     return result
+
+
+def _label(value: Any) -> str:
+    """A choice as a tick label; 64 and 64.0 (as trials.csv may read back) are the same choice."""
+    if _is_number(value):
+        return format_value(value)
+    from toolkit.compare import _compact
+
+    return _compact(value)
 
 
 def _safe(name: str) -> str:
