@@ -184,6 +184,8 @@ def test_sort_filter_and_top(runs):
     assert list(compare(runs, filters=["model.activation==relu", "training.optimizer.learning_rate<0.1",
                                        "model.dropout<=0"])["run"]) == ["plain"]
     assert len(compare(runs, filters=["status!=completed"])) == 0
+    assert len(compare(runs, filters=["model.batchnorm==false", "model.hidden==[64, 64]", "kind=run"])) == 3
+    assert len(compare(runs, filters=["model.batchnorm==true"])) == 0
     # a column used to sort or filter stays visible even when it does not differ among the rows left
     narrowed = compare(runs, filters=["training.optimizer.learning_rate==0.05"], sort="epochs")
     assert "training.optimizer.learning_rate" in narrowed.columns and "epochs" in narrowed.columns

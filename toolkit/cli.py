@@ -187,6 +187,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     table = compare(args.paths, all_params=args.all_params, sort=args.sort, top=args.top, filters=args.filters)
     _warn(table.attrs.get("warnings", []))
+    if table.empty:
+        print("ktk: no rows match the filters", file=sys.stderr)
     text = render(table, args.format)
     if args.output:
         _write_output(args.output, text)

@@ -237,7 +237,7 @@ def _compact(value: Any) -> str:
         return "[" + ", ".join(_compact(v) for v in value) + "]"
     if value is None:
         return "null"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
         return "true" if value else "false"
     return str(value)
 
@@ -611,7 +611,7 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
                 rows.append(read_run(directory, labels[directory]))
             except ValueError as error:
                 warnings.append(f"{directory}: {error}; skipped")
-    return rows, warnings
+    return rows, sorted(warnings)  # each starts with its path: in path order, like the rows
 
 
 # -------------------------------------------------------------------------------------- compare
@@ -715,9 +715,9 @@ def _differs(column) -> bool:
 def _hashable(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ("missing",)
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return ("bool", bool(value))
+    if isinstance(value, numbers.Real):
         return ("number", float(value))
     return ("text", str(value))
 
@@ -727,9 +727,8 @@ def _hashable(value: Any) -> Any:
 _FILTER = re.compile(r"^\s*(?P<column>[^<>=!\s]+?)\s*(?P<op>==|!=|>=|<=|>|<|=)\s*(?P<value>.*?)\s*$")
 
 
-def _column_error(flag: str, column: str, frame, text: Optional[str] = None) -> UserError:
-    return UserError("unknown column", where=flag, received=column,
-                     choices=[c for c in frame.columns])
+def _column_error(flag: str, column: str, frame) -> UserError:
+    return UserError("unknown column", where=flag, received=column, choices=list(frame.columns))
 
 
 def _sort_column(frame, sort: str) -> Tuple[str, bool]:
