@@ -5,8 +5,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -147,3 +145,26 @@ def test_the_report_renders_in_headless_chromium(sweep_report, tmp_path):
     blue = ((pixels[..., 2] > 0.55) & (pixels[..., 0] < 0.3)).sum()
     red = ((pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.3) & (pixels[..., 2] < 0.3)).sum()
     assert blue > 200 and red > 50, (blue, red)
+
+
+@pytest.mark.slow
+def test_the_reproduce_command_reproduces_the_best_trial(sweep, tmp_path):
+    import html
+    import shlex
+
+    from toolkit.compare import read_sweep
+    from toolkit.config import load_config
+    from toolkit.runs import run
+
+    copy = tmp_path / "unfinished"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("best", "tuner"))  # as before best/ is retrained
+    result = report(copy, out_dir=tmp_path / "report")
+    command = re.search(r"<pre><code>(ktk run .*?)</code></pre>", result.html.read_text()).group(1)
+    words = shlex.split(html.unescape(command))
+    assert words[:3] == ["ktk", "run", str(copy / "config.yaml")]
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    best = read_sweep(copy).best_trial()
+    assert overrides == [f"model.dropout={best['model.dropout']!r}",
+                         f"training.optimizer.learning_rate={best['training.optimizer.learning_rate']!r}"]
+    again = run(load_config(words[2], overrides=overrides), out_dir=tmp_path / "again", verbose=0)
+    assert again.metrics["validation"]["loss"] == pytest.approx(best["score"], rel=1e-6)

@@ -90,7 +90,7 @@ def row(entry: Entry) -> Dict[str, Any]:
             out[f"{split}.{name}"] = value
     metric = main_metric(entry.metrics.get("train", {}) or entry.metrics.get("validation", {}))
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
-    if _is_number(train) and _is_number(validation):
+    if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
@@ -208,7 +208,7 @@ def _flat_section(section: str, prefix: str) -> Any:
     value = data[key]
     if isinstance(value, Mapping):
         return flatten(value, f"{prefix}{key}.")
-    return {f"{prefix}{key}": _compact(value) if isinstance(value, (list, tuple)) else value}
+    return {f"{prefix}{key}": compact(value) if isinstance(value, (list, tuple)) else value}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -224,17 +224,18 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, path + "."))
         elif isinstance(value, (list, tuple)):
-            flat[path] = _compact(value)
+            flat[path] = compact(value)
         else:
             flat[path] = value
     return flat
 
 
-def _compact(value: Any) -> str:
+def compact(value: Any) -> str:
+    """A value as short YAML-like text: ``[128, 64]``, ``{l2: 0.0001}``, ``true``, ``null``."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {compact(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_compact(v) for v in value) + "]"
+        return "[" + ", ".join(compact(v) for v in value) + "]"
     if value is None:
         return "null"
     if isinstance(value, bool) or type(value).__name__ == "bool_":
@@ -264,7 +265,7 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         raise ValueError("no config.yaml") from None
     except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
-    results = {s: {k: v for k, v in metrics[s].items() if _is_number(v)}
+    results = {s: {k: v for k, v in metrics[s].items() if is_number(v)}
                for s in SPLITS if isinstance(metrics.get(s), dict)}
     return Entry(
         label=label,
@@ -315,7 +316,7 @@ class Sweep:
     def best_trial(self) -> Optional[Dict[str, Any]]:
         """The completed trial with the best score (None when no trial completed)."""
         _, direction = self.objective
-        scored = [t for t in self.trials if t.get("status") == "completed" and _is_number(t.get("score"))]
+        scored = [t for t in self.trials if t.get("status") == "completed" and is_number(t.get("score"))]
         if not scored:
             return None
         pick = min if direction == "min" else max
@@ -342,7 +343,7 @@ class Parameter:
             text = f"{self.kind} in [{format_value(self.low)}, {format_value(self.high)}]"
             return text + (", log scale" if self.log else "")
         if self.kind == "choice":
-            return "one of " + ", ".join(_compact(c) for c in self.choices or [])
+            return "one of " + ", ".join(compact(c) for c in self.choices or [])
         return "(not in the search space)"
 
     @property
@@ -351,7 +352,7 @@ class Parameter:
             return None
         bound = self.low if self.edge == "low" else self.high
         if self.kind == "choice":
-            return (f"the best value {_compact(self.best)} is the {'lowest' if self.edge == 'low' else 'highest'}"
+            return (f"the best value {compact(self.best)} is the {'lowest' if self.edge == 'low' else 'highest'}"
                     f" choice: consider extending the choices beyond it")
         return (f"the best value {format_value(self.best)} is at the {self.edge} edge of the searched range "
                 f"(near {format_value(bound)}): consider widening the range")
@@ -374,7 +375,7 @@ def parameters(sweep: "Sweep") -> List[Parameter]:
         spec = sweep.space.get(name)
         parameter = _parameter_from_spec(name, spec)
         if parameter.kind == "unknown":
-            tried = [t.get(name) for t in sweep.trials if _is_number(t.get(name))]
+            tried = [t.get(name) for t in sweep.trials if is_number(t.get(name))]
             if tried:
                 parameter.low, parameter.high = min(tried), max(tried)
         parameter.best = best.get(name) if best else None
@@ -389,7 +390,7 @@ def _parameter_from_spec(name: str, spec: Any) -> Parameter:
     when = spec.get("when") if isinstance(spec.get("when"), Mapping) else None
     for kind in ("int", "float"):
         bounds = spec.get(kind)
-        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(_is_number(b) for b in bounds):
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(is_number(b) for b in bounds):
             return Parameter(name, kind, low=bounds[0], high=bounds[1], log=bool(spec.get("log")), when=when)
     if isinstance(spec.get("choice"), (list, tuple)):
         return Parameter(name, "choice", choices=list(spec["choice"]), when=when)
@@ -399,14 +400,14 @@ def _parameter_from_spec(name: str, spec: Any) -> Parameter:
 def _edge(parameter: Parameter) -> Optional[str]:
     value = parameter.best
     if parameter.kind == "choice":
-        numeric = [c for c in parameter.choices or [] if _is_number(c)]
-        if len(numeric) < 3 or len(numeric) != len(parameter.choices or []) or not _is_number(value):
+        numeric = [c for c in parameter.choices or [] if is_number(c)]
+        if len(numeric) < 3 or len(numeric) != len(parameter.choices or []) or not is_number(value):
             return None  # two choices are both edges; unordered (text) choices have none
         return "low" if value == min(numeric) else "high" if value == max(numeric) else None
     if parameter.kind == "unknown":
         return None  # without the searched range there is no edge to speak of
     low, high = parameter.low, parameter.high
-    if not (_is_number(value) and _is_number(low) and _is_number(high)) or high <= low:
+    if not (is_number(value) and is_number(low) and is_number(high)) or high <= low:
         return None
     if parameter.log and low > 0 and value > 0:
         low, high, value = math.log(low), math.log(high), math.log(value)
@@ -484,7 +485,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
         metrics: Dict[str, Dict[str, float]] = {}
         for column, value in trial.items():
             split, _, name = column.partition(".")
-            if split in SPLITS and name and _is_number(value):
+            if split in SPLITS and name and is_number(value):
                 metrics.setdefault(split, {})[name] = value
         entries.append(Entry(
             label=f"{label}#{trial['trial_id']}",
@@ -753,13 +754,13 @@ def _filter_mask(frame, text: str):
     value = _typed(raw.strip("'\""))
     series = frame[column]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        numbers = pd.to_numeric(series.map(lambda v: v if _is_number(v) else None), errors="coerce")
+        numbers = pd.to_numeric(series.map(lambda v: v if is_number(v) else None), errors="coerce")
         compare = {"==": numbers.__eq__, "!=": numbers.__ne__, ">": numbers.__gt__, ">=": numbers.__ge__,
                    "<": numbers.__lt__, "<=": numbers.__le__}[op]
         return column, compare(value).fillna(False).astype(bool)
     if op not in ("==", "!="):
         raise UserError(where="--filter", expected=f"a number after '{op}'", received=raw)
-    text_value = _compact(value) if value is not None else ""
+    text_value = compact(value) if value is not None else ""
     equal = series.map(lambda v: _cell_text(v) == text_value)
     return column, equal if op == "==" else ~equal
 
@@ -767,7 +768,7 @@ def _filter_mask(frame, text: str):
 def _cell_text(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return _compact(value)
+    return compact(value)
 
 
 # ---------------------------------------------------------------------------------------- render
@@ -822,7 +823,7 @@ def format_value(value: Any) -> str:
 
 def _numeric_column(series) -> bool:
     values = [v for v in series if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(values) and all(_is_number(v) for v in values)
+    return bool(values) and all(is_number(v) for v in values)
 
 
 def text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
@@ -893,7 +894,7 @@ def html_page(title: str, parts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """True for a real number that is not NaN (bools are not numbers here)."""
     if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         return False
@@ -941,11 +942,11 @@ def _typed(text: str, flow: bool = False) -> Any:
 
 
 def _int_or_none(value: Any) -> Optional[int]:
-    return int(value) if _is_number(value) else None
+    return int(value) if is_number(value) else None
 
 
 def _float_or_none(value: Any) -> Optional[float]:
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 def _first_line(error: Exception) -> str:

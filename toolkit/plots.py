@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from toolkit.compare import Parameter, Sweep, _is_number, format_value, parameters, read_sweep
+from toolkit.compare import Parameter, Sweep, compact, format_value, is_number, parameters, read_sweep
 
 PathLike = Union[str, Path]
 MAX_LEGEND = 12  # more runs than this are still drawn, but a legend would hide the curves
@@ -136,11 +136,11 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
     """The objective of every trial against one searched parameter's value, best trial marked."""
     objective, direction = sweep.objective
     best = sweep.best_trial()
-    completed = [t for t in sweep.trials if t.get("status") == "completed" and _is_number(t.get("score"))
+    completed = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))
                  and t.get(parameter.name) is not None]
     failed = [t for t in sweep.trials if t.get("status") != "completed" and t.get(parameter.name) is not None]
     # choices are drawn evenly spaced in their own order (batch sizes 32, 64, 128; or names)
-    categorical = parameter.kind == "choice" or any(not _is_number(t.get(parameter.name)) for t in completed + failed)
+    categorical = parameter.kind == "choice" or any(not is_number(t.get(parameter.name)) for t in completed + failed)
     figure = _figure(6.0, 4.2)
     axis = figure.subplots()
     if categorical:
@@ -205,7 +205,7 @@ def status_plot(sweep: Sweep, out_path: PathLike) -> Path:
 def best_trials(sweep: Sweep, k: int = BEST_TRIALS) -> List[Dict[str, Any]]:
     """The `k` completed trials with the best scores, best first."""
     _, direction = sweep.objective
-    scored = [t for t in sweep.trials if t.get("status") == "completed" and _is_number(t.get("score"))]
+    scored = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))]
     scored.sort(key=lambda t: t["score"], reverse=direction == "max")
     return scored[:k]
 
@@ -231,7 +231,7 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
     if top:
         curves = [Curve(f"trial {t['trial_id']} ({format_value(t['score'])})",
                         sweep.path / "histories" / f"{t['trial_id']}.csv",
-                        int(t["best_epoch"]) if _is_number(t.get("best_epoch")) else None) for t in top]
+                        int(t["best_epoch"]) if is_number(t.get("best_epoch")) else None) for t in top]
         drawn = learning_curves(curves, out_dir / f"{prefix}best-trials.png",
                                 title=f"The {len(top)} best trials by {sweep.objective[0]}")
         result.files += drawn.files
@@ -254,7 +254,7 @@ def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
         kind, path, trial_id = row.get("kind"), Path(row["path"]), str(row.get("trial_id") or "")
         history = path / "histories" / f"{trial_id}.csv" if kind == "trial" else path / "history.csv"
         best_epoch = row.get("best_epoch")
-        curves.append(Curve(str(row["run"]), history, int(best_epoch) if _is_number(best_epoch) else None))
+        curves.append(Curve(str(row["run"]), history, int(best_epoch) if is_number(best_epoch) else None))
         sweep_dir = path if kind == "trial" else path.parent if kind == "best" else None
         if sweep_dir is not None and sweep_dir not in sweeps:
             sweeps.append(sweep_dir)
@@ -285,11 +285,9 @@ def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotR
 
 def _label(value: Any) -> str:
     """A choice as a tick label; 64 and 64.0 (as trials.csv may read back) are the same choice."""
-    if _is_number(value):
+    if is_number(value):
         return format_value(value)
-    from toolkit.compare import _compact
-
-    return _compact(value)
+    return compact(value)
 
 
 def _safe(name: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from toolkit.compare import (SPLITS, Sweep, _is_number, compare, format_value, html_page, html_table,
+from toolkit.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
                              main_metric, markdown_table, parameters, read_sweep, table_cells)
 from toolkit.errors import UserError
 
@@ -150,7 +150,7 @@ def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[st
         document.command(f"ktk run {shlex.quote(str(best_dir / 'config.yaml'))}")
     elif best is not None:
         document.paragraph("The best configuration has not been retrained into best/ yet (the sweep has not "
-                           "finished); finish the sweep with `ktk tune` on its config, or train it alone:")
+                           "finished); finish the sweep with ktk tune on its config, or train it alone:")
         sets = " ".join(f"--set {shlex.quote(f'{p.name}={_exact(best.get(p.name))}')}" for p in space
                         if best.get(p.name) is not None and p.name != "model.depth")
         document.command(f"ktk run {shlex.quote(str(path / 'config.yaml'))} {sets}".rstrip())
@@ -277,23 +277,19 @@ def _metrics_table(document: _Document, run_dir: Path, intro: str) -> None:
     document.paragraph(intro)
     document.table(["metric", *SPLITS], rows, [False, True, True, True])
     facts = [f"{key}: {format_value(metrics[key])}" for key in ("epochs_run", "best_epoch", "params", "wall_time_s")
-             if _is_number(metrics.get(key))]
+             if is_number(metrics.get(key))]
     if facts:
         document.paragraph("; ".join(facts))
 
 
 def _show(value: Any) -> str:
-    from toolkit.compare import _compact
-
     if value is None:
         return ""
-    if isinstance(value, float) or _is_number(value):
+    if isinstance(value, float) or is_number(value):
         return format_value(value)
-    return _compact(value)
+    return compact(value)
 
 
 def _exact(value: Any) -> str:
     """A value as --set reads it back exactly (full precision; lists and mappings in YAML flow style)."""
-    from toolkit.compare import _compact
-
-    return repr(float(value)) if isinstance(value, float) else _compact(value)
+    return repr(float(value)) if isinstance(value, float) else compact(value)
