@@ -231,8 +231,11 @@ def _warn(warnings: Sequence[str]) -> None:
 def _write_output(path: str, text: str) -> None:
     from toolkit.results import atomic_write_text
 
+    from toolkit.report import shareable
+
     try:
         atomic_write_text(path, text)
+        shareable(path)
     except OSError as error:
         raise UserError(f"cannot write the file ({error.strerror})", where="--output", received=path) from None
 

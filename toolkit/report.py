@@ -105,7 +105,7 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     atomic_write_text(html_path, html_page(document.title, document.html))
     atomic_write_text(markdown_path, f"# {document.title}\n\n" + "\n\n".join(document.markdown) + "\n")
     for written in (html_path, markdown_path):
-        os.chmod(written, 0o644)  # a report is for sharing (atomic writes create private files)
+        shareable(written)
     return ReportResult(html_path, markdown_path, images, warnings)
 
 
@@ -280,6 +280,13 @@ def _metrics_table(document: _Document, run_dir: Path, intro: str) -> None:
              if is_number(metrics.get(key))]
     if facts:
         document.paragraph("; ".join(facts))
+
+
+def shareable(path: PathLike) -> None:
+    """Gives a written file the usual permissions (atomic writes create it readable by its owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _show(value: Any) -> str:
