@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories, or folders holding them")
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"])
     p.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
-    p.add_argument("--sort", metavar="COL", help="sort by this column (prefix '-' for descending)")
+    p.add_argument("--sort", metavar="COL",
+                   help="sort by this column; prefix '-' for descending, written --sort=-COL")
     p.add_argument("--top", type=int, metavar="N", help="keep the first N rows after sorting")
     p.add_argument("--all-params", action="store_true", help="show every config key, not only those that differ")
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="EXPR",
@@ -204,16 +205,61 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    # Implemented with the compare issue: toolkit.compare.compare(paths, ...) -> pandas.DataFrame
-    raise UserError("ktk compare is not available yet", where="compare")
+    from toolkit.compare import compare, render
+
+    table = compare(args.paths, all_params=args.all_params, sort=args.sort, top=args.top, filters=args.filters)
+    _warn(table.attrs.get("warnings", []))
+    if table.empty:
+        print("ktk: no rows match the filters", file=sys.stderr)
+    text = render(table, args.format)
+    if args.output:
+        _write_output(args.output, text)
+        print(f"wrote {args.output} ({len(table)} rows)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        from toolkit.plots import plot_table
+
+        plots = plot_table(table, args.plot)
+        _warn(plots.warnings)
+        print(f"wrote {len(plots.files)} plots into {args.plot}", file=sys.stderr)
+    return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    raise UserError("ktk plot is not available yet", where="plot")
+    from toolkit.plots import plot
+
+    plots = plot(args.paths, args.out)
+    _warn(plots.warnings)
+    for path in plots.files:
+        print(path)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    raise UserError("ktk report is not available yet", where="report")
+    from toolkit.report import report
+
+    result = report(args.path, out_dir=args.out)
+    _warn(result.warnings)
+    print(f"wrote {result.html}\nwrote {result.markdown}")
+    return 0
+
+
+def _warn(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"ktk: warning: {warning}", file=sys.stderr)
+
+
+def _write_output(path: str, text: str) -> None:
+    from toolkit.results import atomic_write_text
+
+    from toolkit.report import shareable
+
+    try:
+        atomic_write_text(path, text)
+        shareable(path)
+    except OSError as error:
+        raise UserError(f"cannot write the file ({error.strerror})", where="--output", received=path) from None
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ class Entry:
     """One row before it becomes a DataFrame row: a run, a sweep trial, or a sweep's best run."""
 
     label: str
-    kind: str  # "run" | "trial" | "best"
+    kind: str  # "run" | "trial" | "best" (a sweep's best/) | "top" (a sweep's top/trial_<id>/)
     path: Path  # the run directory; for a trial, its sweep directory
     config: Dict[str, Any]  # flattened: dot path -> scalar (lists shown compactly)
     metrics: Dict[str, Dict[str, float]]  # split -> metric name -> value, at the best epoch
@@ -90,7 +90,7 @@ def row(entry: Entry) -> Dict[str, Any]:
             out[f"{split}.{name}"] = value
     metric = main_metric(entry.metrics.get("train", {}) or entry.metrics.get("validation", {}))
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
-    if _is_number(train) and _is_number(validation):
+    if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
@@ -208,7 +208,7 @@ def _flat_section(section: str, prefix: str) -> Any:
     value = data[key]
     if isinstance(value, Mapping):
         return flatten(value, f"{prefix}{key}.")
-    return {f"{prefix}{key}": _compact(value) if isinstance(value, (list, tuple)) else value}
+    return {f"{prefix}{key}": compact(value) if isinstance(value, (list, tuple)) else value}
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -224,20 +224,21 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, path + "."))
         elif isinstance(value, (list, tuple)):
-            flat[path] = _compact(value)
+            flat[path] = compact(value)
         else:
             flat[path] = value
     return flat
 
 
-def _compact(value: Any) -> str:
+def compact(value: Any) -> str:
+    """A value as short YAML-like text: ``[128, 64]``, ``{l2: 0.0001}``, ``true``, ``null``."""
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {compact(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_compact(v) for v in value) + "]"
+        return "[" + ", ".join(compact(v) for v in value) + "]"
     if value is None:
         return "null"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
         return "true" if value else "false"
     return str(value)
 
@@ -264,7 +265,7 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         raise ValueError("no config.yaml") from None
     except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
-    results = {s: {k: v for k, v in metrics[s].items() if _is_number(v)}
+    results = {s: {k: v for k, v in metrics[s].items() if is_number(v)}
                for s in SPLITS if isinstance(metrics.get(s), dict)}
     return Entry(
         label=label,
@@ -315,11 +316,103 @@ class Sweep:
     def best_trial(self) -> Optional[Dict[str, Any]]:
         """The completed trial with the best score (None when no trial completed)."""
         _, direction = self.objective
-        scored = [t for t in self.trials if t.get("status") == "completed" and _is_number(t.get("score"))]
+        scored = [t for t in self.trials if t.get("status") == "completed" and is_number(t.get("score"))]
         if not scored:
             return None
         pick = min if direction == "min" else max
         return pick(scored, key=lambda t: t["score"])
+
+
+@dataclass
+class Parameter:
+    """One searched parameter: its range or choices (from the search space) and where the best trial sits."""
+
+    name: str  # dot path, as in trials.csv
+    kind: str  # "int" | "float" | "choice" | "unknown" (not described by the search space)
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[List[Any]] = None
+    when: Optional[Dict[str, Any]] = None
+    best: Any = None  # the best trial's value (None when inactive there or no trial completed)
+    edge: Optional[str] = None  # "low" or "high" when the best value sits at an edge of the range
+
+    def describe(self) -> str:
+        """The range in words: ``float in [0.0001, 0.1], log scale`` or ``one of sgd, adam``."""
+        if self.kind in ("int", "float"):
+            text = f"{self.kind} in [{format_value(self.low)}, {format_value(self.high)}]"
+            return text + (", log scale" if self.log else "")
+        if self.kind == "choice":
+            return "one of " + ", ".join(compact(c) for c in self.choices or [])
+        return "(not in the search space)"
+
+    @property
+    def edge_message(self) -> Optional[str]:
+        if self.edge is None:
+            return None
+        bound = self.low if self.edge == "low" else self.high
+        if self.kind == "choice":
+            return (f"the best value {compact(self.best)} is the {'lowest' if self.edge == 'low' else 'highest'}"
+                    f" choice: consider extending the choices beyond it")
+        return (f"the best value {format_value(self.best)} is at the {self.edge} edge of the searched range "
+                f"(near {format_value(bound)}): consider widening the range")
+
+
+EDGE_FRACTION = 0.1  # the outer tenth of a range (of its logarithm for log-scale parameters) is its edge
+
+
+def parameters(sweep: "Sweep") -> List[Parameter]:
+    """The searched parameters of a sweep with their ranges, the best trial's values and edge flags.
+
+    The search space (``search.space``: ``{int: [lo, hi]}``, ``{float: [lo, hi], log: true}``,
+    ``{choice: [...]}``, optionally ``when:``) gives the ranges; a parameter found only in trials.csv
+    gets the range of the values tried.
+    """
+    best = sweep.best_trial()
+    names = list(sweep.parameters) + [n for n in sweep.space if n not in sweep.parameters]
+    result = []
+    for name in names:
+        spec = sweep.space.get(name)
+        parameter = _parameter_from_spec(name, spec)
+        if parameter.kind == "unknown":
+            tried = [t.get(name) for t in sweep.trials if is_number(t.get(name))]
+            if tried:
+                parameter.low, parameter.high = min(tried), max(tried)
+        parameter.best = best.get(name) if best else None
+        parameter.edge = _edge(parameter)
+        result.append(parameter)
+    return result
+
+
+def _parameter_from_spec(name: str, spec: Any) -> Parameter:
+    if not isinstance(spec, Mapping):
+        return Parameter(name, "unknown")
+    when = spec.get("when") if isinstance(spec.get("when"), Mapping) else None
+    for kind in ("int", "float"):
+        bounds = spec.get(kind)
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(is_number(b) for b in bounds):
+            return Parameter(name, kind, low=bounds[0], high=bounds[1], log=bool(spec.get("log")), when=when)
+    if isinstance(spec.get("choice"), (list, tuple)):
+        return Parameter(name, "choice", choices=list(spec["choice"]), when=when)
+    return Parameter(name, "unknown", when=when)
+
+
+def _edge(parameter: Parameter) -> Optional[str]:
+    value = parameter.best
+    if parameter.kind == "choice":
+        numeric = [c for c in parameter.choices or [] if is_number(c)]
+        if len(numeric) < 3 or len(numeric) != len(parameter.choices or []) or not is_number(value):
+            return None  # two choices are both edges; unordered (text) choices have none
+        return "low" if value == min(numeric) else "high" if value == max(numeric) else None
+    if parameter.kind == "unknown":
+        return None  # without the searched range there is no edge to speak of
+    low, high = parameter.low, parameter.high
+    if not (is_number(value) and is_number(low) and is_number(high)) or high <= low:
+        return None
+    if parameter.log and low > 0 and value > 0:
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    position = (value - low) / (high - low)
+    return "low" if position <= EDGE_FRACTION else "high" if position >= 1 - EDGE_FRACTION else None
 
 
 def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
@@ -350,7 +443,7 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
                     warnings.append(f"{sweep_dir / 'trials.csv'}: line {number} has {len(cells)} fields, "
                                     f"expected {len(header)} (half-written?); skipped")
                     continue
-                trials.append({name: _typed(text) for name, text in zip(header, cells)})
+                trials.append({name: _typed(text, flow=name not in _TRIAL_FIXED) for name, text in zip(header, cells)})
     except FileNotFoundError:
         raise ValueError("no trials.csv") from None
     except (csv.Error, UnicodeDecodeError) as error:
@@ -362,6 +455,9 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
     return Sweep(sweep_dir, config, trials, parameters, warnings)
 
 
+DEPTH_PARAMETER = "model.depth"  # a sweep helper, not a config key: model.hidden cut or extended to it
+
+
 def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
     """One entry per trial: the sweep's config with the trial's searched values applied."""
     from toolkit.config import set_path
@@ -370,9 +466,13 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
     entries = []
     for trial in sweep.trials:
         config = copy.deepcopy(base)
+        depth = trial.get(DEPTH_PARAMETER)
+        hidden = config.get("model", {}).get("hidden") if isinstance(config.get("model"), dict) else None
+        if isinstance(depth, int) and isinstance(hidden, list) and hidden:  # as toolkit.search applies it
+            config["model"]["hidden"] = hidden[:depth] if depth <= len(hidden) else hidden + [hidden[-1]] * (depth - len(hidden))
         for parameter in sweep.parameters:
             value = trial.get(parameter)
-            if value is None:  # a conditional parameter that was not active in this trial
+            if value is None or parameter == DEPTH_PARAMETER:  # inactive (conditional), or not a config key
                 continue
             try:
                 set_path(config, parameter, value, where=parameter)
@@ -385,7 +485,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
         metrics: Dict[str, Dict[str, float]] = {}
         for column, value in trial.items():
             split, _, name = column.partition(".")
-            if split in SPLITS and name and _is_number(value):
+            if split in SPLITS and name and is_number(value):
                 metrics.setdefault(split, {})[name] = value
         entries.append(Entry(
             label=f"{label}#{trial['trial_id']}",
@@ -496,18 +596,23 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
                 continue
             warnings.extend(sweep.warnings)
             rows.extend(trial_entries(sweep, labels[directory]))
-            best = directory / "best"
-            if (best / "metrics.json").is_file():
+            retrained = [(directory / "best", "best")]
+            top = directory / "top"
+            if top.is_dir():
+                retrained += [(run_dir, "top") for run_dir in sorted(top.iterdir()) if run_dir.is_dir()]
+            for run_dir, kind in retrained:
+                if not (run_dir / "metrics.json").is_file():
+                    continue  # not retrained yet (a sweep still running, or retrain_top 1)
                 try:
-                    rows.append(read_run(best, labels[directory] + "/best", kind="best"))
+                    rows.append(read_run(run_dir, f"{labels[directory]}/{os.path.relpath(run_dir, directory)}", kind=kind))
                 except ValueError as error:
-                    warnings.append(f"{best}: {error}; skipped")
+                    warnings.append(f"{run_dir}: {error}; skipped")
         else:
             try:
                 rows.append(read_run(directory, labels[directory]))
             except ValueError as error:
                 warnings.append(f"{directory}: {error}; skipped")
-    return rows, warnings
+    return rows, sorted(warnings)  # each starts with its path: in path order, like the rows
 
 
 # -------------------------------------------------------------------------------------- compare
@@ -611,9 +716,9 @@ def _differs(column) -> bool:
 def _hashable(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ("missing",)
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return ("bool", bool(value))
+    if isinstance(value, numbers.Real):
         return ("number", float(value))
     return ("text", str(value))
 
@@ -623,9 +728,8 @@ def _hashable(value: Any) -> Any:
 _FILTER = re.compile(r"^\s*(?P<column>[^<>=!\s]+?)\s*(?P<op>==|!=|>=|<=|>|<|=)\s*(?P<value>.*?)\s*$")
 
 
-def _column_error(flag: str, column: str, frame, text: Optional[str] = None) -> UserError:
-    return UserError("unknown column", where=flag, received=column,
-                     choices=[c for c in frame.columns])
+def _column_error(flag: str, column: str, frame) -> UserError:
+    return UserError("unknown column", where=flag, received=column, choices=list(frame.columns))
 
 
 def _sort_column(frame, sort: str) -> Tuple[str, bool]:
@@ -650,13 +754,13 @@ def _filter_mask(frame, text: str):
     value = _typed(raw.strip("'\""))
     series = frame[column]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        numbers = pd.to_numeric(series.map(lambda v: v if _is_number(v) else None), errors="coerce")
+        numbers = pd.to_numeric(series.map(lambda v: v if is_number(v) else None), errors="coerce")
         compare = {"==": numbers.__eq__, "!=": numbers.__ne__, ">": numbers.__gt__, ">=": numbers.__ge__,
                    "<": numbers.__lt__, "<=": numbers.__le__}[op]
         return column, compare(value).fillna(False).astype(bool)
     if op not in ("==", "!="):
         raise UserError(where="--filter", expected=f"a number after '{op}'", received=raw)
-    text_value = _compact(value) if value is not None else ""
+    text_value = compact(value) if value is not None else ""
     equal = series.map(lambda v: _cell_text(v) == text_value)
     return column, equal if op == "==" else ~equal
 
@@ -664,7 +768,7 @@ def _filter_mask(frame, text: str):
 def _cell_text(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return _compact(value)
+    return compact(value)
 
 
 # ---------------------------------------------------------------------------------------- render
@@ -684,15 +788,21 @@ def render(df, fmt: str = "table") -> str:
     if fmt == "json":
         records = [{str(k): _plain(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         return json.dumps(records, indent=2, allow_nan=False) + "\n"
+    header, cells, numeric = table_cells(df)
+    if fmt == "table":
+        return text_table(header, cells, numeric)
+    if fmt == "markdown":
+        return markdown_table(header, cells, numeric)
+    return html_page("ktk compare", [html_table(header, cells, numeric)])
+
+
+def table_cells(df) -> Tuple[List[str], List[List[str]], List[bool]]:
+    """The header, the formatted cells and which columns are numeric, for a table to read (no locations)."""
     shown = df[[c for c in df.columns if c not in LOCATION_COLUMNS]]
     header = [str(c) for c in shown.columns]
     cells = [[format_value(v) for v in values] for values in shown.itertuples(index=False, name=None)]
     numeric = [_numeric_column(shown[c]) for c in shown.columns]
-    if fmt == "table":
-        return _text_table(header, cells, numeric)
-    if fmt == "markdown":
-        return _markdown_table(header, cells, numeric)
-    return html_page("ktk compare", [html_table(header, cells, numeric)])
+    return header, cells, numeric
 
 
 def format_value(value: Any) -> str:
@@ -713,10 +823,10 @@ def format_value(value: Any) -> str:
 
 def _numeric_column(series) -> bool:
     values = [v for v in series if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(values) and all(_is_number(v) for v in values)
+    return bool(values) and all(is_number(v) for v in values)
 
 
-def _text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
+def text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
 
     def line(values: Sequence[str]) -> str:
@@ -726,7 +836,10 @@ def _text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) 
     return "\n".join([line(header), rule, *(line(r) for r in cells)]) + "\n"
 
 
-def _markdown_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
+def markdown_table(header: List[str], cells: List[List[str]], numeric: Optional[List[bool]] = None) -> str:
+    """A Markdown (GitHub) pipe table of already formatted cells; numeric columns right-aligned."""
+    numeric = numeric or [False] * len(header)
+
     def escape(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -762,8 +875,8 @@ tr:nth-child(even) td { background: #fafafa; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
 .scroll { overflow-x: auto; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 640px; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; max-width: 640px; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; max-width: 600px; }
 pre, code { background: #f6f8fa; padding: 0.1em 0.3em; border-radius: 3px; }
 pre { padding: 0.7em; overflow-x: auto; }
 .warning { color: #8a4b00; }
@@ -781,7 +894,7 @@ def html_page(title: str, parts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """True for a real number that is not NaN (bools are not numbers here)."""
     if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
         return False
@@ -801,10 +914,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _typed(text: str) -> Any:
-    """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str."""
+def _typed(text: str, flow: bool = False) -> Any:
+    """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str.
+
+    With `flow`, text like ``[128, 64]`` or ``{name: adam}`` (how trials.csv writes list and mapping
+    choices) is read back as YAML.
+    """
     if text == "":
         return None
+    if flow and text[:1] in "[{":
+        try:
+            return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+        except yaml.YAMLError:
+            return text
     if re.fullmatch(r"[-+]?\d+", text):
         return int(text)
     try:
@@ -820,11 +942,11 @@ def _typed(text: str) -> Any:
 
 
 def _int_or_none(value: Any) -> Optional[int]:
-    return int(value) if _is_number(value) else None
+    return int(value) if is_number(value) else None
 
 
 def _float_or_none(value: Any) -> Optional[float]:
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 def _first_line(error: Exception) -> str:

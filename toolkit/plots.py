@@ -1,0 +1,294 @@
+"""Plots of runs and sweeps as PNG files: learning curves, and per-hyperparameter plots of sweeps.
+
+Matplotlib is imported inside the functions, and only its object-oriented API is used (``Figure`` with
+the Agg canvas, never ``pyplot``): no display is needed, and no global backend is switched under a
+notebook that imports ktk.
+
+- :func:`learning_curves`: training (solid) and validation (dashed) loss and main metric per epoch,
+  several runs overlaid, the best epoch of each marked, so diverging curves (overfitting) and slow
+  convergence show at a glance.
+- :func:`parameter_plot`: for one searched parameter, the objective of every trial against its value,
+  the best trial marked, failed trials along the bottom, a log axis for log-scale parameters, and a flag
+  in the title when the best value sits at the edge of the searched range.
+- :func:`status_plot`: the share of trials per status (how many failed).
+- :func:`plot_table` / :func:`plot`: all of the above for the rows of a comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from toolkit.compare import Parameter, Sweep, compact, format_value, is_number, parameters, read_sweep
+
+PathLike = Union[str, Path]
+MAX_LEGEND = 12  # more runs than this are still drawn, but a legend would hide the curves
+BEST_TRIALS = 5  # how many of a sweep's best trials get their learning curves drawn
+_STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "invalid": "#ef6c00", "running": "#1565c0"}
+
+
+@dataclass
+class Curve:
+    """One run's per-epoch history to draw: a label, its history.csv and (optionally) its best epoch."""
+
+    label: str
+    history: Path
+    best_epoch: Optional[int] = None
+
+
+@dataclass
+class PlotResult:
+    """The PNG files written, and what could not be drawn (missing or unreadable histories)."""
+
+    files: List[Path] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(figure, path: PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def read_history(path: PathLike) -> Dict[str, List[float]]:
+    """A history.csv as {column: values per epoch}; raises OSError or ValueError when unreadable."""
+    from toolkit.results import read_history_csv
+
+    history = read_history_csv(path)
+    if not history or "epoch" not in history:
+        raise ValueError("no epochs recorded")
+    return history
+
+
+def _metric_of(history: Dict[str, List[float]]) -> Optional[str]:
+    for name in history:
+        if name not in ("epoch", "loss", "learning_rate", "lr") and not name.startswith("val_"):
+            return name
+    return None
+
+
+def learning_curves(curves: Sequence[Curve], out_path: PathLike, title: str = "Learning curves") -> PlotResult:
+    """Draws the loss (and the main metric) per epoch of several runs, overlaid, into one PNG.
+
+    Training curves are solid and validation curves dashed, one color per run; a dot marks each run's
+    best epoch on its validation curve. Runs whose history cannot be read are listed in the warnings.
+    """
+    result = PlotResult()
+    loaded = []
+    for curve in curves:
+        try:
+            loaded.append((curve, read_history(curve.history)))
+        except (OSError, ValueError, KeyError) as error:
+            result.warnings.append(f"{curve.history}: no learning curve ({getattr(error, 'strerror', None) or error})")
+    if not loaded:
+        return result
+    metric = next((m for m in (_metric_of(h) for _, h in loaded) if m), None)
+    panels = ["loss"] + ([metric] if metric else [])
+    figure = _figure(6.0 * len(panels), 4.2)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    colors = _colors(len(loaded))
+    for (curve, history), color in zip(loaded, colors):
+        epochs = history["epoch"]
+        for axis, name in zip(axes, panels):
+            if name in history:
+                axis.plot(epochs, history[name], color=color, lw=1.5, label=curve.label)
+            if f"val_{name}" in history:
+                axis.plot(epochs, history[f"val_{name}"], color=color, lw=1.5, ls="--")
+                if curve.best_epoch and 1 <= curve.best_epoch <= len(epochs):
+                    axis.plot([epochs[curve.best_epoch - 1]], [history[f"val_{name}"][curve.best_epoch - 1]],
+                              "o", color=color, ms=5)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis, name in zip(axes, panels):
+        low, high = axis.dataLim.y0, axis.dataLim.y1
+        if name == "loss" and low > 0 and high / low > 100:  # a diverging run would flatten the others
+            axis.set_yscale("log")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+        axis.set_title(f"{name}: training (solid) and validation (dashed)", fontsize=10)
+        axis.grid(alpha=0.3)
+    if len(loaded) <= MAX_LEGEND:
+        axes[-1].legend(fontsize=8, loc="best")
+    figure.suptitle(title + ("" if len(loaded) <= MAX_LEGEND else f" ({len(loaded)} runs)"))
+    result.files.append(_save(figure, out_path))
+    return result
+
+
+def _colors(n: int) -> List[Any]:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+
+
+def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Path:
+    """The objective of every trial against one searched parameter's value, best trial marked."""
+    objective, direction = sweep.objective
+    best = sweep.best_trial()
+    completed = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))
+                 and t.get(parameter.name) is not None]
+    failed = [t for t in sweep.trials if t.get("status") != "completed" and t.get(parameter.name) is not None]
+    # choices are drawn evenly spaced in their own order (batch sizes 32, 64, 128; or names)
+    categorical = parameter.kind == "choice" or any(not is_number(t.get(parameter.name)) for t in completed + failed)
+    figure = _figure(6.0, 4.2)
+    axis = figure.subplots()
+    if categorical:
+        order = [_label(c) for c in (parameter.choices or [])]
+        for trial in completed + failed:
+            if _label(trial[parameter.name]) not in order:
+                order.append(_label(trial[parameter.name]))
+        position = {value: i for i, value in enumerate(order)}
+        x_of = lambda trial: position[_label(trial[parameter.name])]  # noqa: E731
+        axis.set_xticks(range(len(order)), order)
+        axis.set_xlim(-0.5, len(order) - 0.5)
+    else:
+        x_of = lambda trial: float(trial[parameter.name])  # noqa: E731
+        if parameter.log:
+            axis.set_xscale("log")
+    xs = [x_of(t) for t in completed]
+    ys = [t["score"] for t in completed]
+    axis.scatter(xs, ys, s=28, color="#1f77b4", alpha=0.8, label="trial", zorder=2)
+    if best is not None and best.get(parameter.name) is not None:
+        axis.scatter([x_of(best)], [best["score"]], s=220, marker="*", color="#d62728", edgecolor="black",
+                     lw=0.6, label=f"best ({format_value(best[parameter.name])})", zorder=3)
+    if failed:
+        spread = (max(ys) - min(ys)) if ys else 0.0
+        bottom = (min(ys) - 0.08 * (spread or 1.0)) if ys else 0.0  # below every score: failed have none
+        axis.scatter([x_of(t) for t in failed], [bottom] * len(failed), marker="x", color="0.35", s=40,
+                     label=f"failed ({len(failed)})", zorder=2)
+    if not categorical and parameter.kind in ("int", "float"):
+        for bound in (parameter.low, parameter.high):  # the searched range, to see how far the best is from it
+            axis.axvline(bound, color="0.6", lw=0.8, ls=":")
+    axis.set_xlabel(parameter.name + (" (log scale)" if parameter.log else ""))
+    axis.set_ylabel(f"{objective} ({'lower' if direction == 'min' else 'higher'} is better)")
+    title = parameter.name
+    if parameter.edge:
+        title += f"\nbest at the {parameter.edge} edge of the searched range: widen it"
+    axis.set_title(title, fontsize=10, color="#b71c1c" if parameter.edge else "black")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    return _save(figure, out_path)
+
+
+def status_plot(sweep: Sweep, out_path: PathLike) -> Path:
+    """A bar of how many trials ended in each status, with the share that failed in the title."""
+    counts: Dict[str, int] = {}
+    for trial in sweep.trials:
+        counts[trial.get("status") or "unknown"] = counts.get(trial.get("status") or "unknown", 0) + 1
+    total = sum(counts.values())
+    figure = _figure(6.0, 1.2 + 0.45 * max(len(counts), 1))
+    axis = figure.subplots()
+    names = sorted(counts, key=lambda s: (s != "completed", s))
+    axis.barh(names, [counts[n] for n in names], color=[_STATUS_COLORS.get(n, "#757575") for n in names])
+    for i, name in enumerate(names):
+        axis.text(counts[name], i, f" {counts[name]} ({counts[name] / total:.0%})", va="center", fontsize=9)
+    axis.invert_yaxis()
+    axis.set_xlim(0, max(counts.values(), default=1) * 1.3)
+    axis.set_xlabel("trials")
+    not_completed = total - counts.get("completed", 0)
+    share = not_completed / total if total else 0.0
+    axis.set_title(f"{total} trials, {share:.0%} did not complete", fontsize=10)
+    return _save(figure, out_path)
+
+
+def best_trials(sweep: Sweep, k: int = BEST_TRIALS) -> List[Dict[str, Any]]:
+    """The `k` completed trials with the best scores, best first."""
+    _, direction = sweep.objective
+    scored = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))]
+    scored.sort(key=lambda t: t["score"], reverse=direction == "max")
+    return scored[:k]
+
+
+def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "") -> PlotResult:
+    """Every plot of one sweep: one per searched parameter, the trial statuses, the best trials' curves.
+
+    Files are named ``<prefix>param-<dot path>.png``, ``<prefix>trial-status.png`` and
+    ``<prefix>best-trials.png`` in `out_dir`.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = read_sweep(sweep)
+    out_dir = Path(out_dir)
+    result = PlotResult(warnings=list(sweep.warnings))
+    if not sweep.trials:
+        result.warnings.append(f"{sweep.path}: no trials yet; nothing to plot")
+        return result
+    for parameter in parameters(sweep):
+        if any(t.get(parameter.name) is not None for t in sweep.trials):
+            result.files.append(parameter_plot(sweep, parameter, out_dir / f"{prefix}param-{_safe(parameter.name)}.png"))
+    result.files.append(status_plot(sweep, out_dir / f"{prefix}trial-status.png"))
+    top = best_trials(sweep)
+    if top:
+        curves = [Curve(f"trial {t['trial_id']} ({format_value(t['score'])})",
+                        sweep.path / "histories" / f"{t['trial_id']}.csv",
+                        int(t["best_epoch"]) if is_number(t.get("best_epoch")) else None) for t in top]
+        drawn = learning_curves(curves, out_dir / f"{prefix}best-trials.png",
+                                title=f"The {len(top)} best trials by {sweep.objective[0]}")
+        result.files += drawn.files
+        result.warnings += drawn.warnings
+    return result
+
+
+def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
+    """The plots for the rows of a comparison (as returned by :func:`toolkit.compare.compare`).
+
+    Writes ``learning_curves.png`` overlaying every row that has a per-epoch history (runs, sweep trials,
+    sweep best runs), and the sweep plots of every sweep a row comes from (on all of its trials).
+    """
+    if "path" not in table.columns:
+        raise ValueError("the table has no 'path' column: pass the DataFrame compare() returned")
+    out_dir = Path(out_dir)
+    result = PlotResult()
+    curves, sweeps = [], []
+    for row in table.to_dict(orient="records"):
+        kind, path, trial_id = row.get("kind"), Path(row["path"]), str(row.get("trial_id") or "")
+        history = path / "histories" / f"{trial_id}.csv" if kind == "trial" else path / "history.csv"
+        best_epoch = row.get("best_epoch")
+        curves.append(Curve(str(row["run"]), history, int(best_epoch) if is_number(best_epoch) else None))
+        sweep_dir = path if kind == "trial" else path.parent if kind == "best" else None
+        if sweep_dir is not None and sweep_dir not in sweeps:
+            sweeps.append(sweep_dir)
+    drawn = learning_curves(curves, out_dir / "learning_curves.png")
+    result.files += drawn.files
+    result.warnings += drawn.warnings
+    for sweep_dir in sweeps:
+        prefix = "" if len(sweeps) == 1 else _safe(sweep_dir.name) + "-"
+        try:
+            drawn = sweep_plots(sweep_dir, out_dir, prefix=prefix)
+        except ValueError as error:
+            result.warnings.append(f"{sweep_dir}: {error}; no sweep plots")
+            continue
+        result.files += drawn.files
+        result.warnings += drawn.warnings
+    return result
+
+
+def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotResult:
+    """Finds the runs and sweeps under `paths` (as :func:`toolkit.compare.compare` does) and plots them."""
+    from toolkit.compare import compare
+
+    table = compare(paths)
+    result = plot_table(table, out_dir)
+    result.warnings = list(table.attrs.get("warnings", [])) + result.warnings
+    return result
+
+
+def _label(value: Any) -> str:
+    """A choice as a tick label; 64 and 64.0 (as trials.csv may read back) are the same choice."""
+    if is_number(value):
+        return format_value(value)
+    return compact(value)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "plot"

@@ -1,0 +1,302 @@
+"""``ktk report``: one HTML page and one Markdown file describing a sweep (or a folder of runs).
+
+A sweep report holds the search space (with a flag where the best value sits at the edge of a range),
+the best configuration with its test metrics and the command that reproduces it, the plots of
+:mod:`toolkit.plots`, and the table of trials. The HTML page is self-contained (inline CSS, images
+embedded as base64 PNG, no scripts), so it can be mailed or attached as one file; the Markdown file links
+the PNG files written next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from toolkit.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
+                             main_metric, markdown_table, parameters, read_sweep, table_cells)
+from toolkit.errors import UserError
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class ReportResult:
+    """The files a report wrote, and what was skipped while reading the results."""
+
+    html: Path
+    markdown: Path
+    images: List[Path] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+
+@dataclass
+class _Document:
+    """The report as a list of blocks, written out both as HTML and as Markdown."""
+
+    title: str
+    html: List[str] = field(default_factory=list)
+    markdown: List[str] = field(default_factory=list)
+
+    def heading(self, text: str) -> None:
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+        self.markdown.append(f"## {text}")
+
+    def paragraph(self, text: str, css: str = "") -> None:
+        mark = f' class="{css}"' if css else ""
+        self.html.append(f"<p{mark}>{html.escape(text)}</p>")
+        self.markdown.append(text)
+
+    def items(self, lines: Sequence[str], css: str = "") -> None:
+        mark = f' class="{css}"' if css else ""
+        self.html.append(f"<ul{mark}>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+        self.markdown.append("\n".join(f"- {line}" for line in lines))
+
+    def command(self, text: str) -> None:
+        self.html.append(f"<pre><code>{html.escape(text)}</code></pre>")
+        self.markdown.append(f"```\n{text}\n```")
+
+    def table(self, header: Sequence[str], cells: Sequence[Sequence[str]], numeric: Optional[Sequence[bool]] = None,
+              highlight: Optional[int] = None) -> None:
+        numeric = list(numeric) if numeric is not None else [False] * len(header)
+        self.html.append(html_table(header, cells, numeric, highlight=highlight))
+        self.markdown.append(markdown_table(list(header), [list(c) for c in cells], numeric).rstrip("\n"))
+
+    def image(self, path: Path, caption: str) -> None:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.markdown.append(f"![{caption}]({path.name})")
+
+
+def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
+    """Writes ``report.html`` and ``report.md`` (and the PNG plots they show) for a sweep or a folder of runs.
+
+    Args:
+        path: a sweep directory, or a folder of run (and sweep) directories.
+        out_dir: where to write; default ``<path>/report``.
+
+    Returns:
+        The files written and the warnings about results that could not be read.
+
+    Raises:
+        UserError: when `path` does not exist or holds no runs or sweeps.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError("not found" if not path.exists() else "not a folder", where="SWEEP_OR_DIR",
+                        expected="a sweep directory or a folder of runs", received=str(path))
+    out = Path(out_dir) if out_dir is not None else path / "report"
+    is_sweep = (path / "trials.csv").is_file() and (path / "config.yaml").is_file()
+    document, images, warnings = (_sweep_report if is_sweep else _runs_report)(path, out)
+    if warnings:
+        document.heading("Warnings")
+        document.items(warnings, css="warning")
+    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    document.paragraph(f"Written by ktk report on {stamp} from {path}.")
+    from toolkit.results import atomic_write_text
+
+    html_path, markdown_path = out / "report.html", out / "report.md"
+    atomic_write_text(html_path, html_page(document.title, document.html))
+    atomic_write_text(markdown_path, f"# {document.title}\n\n" + "\n\n".join(document.markdown) + "\n")
+    for written in (html_path, markdown_path):
+        shareable(written)
+    return ReportResult(html_path, markdown_path, images, warnings)
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+
+def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
+    from toolkit.plots import sweep_plots
+
+    try:
+        sweep = read_sweep(path)
+    except ValueError as error:
+        raise UserError(f"the sweep cannot be read: {error}", where="SWEEP_OR_DIR", received=str(path)) from None
+    warnings = list(sweep.warnings)
+    search = sweep.search
+    objective, direction = sweep.objective
+    name = sweep.config.get("name") or path.name
+    document = _Document(f"Sweep report: {name}")
+    counts: Dict[str, int] = {}
+    for trial in sweep.trials:
+        counts[trial["status"] or "unknown"] = counts.get(trial["status"] or "unknown", 0) + 1
+    best = sweep.best_trial()
+    summary = [f"Sweep directory: {path}",
+               f"Tuner: {search.get('tuner', 'unknown')}; objective: {objective} "
+               f"({'lower' if direction == 'min' else 'higher'} is better)",
+               f"Trials: {len(sweep.trials)} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"]
+    if best is not None:
+        summary.append(f"Best: trial {best['trial_id']}, {objective} {format_value(best['score'])}")
+    document.items(summary)
+
+    space = parameters(sweep)
+    document.heading("Best configuration")
+    best_dir = path / "best"
+    if best is None:
+        document.paragraph("No trial completed, so there is no best configuration yet.")
+    else:
+        document.table(["parameter", "best value"], [[p.name, _show(best.get(p.name))] for p in space])
+    if (best_dir / "metrics.json").is_file():
+        _metrics_table(document, best_dir, "Test metrics of the best configuration, retrained into best/ "
+                                           "(the only use of the test split):")
+        document.paragraph("Reproduce the best run:")
+        document.command(f"ktk run {shlex.quote(str(best_dir / 'config.yaml'))}")
+    elif best is not None:
+        document.paragraph("The best configuration has not been retrained into best/ yet (the sweep has not "
+                           "finished); finish the sweep with ktk tune on its config, or train it alone:")
+        sets = " ".join(f"--set {shlex.quote(f'{p.name}={_exact(best.get(p.name))}')}" for p in space
+                        if best.get(p.name) is not None and p.name != "model.depth")
+        document.command(f"ktk run {shlex.quote(str(path / 'config.yaml'))} {sets}".rstrip())
+
+    document.heading("Search space")
+    rows = []
+    for p in space:
+        condition = ", ".join(f"{k} in {v}" for k, v in (p.when or {}).items())
+        rows.append([p.name, p.describe(), condition, _show(p.best), p.edge_message or ""])
+    document.table(["parameter", "searched", "when", "best", "note"], rows)
+    at_edge = [p for p in space if p.edge]
+    if at_edge:
+        document.paragraph(f"{len(at_edge)} parameter(s) have their best value at the edge of the searched range: "
+                           "the optimum may lie outside it. Widen the range and search again.", css="warning")
+
+    images: List[Path] = []
+    plots = sweep_plots(sweep, out)
+    warnings += [w for w in plots.warnings if w not in warnings]
+    document.heading("Plots")
+    for image in plots.files:
+        document.image(image, _caption(image, sweep))
+        images.append(image)
+
+    document.heading("Trials")
+    try:
+        table = compare(path)
+    except UserError as error:
+        document.paragraph(str(error), css="warning")
+    else:
+        warnings += [w for w in table.attrs.get("warnings", []) if w not in warnings]
+        column = "validation." + objective[4:] if objective.startswith("val_") else objective
+        if column in table.columns:
+            table = table.sort_values(column, ascending=direction == "min", na_position="last", kind="stable")
+        header, cells, numeric = table_cells(table)
+        winner = None
+        if best is not None:
+            labels = list(table["run"])
+            winner = next((i for i, label in enumerate(labels) if label.endswith(f"#{best['trial_id']}")), None)
+        document.paragraph(f"Sorted by {column}; the best trial is highlighted. Trial metrics are at each "
+                           "trial's best epoch; test metrics exist only for retrained runs (best/).")
+        document.table(header, cells, numeric, highlight=winner)
+    return document, images, warnings
+
+
+def _caption(image: Path, sweep: Sweep) -> str:
+    stem = image.stem
+    if stem.startswith("param-"):
+        return f"{sweep.objective[0]} of each trial against {stem[len('param-'):]} (star: best trial; x: failed)"
+    if stem == "trial-status":
+        return "Trials by status"
+    if stem == "best-trials":
+        return "Learning curves of the best trials (solid: training, dashed: validation, dot: best epoch)"
+    return stem
+
+
+# -------------------------------------------------------------------------------------------- runs
+
+
+def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
+    from toolkit.plots import plot_table
+
+    table = compare(path)
+    warnings = list(table.attrs.get("warnings", []))
+    document = _Document(f"Runs report: {path.resolve().name}")
+    runs = table[table["kind"] != "trial"] if "kind" in table.columns else table
+    metric_columns = [c for c in table.columns if c.startswith("validation.")]
+    metric = main_metric(c.split(".", 1)[1] for c in metric_columns) if metric_columns else None
+    column = f"validation.{metric}" if metric else None
+    lower_is_better = metric in (None, "loss") or any(w in (metric or "") for w in ("error", "mae", "mse"))
+    if column is not None:
+        table = table.sort_values(column, ascending=lower_is_better, na_position="last", kind="stable")
+    document.items([f"Folder: {path}", f"Rows: {len(table)} ({len(runs)} runs)"]
+                   + ([f"Sorted by {column} ({'lower' if lower_is_better else 'higher'} is better)"] if column else []))
+
+    best_row = None
+    if column is not None:
+        candidates = runs[runs[column].notna()].sort_values(column, ascending=lower_is_better, kind="stable")
+        if len(candidates):
+            best_row = candidates.iloc[0]
+    document.heading("Best run")
+    if best_row is None:
+        document.paragraph("No run has validation results.")
+    else:
+        best_dir = Path(best_row["path"])
+        document.paragraph(f"{best_row['run']}: {column} {format_value(best_row[column])}")
+        _metrics_table(document, best_dir, "Its metrics:")
+        document.paragraph("Reproduce it:")
+        document.command(f"ktk run {shlex.quote(str(best_dir / 'config.yaml'))}")
+
+    document.heading("Runs")
+    header, cells, numeric = table_cells(table)
+    winner = None
+    if best_row is not None:
+        winner = list(table["run"]).index(best_row["run"])
+    document.table(header, cells, numeric, highlight=winner)
+
+    plots = plot_table(table, out)
+    warnings += plots.warnings
+    document.heading("Plots")
+    for image in plots.files:
+        caption = ("Learning curves (solid: training, dashed: validation, dot: best epoch)"
+                   if image.stem == "learning_curves" else image.stem)
+        document.image(image, caption)
+    return document, list(plots.files), warnings
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _metrics_table(document: _Document, run_dir: Path, intro: str) -> None:
+    from toolkit.results import read_json
+
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+    except (OSError, ValueError) as error:
+        document.paragraph(f"{run_dir / 'metrics.json'} cannot be read: {error}", css="warning")
+        return
+    names: List[str] = []
+    for split in SPLITS:
+        for name in (metrics.get(split) or {}):
+            if name not in names:
+                names.append(name)
+    rows = [[name] + [format_value((metrics.get(split) or {}).get(name)) for split in SPLITS] for name in names]
+    document.paragraph(intro)
+    document.table(["metric", *SPLITS], rows, [False, True, True, True])
+    facts = [f"{key}: {format_value(metrics[key])}" for key in ("epochs_run", "best_epoch", "params", "wall_time_s")
+             if is_number(metrics.get(key))]
+    if facts:
+        document.paragraph("; ".join(facts))
+
+
+def shareable(path: PathLike) -> None:
+    """Gives a written file the usual permissions (atomic writes create it readable by its owner only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) or is_number(value):
+        return format_value(value)
+    return compact(value)
+
+
+def _exact(value: Any) -> str:
+    """A value as --set reads it back exactly (full precision; lists and mappings in YAML flow style)."""
+    return repr(float(value)) if isinstance(value, float) else compact(value)
