@@ -126,7 +126,7 @@ def main():
                 results[f"{workers} worker(s)"] = sweep(work, f"w{workers}", args.trials, workers)
         base = results.get("1 worker(s)")
         if results:
-            print(f"\n| setting | wall time | first trial at | trials/min (steady) | speed-up vs 1 worker |")
+            print("\n| setting | wall time | first trial at | trials/min (steady) | speed-up vs 1 worker |")
             print("| --- | --- | --- | --- | --- |")
         for name, r in results.items():
             speedup = f"{r['per_minute'] / base['per_minute']:.2f}x" if base else "-"

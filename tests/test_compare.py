@@ -113,7 +113,7 @@ def cli(*args, cwd=None):
 
 
 METRIC_PREFIXES = ("train.", "validation.", "test.", "gap.")
-NOT_CONFIG = {"run", "kind", "status", "epochs", "best_epoch", "params", "duration_s", "message", "path",
+NOT_CONFIG = {"run", "kind", "status", "verdict", "epochs", "best_epoch", "params", "duration_s", "message", "path",
               "trial_id"}
 
 
@@ -135,8 +135,13 @@ def test_only_the_differing_config_keys_appear(runs):
     assert [c for c in df.columns if c.startswith(METRIC_PREFIXES)] == [
         "train.loss", "train.accuracy", "validation.loss", "validation.accuracy", "test.loss", "test.accuracy",
         "gap.accuracy"]
-    assert list(df.columns[-6:]) == ["epochs", "best_epoch", "params", "duration_s", "path", "trial_id"]
+    assert list(df.columns[-7:]) == ["verdict", "epochs", "best_epoch", "params", "duration_s", "path", "trial_id"]
     assert df.attrs["warnings"] == []
+    # the verdict is ktk diagnose's, computed from the same metrics
+    from toolkit.diagnosis import VERDICTS, verdict_for_run
+
+    assert list(df["verdict"]) == [verdict_for_run(path) for path in df["path"]]
+    assert set(df["verdict"]) <= set(VERDICTS)
 
     every = compare(runs, all_params=True)
     assert {"name", "seed", "data.source", "data.options.noise", "model.hidden", "training.batch_size",
@@ -316,7 +321,7 @@ def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
 @pytest.mark.slow
 def test_cli_writes_files_and_plots_without_importing_tensorflow(runs, tmp_path):
     out = tmp_path / "table.csv"
-    result = cli("compare", runs, "--format", "csv", "--sort=-validation.accuracy", "--top", "2",
+    result = cli("compare", runs, "--format", "csv", "--sort", "-validation.accuracy", "--top", "2",
                  "--output", out, "--plot", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and f"wrote {out} (2 rows)" in result.stderr
@@ -452,6 +457,22 @@ def test_edges_of_searched_ranges():
     message = Parameter("model.dropout", "float", low=0.0, high=0.5, best=0.49, edge="high").edge_message
     assert message == ("the best value 0.49 is at the high edge of the searched range (near 0.5): "
                        "consider widening the range")
+
+
+def test_trials_csv_text_is_kept_as_written(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "config.yaml").write_text("name: s\nmodel: {regularizer: null}\n")
+    (sweep / "trials.csv").write_text(
+        "trial_id,status,score,model.activation,model.dropout,validation.loss,epochs,message\n"
+        "03,completed,0.5,none,0.1,0.5,3,\n"
+        "10,failed,,relu,,,1,diverged\n")
+    trials = read_sweep(sweep).trials
+    assert [t["trial_id"] for t in trials] == ["03", "10"]  # ids name files: "03" is not 3
+    assert trials[0]["model.activation"] == "none"  # a searched choice "none" is the text, not a missing value
+    assert trials[1]["model.dropout"] is None and trials[0]["model.dropout"] == 0.1
+    df = compare(sweep)
+    assert list(df["run"]) == ["sweep#03", "sweep#10"] and list(df["trial_id"]) == ["03", "10"]
 
 
 def test_nothing_found_is_a_user_error(tmp_path):

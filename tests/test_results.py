@@ -1,6 +1,7 @@
 """Result files: atomic writes never leave a half-written file; class weights; best-epoch selection."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,3 +61,15 @@ def test_class_weights_balanced_and_by_name():
     config = parse_config({"name": "x", "data": {"source": "sklearn.iris"}, "training": {"class_weight": {"d": 1}}})
     with pytest.raises(UserError, match="training.class_weight.d: expected a class name or index"):
         class_weights(config, data)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

@@ -99,6 +99,23 @@ def test_early_stopping_restores_best_epoch(tmp_path):
     assert metrics["validation"]["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-3)
 
 
+@pytest.mark.parametrize("restore", [True, False])
+def test_without_early_stopping_the_best_epoch_is_kept_unless_told(tmp_path, restore):
+    path = tmp_path / "noes.yaml"
+    # a large learning rate makes validation loss bounce, so the best epoch is rarely the last
+    text = IRIS.replace("learning_rate: 0.05", "learning_rate: 0.3").replace("epochs: 4", "epochs: 12")
+    path.write_text(text + f"  restore_best_weights: {str(restore).lower()}\n")
+    assert run_cli("run", path, "--out", tmp_path / "run", "-q") == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    history = read_history_csv(tmp_path / "run" / "history.csv")
+    assert metrics["epochs_run"] == 12  # it never stops early
+    best = history["val_loss"][metrics["best_epoch"] - 1]
+    assert best == min(history["val_loss"])
+    assert metrics["best_epoch"] < 12, "the test needs a run whose best epoch is not its last"
+    expected = best if restore else history["val_loss"][-1]
+    assert metrics["validation"]["loss"] == pytest.approx(expected, rel=1e-3)
+
+
 def test_regression_full_batch_with_schedule(tmp_path):
     path = tmp_path / "reg.yaml"
     path.write_text("""\

@@ -255,6 +255,12 @@ def test_bad_space_exits_with_status_2(tmp_path, capsys):
         f"ktk: error: {path}: search.space.model.dropout: empty range; expected {{float: [low, high]}} "
         f"with low < high; received [0.5, 0.1].\n")
     assert not (tmp_path / "sweep").exists()  # refused before anything was written
+    # ktk validate checks the search section too, and describes a good one
+    assert main(["validate", str(path)]) == 2
+    assert "search.space.model.dropout: empty range" in capsys.readouterr().err
+    path.write_text("data: {source: sklearn.iris}\nsearch:\n  space:\n    model.dropout: {float: [0.1, 0.5]}\n")
+    assert main(["validate", str(path)]) == 0
+    assert "# search: random, 10 trials, min val_loss over model.dropout" in capsys.readouterr().out
 
 
 def keras_check_error(space, base=BASE, **search):
@@ -368,3 +374,18 @@ def test_seed_zero_still_gives_a_reproducible_search():
     one = drive(spec.make_oracle(), spec, lambda v: 0.1)
     two = drive(spec.make_oracle(), spec, lambda v: 0.1)
     assert one == two and not math.isnan(one[0]["model.dropout"])
+
+
+def test_conditional_hyperparameters_serialize_silently(capsys):
+    # keras-tuner 1.4.8's Parent.to_proto prints its value; distributed sweeps send every trial as a proto
+    import keras_tuner
+
+    spec = parse_search(config_with({
+        "training.optimizer.name": {"choice": ["sgd", "adam"]},
+        "training.optimizer.momentum": {"float": [0.0, 0.9], "when": {"training.optimizer.name": "sgd"}},
+    }))
+    hp = keras_tuner.HyperParameters()
+    spec.declare(hp)
+    capsys.readouterr()
+    proto = hp.to_proto()
+    assert "sgd" in str(proto) and capsys.readouterr().out == ""

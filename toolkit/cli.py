@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"])
     p.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
     p.add_argument("--sort", metavar="COL",
-                   help="sort by this column; prefix '-' for descending, written --sort=-COL")
+                   help="sort by this column; prefix '-' for descending (--sort -validation.loss)")
     p.add_argument("--top", type=int, metavar="N", help="keep the first N rows after sorting")
     p.add_argument("--all-params", action="store_true", help="show every config key, not only those that differ")
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="EXPR",
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_descending_sort(list(sys.argv[1:] if argv is None else argv)))
     handler = globals()[f"_cmd_{args.command}"]
     try:
         return int(handler(args) or 0)
@@ -156,6 +156,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
+
+
+def _join_descending_sort(argv: List[str]) -> List[str]:
+    """`--sort -validation.accuracy` as `--sort=-validation.accuracy` (argparse reads '-x' as an option)."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--sort" and arg.startswith("-") and len(arg) > 1 and not arg.startswith("--"):
+            out[-1] = f"--sort={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _load(args: argparse.Namespace):
@@ -253,11 +264,8 @@ def _warn(warnings: Sequence[str]) -> None:
 def _write_output(path: str, text: str) -> None:
     from toolkit.results import atomic_write_text
 
-    from toolkit.report import shareable
-
     try:
         atomic_write_text(path, text)
-        shareable(path)
     except OSError as error:
         raise UserError(f"cannot write the file ({error.strerror})", where="--output", received=path) from None
 
@@ -290,13 +298,10 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     result = run_suite(args.suite, out_dir=args.out, overrides=args.overrides, verbose=0 if args.quiet else 2,
                        only=args.only, progress=print)
-    try:  # the general comparison table comes with `ktk compare`
-        from toolkit.compare import compare, render
-    except ImportError:
-        pass
-    else:
-        print(render(compare(result.paths), "table"))
-        print()
+    from toolkit.compare import compare, render
+
+    print(render(compare(result.paths), "table"))
+    print()
     finished = result.finished_runs()
     if finished:
         names = [f"{p.parent.name}/best" if p.name == "best" else p.name for p in finished]

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from toolkit.diagnosis import verdict_of
 from toolkit.errors import UserError
 
 try:  # the C parser reads a config.yaml about ten times faster than the pure-Python one
@@ -41,6 +42,7 @@ META_COLUMNS = ("kind", "status")
 LOCATION_COLUMNS = ("path", "trial_id")
 SPLITS = ("train", "validation", "test")
 # trials.csv columns that are not searched parameters (see docs/ARCHITECTURE.md, sweep directory).
+_TEXT_COLUMNS = ("trial_id", "status", "message", "worker", "started")  # kept as written ("03" stays "03")
 _TRIAL_FIXED = {"trial_id", "status", "score", "epochs", "best_epoch", "params", "started", "duration_s",
                 "message", "worker"}
 # Folders never searched for runs: hidden folders, caches, and keras-tuner's own project.
@@ -66,6 +68,7 @@ class Entry:
     params: Optional[int] = None
     duration_s: Optional[float] = None
     message: str = ""
+    task: str = "unknown"  # metrics.json's task (trials do not record it)
 
     @property
     def history_path(self) -> Path:
@@ -92,6 +95,7 @@ def row(entry: Entry) -> Dict[str, Any]:
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
     if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
+    out["verdict"] = verdict_of(entry.metrics, entry.task, entry.config.get("diagnose.baseline_error")) or None
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
     out["params"] = entry.params
@@ -277,6 +281,7 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         best_epoch=_int_or_none(metrics.get("best_epoch")),
         params=_int_or_none(metrics.get("params")),
         duration_s=_float_or_none(metrics.get("wall_time_s")),
+        task=str(metrics.get("task") or "unknown"),
     )
 
 
@@ -443,14 +448,15 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
                     warnings.append(f"{sweep_dir / 'trials.csv'}: line {number} has {len(cells)} fields, "
                                     f"expected {len(header)} (half-written?); skipped")
                     continue
-                trials.append({name: _typed(text, flow=name not in _TRIAL_FIXED) for name, text in zip(header, cells)})
+                trials.append({name: text if name in _TEXT_COLUMNS
+                               else _typed(text, flow=name not in _TRIAL_FIXED, words=False)
+                               for name, text in zip(header, cells)})
     except FileNotFoundError:
         raise ValueError("no trials.csv") from None
     except (csv.Error, UnicodeDecodeError) as error:
         raise ValueError(f"trials.csv cannot be read ({error})") from None
     for trial in trials:
-        trial["trial_id"] = str(trial["trial_id"]) if trial["trial_id"] is not None else ""
-        trial["status"] = str(trial.get("status") or "")
+        trial.setdefault("status", "")
     parameters = [c for c in header if c not in _TRIAL_FIXED and not c.startswith(tuple(s + "." for s in SPLITS))]
     return Sweep(sweep_dir, config, trials, parameters, warnings)
 
@@ -630,7 +636,8 @@ def compare(
 
     Columns: ``run`` (a short name), then the config keys that differ between the rows (dot paths;
     every key with `all_params`), then ``train.*``, ``validation.*`` and ``test.*`` metrics at the best
-    epoch, ``gap.<metric>`` (train minus validation of the main metric), ``epochs``, ``best_epoch``,
+    epoch, ``gap.<metric>`` (train minus validation of the main metric), ``verdict`` (the bias/variance
+    verdict of ``ktk diagnose``: high_bias, high_variance, high_bias_and_variance or ok), ``epochs``, ``best_epoch``,
     ``params``, ``duration_s``, and ``path``/``trial_id`` locating each row's files. Directories that
     cannot be read are skipped and described in ``df.attrs["warnings"]``.
 
@@ -695,7 +702,7 @@ def _column_order(records: List[Dict[str, Any]], config_keys: List[str]) -> List
     present = _ordered_union(records)
     metric_columns = [c for c in present if c.split(".", 1)[0] in SPLITS and c not in config_keys]
     metric_columns.sort(key=lambda c: (SPLITS.index(c.split(".", 1)[0]), c.split(".", 1)[1] != "loss"))
-    gap = [c for c in present if c.startswith("gap.")]
+    gap = [c for c in present if c.startswith("gap.")] + (["verdict"] if "verdict" in present else [])
     tail = [c for c in ("epochs", "best_epoch", "params", "duration_s", "message") if c in present]
     return ["run", *META_COLUMNS, *config_keys, *metric_columns, *gap, *tail, *LOCATION_COLUMNS]
 
@@ -914,8 +921,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _typed(text: str, flow: bool = False) -> Any:
+def _typed(text: str, flow: bool = False, words: bool = True) -> Any:
     """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str.
+
+    With `words` (filters), ``none``/``null`` also mean None; without it (trials.csv, which writes None
+    as an empty cell) they stay text, so a searched choice ``"none"`` is kept as the string it was.
 
     With `flow`, text like ``[128, 64]`` or ``{name: adam}`` (how trials.csv writes list and mapping
     choices) is read back as YAML.
@@ -935,7 +945,7 @@ def _typed(text: str, flow: bool = False) -> Any:
         lowered = text.lower()
         if lowered in ("true", "false"):
             return lowered == "true"
-        if lowered in ("none", "null"):
+        if words and lowered in ("none", "null"):
             return None
         return text
     return number

@@ -346,10 +346,10 @@ def _load_table(data: Any, base_dir: Path) -> _Raw:
                         expected="the name of the target column", choices=list(frame.columns))
     split_column = data.split.column
     for i, table in enumerate(frames):
-        where = "data.target" if i == 0 else "data.test_path"
+        problem = "column not found" if i == 0 else f"column not found in the test file {data.test_path}"
         for column, key in ((data.target, "data.target"), (split_column, "data.split.column")):
             if column is not None and column not in table.columns and not (i == 1 and key == "data.split.column"):
-                raise UserError("column not found", where=key, received=column, choices=list(table.columns))
+                raise UserError(problem, where=key, received=column, choices=list(table.columns))
     import pandas as pd
 
     combined = pd.concat(frames, keys=range(len(frames)), names=["_part", "_row"]) if len(frames) > 1 else frame

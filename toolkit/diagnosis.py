@@ -283,6 +283,68 @@ def _split_error(metrics: Dict[str, Any], split: str, key: str, complement: bool
     return 1.0 - value if complement else value
 
 
+@dataclass
+class Figures:
+    """The bias/variance arithmetic of one set of metrics (see the module docstring)."""
+
+    train_error: float
+    validation_error: Optional[float]
+    test_error: Optional[float]
+    avoidable_bias: float
+    variance: Optional[float]
+    mismatch: Optional[float]
+    bias_tolerance: Optional[float]  # None: a regression error with no baseline cannot be judged
+    variance_tolerance: float
+    mismatch_tolerance: float
+    verdict: str
+
+
+def judge(metrics: Dict[str, Any], task: str = "unknown", baseline_error: float = 0.0,
+          tolerance: Optional[float] = None) -> Figures:
+    """Bias, variance and mismatch of metrics shaped like metrics.json's ({split: {name: value}}).
+
+    Pure arithmetic, no files: :func:`diagnose` and ``ktk compare``'s verdict column share it.
+
+    Raises:
+        KeyError: the train section has no metric to take an error from.
+    """
+    key, _, complement = _error_metric(metrics, task)
+    train = _split_error(metrics, "train", key, complement)
+    if train is None:
+        raise KeyError(key)
+    val = _split_error(metrics, "validation", key, complement)
+    test = _split_error(metrics, "test", key, complement)
+    baseline = float(baseline_error)
+    avoidable_bias = train - baseline
+    variance = None if val is None else val - train
+    mismatch = None if (val is None or test is None) else test - val
+    if complement:  # classification: absolute gaps in error
+        bias_tol: Optional[float] = tolerance if tolerance is not None else CLASSIFICATION_TOLERANCE
+        var_tol = mismatch_tol = bias_tol
+    else:  # regression: gaps relative to the errors, which have units
+        rel = tolerance if tolerance is not None else REGRESSION_RELATIVE_TOLERANCE
+        bias_tol = rel * baseline if baseline > 0 else None
+        var_tol = rel * max(train, baseline, 1e-12)
+        mismatch_tol = rel * max(val if val is not None else train, 1e-12)
+    high_bias = bias_tol is not None and math.isfinite(train) and avoidable_bias > bias_tol
+    high_variance = variance is not None and math.isfinite(variance) and variance > var_tol
+    if not math.isfinite(train):
+        high_bias = True  # a NaN/inf training error: nothing was learnt
+    verdict = ("high_bias_and_variance" if high_bias and high_variance else "high_bias" if high_bias
+               else "high_variance" if high_variance else "ok")
+    return Figures(train, val, test, avoidable_bias, variance, mismatch, bias_tol, var_tol, mismatch_tol, verdict)
+
+
+def verdict_of(metrics: Dict[str, Any], task: str = "unknown", baseline_error: Any = None) -> str:
+    """The verdict of metrics shaped like metrics.json's, or "" when they hold no training error."""
+    baseline = float(baseline_error) if isinstance(baseline_error, (int, float)) and not isinstance(
+        baseline_error, bool) and math.isfinite(baseline_error) and baseline_error >= 0 else 0.0
+    try:
+        return judge(metrics, task, baseline).verdict
+    except (KeyError, TypeError, ValueError):
+        return ""
+
+
 def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
              tolerance: Optional[float] = None) -> Diagnosis:
     """Diagnoses a finished run: bias/variance verdict, mismatch, learning curves and gradient flow.
@@ -305,8 +367,7 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
         raise UserError("metrics.json has no training results", expected='a "train" section',
                         file=str(path / "metrics.json"))
     task = str(metrics.get("task") or "unknown")
-    key, error_name, complement = _error_metric(metrics, task)
-    classification = complement
+    _, error_name, _ = _error_metric(metrics, task)
 
     facts = _run_facts(path, metrics)
     if baseline_error is not None:
@@ -321,40 +382,17 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     if tolerance is not None and (tolerance < 0 or not math.isfinite(tolerance)):
         raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
 
-    train = _split_error(metrics, "train", key, complement)
-    val = _split_error(metrics, "validation", key, complement)
-    test = _split_error(metrics, "test", key, complement)
-    if train is None:  # pragma: no cover - _error_metric only picks keys the train section has
-        raise UserError(f"metrics.json has no training {key}", file=str(path / "metrics.json"))
-    avoidable_bias = train - baseline
-    variance = None if val is None else val - train
-    mismatch = None if (val is None or test is None) else test - val
-
+    figures = judge(metrics, task, baseline, tolerance)
+    train, val, test = figures.train_error, figures.validation_error, figures.test_error
+    mismatch, var_tol_mismatch, verdict = figures.mismatch, figures.mismatch_tolerance, figures.verdict
     notes: List[Note] = []
-    if classification:
-        bias_tol: Optional[float] = tolerance if tolerance is not None else CLASSIFICATION_TOLERANCE
-        var_tol = bias_tol
-        var_tol_mismatch = var_tol
-    else:
-        rel = tolerance if tolerance is not None else REGRESSION_RELATIVE_TOLERANCE
-        # The bias gap is judged against the baseline; with none known it cannot be judged in units.
-        bias_tol = rel * baseline if baseline > 0 else None
-        var_tol = rel * max(train, baseline, 1e-12)
-        var_tol_mismatch = rel * max(val if val is not None else train, 1e-12)
-        if bias_tol is None:
-            notes.append(Note(
-                "bias_not_judged",
-                f"avoidable bias is not judged: a regression error ({error_name}) has units, and no baseline "
-                f"error is known; pass --baseline-error (or set diagnose.baseline_error) to the error of the "
-                f"best you expect (human level, the noise in the data, a strong simple model)",
-            ))
-
-    high_bias = bias_tol is not None and math.isfinite(train) and avoidable_bias > bias_tol
-    high_variance = variance is not None and math.isfinite(variance) and variance > var_tol
-    if not math.isfinite(train):
-        high_bias = True  # a NaN/inf training error: nothing was learnt
-    verdict = ("high_bias_and_variance" if high_bias and high_variance else "high_bias" if high_bias
-               else "high_variance" if high_variance else "ok")
+    if figures.bias_tolerance is None:
+        notes.append(Note(
+            "bias_not_judged",
+            f"avoidable bias is not judged: a regression error ({error_name}) has units, and no baseline "
+            f"error is known; pass --baseline-error (or set diagnose.baseline_error) to the error of the "
+            f"best you expect (human level, the noise in the data, a strong simple model)",
+        ))
 
     if mismatch is not None and math.isfinite(mismatch) and mismatch > var_tol_mismatch:
         notes.append(Note(
@@ -375,8 +413,9 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
 
     return Diagnosis(
         run_dir=str(path), task=task, error_name=error_name, train_error=train, validation_error=val,
-        test_error=test, baseline_error=baseline, baseline_source=source, avoidable_bias=avoidable_bias,
-        variance=variance, mismatch=mismatch, bias_tolerance=bias_tol, variance_tolerance=var_tol,
+        test_error=test, baseline_error=baseline, baseline_source=source, avoidable_bias=figures.avoidable_bias,
+        variance=figures.variance, mismatch=mismatch, bias_tolerance=figures.bias_tolerance,
+        variance_tolerance=figures.variance_tolerance,
         verdict=verdict, remedies=list(REMEDIES[verdict]), notes=notes,
     )
 

@@ -4,7 +4,7 @@ A suite is a folder (``experiments/initialization``, ...) holding a ``base.yaml`
 share and one config per variant, each starting with ``extends: base.yaml``. :func:`run_suite` trains each
 variant (files starting with ``base`` or ``_`` are not variants) into ``<out>/<variant>`` with
 :func:`toolkit.runs.run`. A variant with a ``search:`` section is a sweep and goes to ``ktk tune``'s
-:func:`toolkit.sweeps.tune` (when that module is present).
+:func:`toolkit.sweeps.tune`.
 
 :func:`lesson_rows` adds what the lessons look at and the general comparison table does not show: how fast
 the training loss fell (its first value and its mean over the epochs, the area under the curve) and the
@@ -125,11 +125,8 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
 
 
 def _tune(config: Any, target: Path, verbose: int, progress: Optional[Callable[[str], None]]) -> Path:
-    try:
-        from toolkit.sweeps import tune
-    except ImportError:
-        raise UserError("this suite holds a sweep (a search: section), which needs ktk tune (toolkit.sweeps)",
-                        where="search", file=config.source) from None
+    from toolkit.sweeps import tune
+
     tune(config, out_dir=target, verbose=bool(verbose), progress=progress)
     return target
 

@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from toolkit.errors import UserError
 

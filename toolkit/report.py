@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +103,6 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     html_path, markdown_path = out / "report.html", out / "report.md"
     atomic_write_text(html_path, html_page(document.title, document.html))
     atomic_write_text(markdown_path, f"# {document.title}\n\n" + "\n\n".join(document.markdown) + "\n")
-    for written in (html_path, markdown_path):
-        shareable(written)
     return ReportResult(html_path, markdown_path, images, warnings)
 
 
@@ -280,13 +277,6 @@ def _metrics_table(document: _Document, run_dir: Path, intro: str) -> None:
              if is_number(metrics.get(key))]
     if facts:
         document.paragraph("; ".join(facts))
-
-
-def shareable(path: PathLike) -> None:
-    """Gives a written file the usual permissions (atomic writes create it readable by its owner only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _show(value: Any) -> str:

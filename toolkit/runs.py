@@ -105,8 +105,17 @@ def validate(config: Config, deep: bool = False) -> str:
     from toolkit.keras_names import check_config_names
 
     names_checked = check_config_names(config)
+    spec = None
+    if config.search is not None:  # every searched path, range end and choice, before any data loads
+        from toolkit.search import parse_search
+
+        spec = parse_search(config)
     data = load_data(config)
     lines = [f"# {config.source or config.name}: valid", f"# data: {data.describe()}"]
+    if spec is not None:
+        trials = f"{spec.max_trials} trials" if spec.max_trials else "trials until the space is covered"
+        lines.append(f"# search: {spec.tuner}, {trials}, {spec.objective.direction} {spec.objective.name} "
+                     f"over {', '.join(spec.paths)}")
     if not names_checked and not deep:
         lines.append("# Keras names: not checked (Keras' API listing not found); use --deep")
     if deep:

@@ -615,7 +615,8 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         training.compile_model(model, config, data)
         logger = history_logger(history_path)
         fit_started = time.perf_counter()
-        training.fit(model, config, data, callbacks=[logger, _stop_on_nan()], verbose=task["verbose"])
+        training.fit(model, config, data, callbacks=[logger, _stop_on_nan()], verbose=task["verbose"],
+                     keep_best=False)
         fit_seconds += time.perf_counter() - fit_started
         history = logger.history
         losses = history.get("loss", [])

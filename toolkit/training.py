@@ -11,7 +11,7 @@ import copy
 import inspect
 import math
 import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -163,11 +163,16 @@ def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
     return weights
 
 
-def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbose: int = 1) -> Any:
+def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbose: int = 1,
+        keep_best: bool = True) -> Any:
     """Trains a compiled model on the training split, validating on the validation split each epoch.
 
+    With ``training.restore_best_weights`` (the default) the model ends with the weights of its best epoch
+    by :func:`monitor_name`, whether or not early stopping is configured. `keep_best=False` skips that
+    (a sweep trial, whose model is thrown away, only needs the history).
+
     Returns:
-        The Keras ``History``. With ``training.early_stopping`` the best weights are restored.
+        The Keras ``History``.
     """
     import keras
 
@@ -184,7 +189,12 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     if stopping is not None:
         all_callbacks.append(keras.callbacks.EarlyStopping(
             monitor=stopping.monitor, patience=stopping.patience, min_delta=stopping.min_delta,
-            mode=stopping.mode, restore_best_weights=stopping.restore_best_weights, verbose=0,
+            mode=stopping.mode, restore_best_weights=bool(stopping.restore_best_weights) and keep_best,
+            verbose=0,
+        ))
+    elif config.training.restore_best_weights and keep_best:  # never stops: patience is every epoch
+        all_callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor_name(config), patience=config.training.epochs, restore_best_weights=True, verbose=0,
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
