@@ -356,6 +356,13 @@ def test_planned_trials_of_grid_and_hyperband_match_what_the_oracles_run():
                     "training.batch_size": {"choice": [16, 32]}}, tuner="grid")
     assert grid_size(grid.space) == 6 and grid.planned_trials() == 6
     assert len(drive(grid.make_oracle(), grid, lambda v: v["model.dropout"])) == 6
+    # a conditional parameter multiplies only the combinations where it is active: sgd 3 x 2, adam 2
+    conditional = spec_of({"training.optimizer.name": {"choice": ["sgd", "adam"]},
+                           "training.optimizer.momentum": {"choice": [0.0, 0.5, 0.9],
+                                                           "when": {"training.optimizer.name": "sgd"}},
+                           "training.optimizer.learning_rate": {"choice": [0.01, 0.1]}}, tuner="grid")
+    assert conditional.planned_trials() == 8
+    assert len(drive(conditional.make_oracle(), conditional, lambda v: 1.0)) == 8
     assert spec_of(grid.to_dict()["space"], tuner="grid", max_trials=4).planned_trials() == 4
     band = spec_of({"model.dropout": {"float": [0.0, 0.5]}}, tuner="hyperband", factor=3)
     assert band.base_epochs == 9

@@ -21,6 +21,29 @@ _API = {
     "build_model": "toolkit.models",
     "run": "toolkit.runs",
     "validate": "toolkit.runs",
+    # sweeps
+    "parse_search": "toolkit.search",
+    "QuasiRandomOracle": "toolkit.search",
+    "tune": "toolkit.sweeps",
+    "SweepResult": "toolkit.sweeps",
+    "tune_distributed": "toolkit.distributed",
+    # comparing
+    "compare": "toolkit.compare",
+    "render": "toolkit.compare",
+    "plot": "toolkit.plots",
+    "report": "toolkit.report",
+    # lessons
+    "diagnose": "toolkit.diagnosis",
+    "Diagnosis": "toolkit.diagnosis",
+    "verdict_for_run": "toolkit.diagnosis",
+    "format_diagnosis": "toolkit.diagnosis",
+    "gradient_check": "toolkit.gradcheck",
+    "GradcheckResult": "toolkit.gradcheck",
+    "format_gradcheck": "toolkit.gradcheck",
+    "gradient_monitor": "toolkit.monitor",
+    "run_suite": "toolkit.experiments",
+    "SuiteResult": "toolkit.experiments",
+    "lesson_rows": "toolkit.experiments",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -905,20 +905,39 @@ def hyperband_trial_count(max_epochs: int, factor: int) -> int:
 
 
 def grid_size(space: Sequence[Param]) -> Optional[int]:
-    """Number of combinations of a grid (conditional parameters counted as if always active)."""
-    size = 1
+    """Number of trials of a grid: combinations of the active values only, as keras-tuner's grid visits them
+    (a conditional parameter multiplies only the combinations where its ``when`` holds)."""
+    values: Dict[str, List[Any]] = {}
     for param in space:
         if param.kind == "float":
             if param.step is None:
                 return None
-            size *= int((param.high - param.low) // param.step + 1) if not param.log else \
-                int(math.log(param.high / param.low, param.step) + 1e-8) + 1
+            if param.log:
+                count = int(math.log(param.high / param.low, param.step) + 1e-8) + 1
+                values[param.path] = [param.low * param.step ** k for k in range(count)]
+            else:
+                count = int((param.high - param.low) // param.step + 1)
+                values[param.path] = [param.low + k * param.step for k in range(count)]
         else:
-            values = param.possible_values()
-            if values is None:
+            possible = param.possible_values()
+            if possible is None:
                 return None
-            size *= len(values)
-    return size
+            values[param.path] = list(possible)
+    parents = {parent for param in space for parent, _ in param.when}
+
+    def count(index: int, chosen: Dict[str, Any]) -> int:
+        if index == len(space):
+            return 1
+        param = space[index]
+        active = all(parent in chosen and any(_same(chosen[parent], v) for v in allowed)
+                     for parent, allowed in param.when)
+        if not active:
+            return count(index + 1, chosen)
+        if param.path in parents:
+            return sum(count(index + 1, {**chosen, param.path: v}) for v in values[param.path])
+        return len(values[param.path]) * count(index + 1, chosen)
+
+    return count(0, {})
 
 
 def _same(a: Any, b: Any) -> bool:
