@@ -92,18 +92,7 @@ def runs_folder(tmp_path_factory):
 
 
 def sweep_folder(tmp_path_factory):
-    pytest.importorskip("toolkit.sweeps", reason="toolkit.sweeps (the sweeps branch) is not merged yet")
     return _built(tmp_path_factory, "sweep", build_sweep) / "sweep"
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    return runs_folder(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory):
-    return sweep_folder(tmp_path_factory)
 
 
 def cli(*args, cwd=None):

@@ -105,7 +105,6 @@ def test_input_normalization_speeds_up_convergence(tmp_path):
 
 
 def test_tuning_suite_is_a_valid_coarse_to_fine_sweep():
-    pytest.importorskip("toolkit.sweeps")
     from toolkit.search import parse_search  # the sweeps module's validator of search: sections
 
     coarse = parse_search(load_config(SUITES / "tuning" / "coarse.yaml"))
@@ -117,6 +116,24 @@ def test_tuning_suite_is_a_valid_coarse_to_fine_sweep():
         wide, narrow = coarse.param(path), fine.param(path)
         assert wide.log and narrow.log  # every one spans decades
         assert wide.low <= narrow.low < narrow.high <= wide.high  # fine zooms into coarse
+
+
+def test_tuning_fine_sweep_stays_in_the_good_region(tmp_path):
+    # The coarse sweep's wide ranges hold hopeless corners (a learning rate of 1e-4, an L2 of 0.5); the fine
+    # sweep's ranges, drawn from the coarse results, hold none: its worst trial beats the coarse sweep's.
+    import csv
+
+    result = run_suite(SUITES / "tuning", out_dir=tmp_path / "tuning",
+                       overrides=["training.epochs=4", "search.max_trials=6", "search.trials_per_process=inline"])
+    assert [p.name for p in result.sweep_dirs] == ["coarse", "fine"]
+    scores = {}
+    for sweep in result.sweep_dirs:
+        rows = list(csv.DictReader(open(sweep / "trials.csv", newline="")))
+        assert len(rows) == 6 and all(r["status"] == "completed" for r in rows)
+        scores[sweep.name] = sorted(float(r["score"]) for r in rows)
+        assert (sweep / "best" / "metrics.json").is_file()  # the winner, retrained and tested once
+    assert scores["fine"][0] > scores["coarse"][0] + 0.1
+    assert scores["fine"][-1] >= scores["coarse"][-1] - 0.05
 
 
 def test_cli_experiment_end_to_end_and_errors(tmp_path):

@@ -8,19 +8,9 @@ import subprocess
 
 import pytest
 
-from test_compare import PNG_SIGNATURE, assert_png, cli, parse_html, runs_folder, sweep_folder
+from test_compare import PNG_SIGNATURE, assert_png, cli, parse_html
 from toolkit.errors import UserError
 from toolkit.report import report
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    return runs_folder(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory):
-    return sweep_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ def format_run_summary(result: Any) -> str:
     rows = [header]
     for split in SPLITS:
         values = metrics.get(split, {})
-        cells = "".join(f"{_fmt(values.get(n)):>{width + 2}}" for n in names)
+        cells = "".join(f"{format_metric(values.get(n)):>{width + 2}}" for n in names)
         rows.append(f"  {split:<10}{cells}")
     sizes = metrics.get("sizes", {})
     size_text = " / ".join(f"{sizes[s]}" for s in SPLITS if s in sizes)
@@ -37,7 +37,8 @@ def format_run_summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: Any) -> str:
+def format_metric(value: Any) -> str:
+    """A metric for a summary line: 4 decimals, '-' when missing."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -43,6 +43,7 @@ from toolkit.config import Config, dump_yaml, parse_config, read_yaml_file
 from toolkit.errors import UserError, show
 from toolkit.results import atomic_write_text, read_json, write_json
 from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_search
+from toolkit.summary import format_metric
 
 DEFAULT_SWEEPS_DIR = Path("sweeps")
 TRIALS_FILE = "trials.csv"
@@ -310,11 +311,11 @@ class _Sweep:
         planned = self.spec.planned_trials()
         objective = self.spec.objective
         if record["status"] == "completed":
-            outcome = f"{objective.name} {_fmt(record['score'])}"
+            outcome = f"{objective.name} {format_metric(record['score'])}"
         else:
             outcome = f"failed: {_shorten(record.get('message', ''), 80)}"
         ranked = self._ranked(self._rows())
-        best = f"best {_fmt(ranked[0]['score'])} (trial {ranked[0]['trial_id']})" if ranked else "best -"
+        best = f"best {format_metric(ranked[0]['score'])} (trial {ranked[0]['trial_id']})" if ranked else "best -"
         elapsed = time.time() - self.started
         eta = "?"
         finished_since_start = done - self.resumed  # by every process, in distributed mode
@@ -1023,11 +1024,11 @@ def format_sweep_summary(result: SweepResult) -> str:
     if result.best is not None:
         best = result.best
         values = ", ".join(f"{p}={_show_value(best.get(p))}" for p in _param_columns(spec) if best.get(p) is not None)
-        lines.append(f"  best: trial {best['trial_id']}, {spec.objective.name} {_fmt(best['score'])}: {values}")
+        lines.append(f"  best: trial {best['trial_id']}, {spec.objective.name} {format_metric(best['score'])}: {values}")
     if result.best_run is not None:
         metrics = result.best_run.metrics
         for split in ("validation", "test"):
-            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.get(split, {}).items())
+            shown = ", ".join(f"{k} {format_metric(v)}" for k, v in metrics.get(split, {}).items())
             lines.append(f"  best retrained, {split}: {shown}")
         lines.append(f"  best run directory: {result.best_run.run_dir}")
     for run in result.top_runs:
@@ -1041,14 +1042,6 @@ def _show_value(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
     return str(value)
 
 
