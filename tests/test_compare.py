@@ -371,6 +371,10 @@ def test_each_trial_is_a_row_plus_the_best_run(sweep):
     best = df.iloc[-1]
     best_metrics = json.loads((sweep / "best" / "metrics.json").read_text())
     assert best["test.loss"] == best_metrics["test"]["loss"]
+    from toolkit.diagnosis import verdict_for_run
+
+    assert best["verdict"] == verdict_for_run(sweep / "best")
+    assert df[df["kind"] == "trial"]["verdict"].isna().all()  # running means with dropout on are not judged
     sweep_info = read_sweep(sweep)
     winner = sweep_info.best_trial()
     assert best["model.dropout"] == pytest.approx(winner["model.dropout"])

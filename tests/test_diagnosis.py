@@ -190,6 +190,10 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="no metrics.json in the run directory"):
         diagnose(tmp_path / "empty")
     assert verdict_for_run(tmp_path / "empty") == ""
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "trials.csv").write_text("trial_id,status\n")
+    with pytest.raises(UserError, match=r"this is a sweep directory: diagnose its retrained best run, ktk diagnose "):
+        diagnose(tmp_path / "sweep")
     run = make_run(tmp_path / "r", 0.9, 0.9)
     with pytest.raises(UserError, match="--baseline-error: expected a non-negative error; received -0.1"):
         diagnose(run, baseline_error=-0.1)

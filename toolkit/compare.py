@@ -95,7 +95,8 @@ def row(entry: Entry) -> Dict[str, Any]:
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
     if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
-    out["verdict"] = verdict_of(entry.metrics, entry.task, entry.config.get("diagnose.baseline_error")) or None
+    if entry.kind != "trial":  # a trial's train.* are the epoch's running means with dropout on: not judged
+        out["verdict"] = verdict_of(entry.metrics, entry.task, entry.config.get("diagnose.baseline_error")) or None
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
     out["params"] = entry.params

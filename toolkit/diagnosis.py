@@ -197,6 +197,10 @@ def _check_run_dir(run_dir: Union[str, Path]) -> Path:
     if not path.is_dir():
         raise UserError("run directory not found" if not path.exists() else "not a directory",
                         expected="a run directory written by ktk run", received=str(path))
+    if not (path / "metrics.json").is_file() and (path / "trials.csv").is_file():
+        raise UserError("this is a sweep directory: diagnose its retrained best run, "
+                        f"ktk diagnose {path / 'best'}", expected="a run directory written by ktk run",
+                        received=str(path))
     if not (path / "metrics.json").is_file():
         raise UserError("no metrics.json in the run directory (an unfinished or failed run?)",
                         expected="a run directory written by ktk run", received=str(path))
