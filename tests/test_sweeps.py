@@ -362,3 +362,19 @@ def test_trials_csv_has_a_worker_column_in_distributed_mode():
         "0,failed,,4,,,,,,,,t,0.5,diverged,tuner0",
         "1,completed,0.5,8,,,1.0,1.1,2,2,10,t,1.0,,tuner1",
     ]
+
+
+def test_a_script_without_a_main_guard_can_tune(tmp_path):
+    # multiprocessing re-runs the main script in new processes; the trial workers must not, or a script
+    # calling tune() at top level (no `if __name__ == "__main__":`) would start its sweep in every worker
+    config = sweep_config(tmp_path, {"max_trials": 2, "trials_per_process": 1, "space": SPACE})
+    script = tmp_path / "my_sweep.py"
+    script.write_text(
+        "import toolkit\n"
+        f"result = toolkit.tune(toolkit.load_config({str(config.source)!r}), out_dir='sweep')\n"
+        "print('statuses', sorted(t['status'] for t in result.trials))\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "statuses ['completed', 'completed']" in done.stdout

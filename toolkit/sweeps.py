@@ -698,6 +698,32 @@ class _InlineRunner:
 _WORKER_PRELOAD = ("tensorflow", "keras", "toolkit.sweeps", "toolkit.training", "toolkit.models", "toolkit.data")
 
 
+@contextlib.contextmanager
+def _main_module_not_rerun() -> Any:
+    """Starts processes without re-importing the caller's ``__main__`` in them.
+
+    multiprocessing's fork server and spawn re-run the main script in each new process (as ``__mp_main__``),
+    so a user's script calling :func:`tune` without an ``if __name__ == "__main__":`` guard would start its
+    sweep again inside every trial worker. The worker's code lives in this module and needs nothing from
+    ``__main__``, so the main module is left out of what the new process prepares.
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def preparation_data(name: str) -> Dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = preparation_data
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
+
+
 class _ProcessRunner:
     """Runs trials in a worker process replaced every `limit` trials, so memory does not grow.
 
@@ -724,7 +750,8 @@ class _ProcessRunner:
     def _start(self) -> "_Worker":
         parent, child = self.context.Pipe()
         process = self.context.Process(target=_worker_main, args=(child,), name="ktk-trial", daemon=True)
-        process.start()
+        with _main_module_not_rerun():
+            process.start()
         child.close()
         return _Worker(process, parent)
 
