@@ -206,3 +206,13 @@ def test_missing_file():
 def test_did_you_mean():
     assert did_you_mean("adamm", ["adam", "sgd"]) == "adam"
     assert did_you_mean("zzz", ["adam", "sgd"]) is None
+
+
+def test_restore_best_weights_keys_are_plain_values_that_survive_a_round_trip():
+    base = {"name": "x", "data": {"source": "sklearn.iris"}, "training": {"early_stopping": True}}
+    config = parse_config(base)
+    assert config.training.restore_best_weights is True and config.training.early_stopping.restore_best_weights is True
+    last = parse_config(config.to_dict()).with_values({"training.restore_best_weights": False,
+                                                       "training.early_stopping.restore_best_weights": False})
+    again = parse_config(last.to_dict())
+    assert again.training.restore_best_weights is False and again.training.early_stopping.restore_best_weights is False

@@ -234,3 +234,24 @@ def test_diagnose_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert done.stdout.split() == ["high_variance", "False"], done.stderr
+
+
+def test_damaged_run_files_are_user_errors(tmp_path):
+    cases = {
+        "list": ("metrics.json", b"[1, 2]", "expected a JSON object; received 'list'"),
+        "text value": ("metrics.json", b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
+                       "has a value that is not a number"),
+        "latin-1": ("history.csv", "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), "unreadable file"),
+        "bad yaml": ("config.yaml", b"model: [unclosed\n", "unreadable YAML"),
+    }
+    for name, (file, content, message) in cases.items():
+        run = make_run(tmp_path / name.replace(" ", "-"), 0.9, 0.9)
+        (run / file).write_bytes(content)
+        with pytest.raises(UserError, match=message):
+            diagnose(run)
+    # odd but readable values are tolerated: layers that are not a list, epochs_run that is not a number
+    run = make_run(tmp_path / "odd", 0.9, 0.9, history=[(0.5, 0.6), (0.4, 0.5), (0.3, 0.45)],
+                   config="model: {layers: 5}\ntraining: {epochs: 3}\n")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(dict(metrics, epochs_run="x")))
+    assert diagnose(run).verdict == "high_bias"

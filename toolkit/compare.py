@@ -29,10 +29,8 @@ import yaml
 from toolkit.diagnosis import verdict_of
 from toolkit.errors import UserError
 
-try:  # the C parser reads a config.yaml about ten times faster than the pure-Python one
-    _YamlLoader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _YamlLoader = yaml.SafeLoader
+from toolkit.results import YAML_LOADER as _YamlLoader
+from toolkit.results import read_yaml
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -113,8 +111,7 @@ def row(entry: Entry) -> Dict[str, Any]:
 
 def read_config(path: Union[str, Path]) -> Dict[str, Any]:
     """A config.yaml as a plain dict (raises ValueError when it is not a mapping)."""
-    with open(path, "rb") as handle:
-        data = yaml.load(handle, Loader=_YamlLoader)  # noqa: S506 - a safe loader
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError("config.yaml does not hold a mapping")
     return data
@@ -264,12 +261,7 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         raise ValueError(f"metrics.json is not valid JSON ({error})") from None
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(s), dict) for s in SPLITS):
         raise ValueError("metrics.json has no train/validation/test results")
-    try:
-        config = read_flat_config(run_dir / "config.yaml")
-    except FileNotFoundError:
-        raise ValueError("no config.yaml") from None
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
+    config = _config_of(run_dir, read_flat_config)
     results = {s: {k: v for k, v in metrics[s].items() if is_number(v)}
                for s in SPLITS if isinstance(metrics.get(s), dict)}
     return Entry(
@@ -428,12 +420,7 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
         ValueError: when config.yaml or trials.csv is missing or malformed.
     """
     sweep_dir = Path(sweep_dir)
-    try:
-        config = read_config(sweep_dir / "config.yaml")
-    except FileNotFoundError:
-        raise ValueError("no config.yaml") from None
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
+    config = _config_of(sweep_dir, read_config)
     warnings: List[str] = []
     try:
         with open(sweep_dir / "trials.csv", newline="", encoding="utf-8") as handle:
@@ -950,6 +937,16 @@ def _typed(text: str, flow: bool = False, words: bool = True) -> Any:
             return None
         return text
     return number
+
+
+def _config_of(folder: Path, read: Any) -> Dict[str, Any]:
+    """`read` (read_config or read_flat_config) of the folder's config.yaml; ValueError saying what is wrong."""
+    try:
+        return read(folder / "config.yaml")
+    except FileNotFoundError:
+        raise ValueError("no config.yaml") from None
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
 
 
 def _int_or_none(value: Any) -> Optional[int]:

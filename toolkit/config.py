@@ -412,7 +412,7 @@ class EarlyStoppingConfig(_Section):
     patience: int = Field(5, ge=0)
     min_delta: float = Field(0.0, ge=0)
     mode: Literal["auto", "min", "max"] = "auto"
-    restore_best_weights: Optional[bool] = None  # unset: as training.restore_best_weights
+    restore_best_weights: bool = True
 
 
 class MonitorConfig(_Section):
@@ -425,8 +425,9 @@ class TrainingConfig(_Section):
     batch_size: Any = 32
     epochs: int = Field(20, ge=1)
     early_stopping: Optional[EarlyStoppingConfig] = None
-    # The run ends with the weights of its best epoch (by early_stopping's monitor, else val_loss), so
-    # metrics.json and model.keras are the best epoch's; false keeps the last epoch's weights.
+    # Without early stopping, the run still ends with the weights of its best epoch (by val_loss), so
+    # metrics.json and model.keras are the best epoch's; false keeps the last epoch's weights. With
+    # early_stopping, its own restore_best_weights decides.
     restore_best_weights: bool = True
     loss: Optional[Any] = None
     metrics: Optional[List[Any]] = None
@@ -439,12 +440,6 @@ class TrainingConfig(_Section):
     @classmethod
     def _batch_size(cls, value: Any) -> Any:
         return _positive_int_or_full(value)
-
-    @model_validator(mode="after")
-    def _restore(self) -> "TrainingConfig":
-        if self.early_stopping is not None and self.early_stopping.restore_best_weights is None:
-            self.early_stopping.restore_best_weights = self.restore_best_weights
-        return self
 
     @field_validator("steps_per_execution")
     @classmethod

@@ -175,14 +175,26 @@ def _round(value: Optional[float], digits: int = 6) -> Optional[float]:
 
 def _read_json(path: Path) -> Dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UserError(f"unreadable JSON ({error.msg} at line {error.lineno})", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"unreadable file ({_reason(error)})", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise UserError(expected="a JSON object", received=type(data).__name__, file=str(path))
+    return data
 
 
 def _read_csv(path: Path) -> List[Dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"unreadable file ({_reason(error)})", file=str(path)) from None
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error).splitlines()[0]
 
 
 def _number(text: Any) -> float:
@@ -221,9 +233,14 @@ def _run_facts(path: Path, metrics: Dict[str, Any]) -> _RunFacts:
     facts = _RunFacts(num_classes=metrics.get("num_classes"))
     config_file = path / "config.yaml"
     if config_file.is_file():
-        from toolkit.config import read_yaml_file
+        import yaml
 
-        raw = read_yaml_file(config_file) or {}
+        from toolkit.results import read_yaml
+
+        try:
+            raw = read_yaml(config_file) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise UserError(f"unreadable YAML ({_reason(error)})", file=str(config_file)) from None
         if not isinstance(raw, dict):
             raise UserError(expected="a mapping of config sections", received=raw, file=str(config_file))
         section = raw.get("diagnose")
@@ -238,8 +255,8 @@ def _run_facts(path: Path, metrics: Dict[str, Any]) -> _RunFacts:
         if isinstance(epochs, int) and not isinstance(epochs, bool):
             facts.epochs = epochs
         model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-        specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in model.get("layers") or []
-                                              if isinstance(layer, dict)]
+        layers = model.get("layers") if isinstance(model.get("layers"), list) else []
+        specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in layers if isinstance(layer, dict)]
         facts.regularized = any(isinstance(spec, dict) and (spec.get("l1") or spec.get("l2")) for spec in specs)
     if facts.num_classes is None and metrics.get("task") == "multiclass":
         facts.num_classes = _output_units(path / "model.keras")
@@ -386,7 +403,11 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     if tolerance is not None and (tolerance < 0 or not math.isfinite(tolerance)):
         raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
 
-    figures = judge(metrics, task, baseline, tolerance)
+    try:
+        figures = judge(metrics, task, baseline, tolerance)
+    except (TypeError, ValueError):
+        raise UserError(f"metrics.json has a value that is not a number in its {error_name} results",
+                        expected="numbers (or null)", file=str(path / "metrics.json")) from None
     train, val, test = figures.train_error, figures.validation_error, figures.test_error
     mismatch, var_tol_mismatch, verdict = figures.mismatch, figures.mismatch_tolerance, figures.verdict
     notes: List[Note] = []
@@ -535,7 +556,7 @@ def curve_notes(rows: Sequence[Dict[str, str]], task: str = "unknown", epochs_ru
             ))
 
     improving = _still_improving(val_loss if val_loss is not None else loss)
-    stopped_early = configured_epochs is not None and epochs_run is not None and int(epochs_run) < configured_epochs
+    stopped_early = configured_epochs is not None and _number(epochs_run) < configured_epochs  # NaN: not known
     if improving is not None and not stopped_early:  # early stopping already decided when to end
         window, gain = improving
         name = "validation" if val_loss is not None else "training"

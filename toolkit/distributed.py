@@ -179,6 +179,7 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
         raise UserError("only a worker (--role worker) waits for a chief", where="--chief-timeout",
                         received=chief_timeout)
     address = parse_address(listen, flag="--listen", default_port=0) if listen is not None else Address(LOOPBACK, 0)
+    _free_port(address.host, address.port)  # a host that is not this machine's, or a port in use: said now
     return Plan("chief", workers=workers or 0, listen=address)
 
 
@@ -1127,12 +1128,23 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
             supervisor.stop()
 
 
-def _free_port(host: str) -> int:
-    """A port free on `host` now (the chief binds it a few seconds later, exclusively: a clash is an error)."""
+def _free_port(host: str, port: int = 0) -> int:
+    """`port` (0: any port) if it is free on `host` now; the chief binds it a few seconds later, exclusively.
+
+    Raises:
+        UserError: `host` is not an address of this machine, or the port is in use.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as gRPC binds: a port still in TIME_WAIT from a chief that just died is free to use again
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            return probe.getsockname()[1]
+    except OSError as error:  # gaierror (unknown host) is an OSError too
+        raise UserError(f"the chief cannot listen there ({error.strerror or error}): the port is in use, or the "
+                        f"host is not an address of this machine", where="--listen",
+                        received=str(Address(host, port)) if port else host) from None
 
 
 def _serve(oracle: Any, the_plan: Plan, supervisor: Optional[Supervisor], *, running: Dict[str, str],

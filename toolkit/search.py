@@ -183,7 +183,10 @@ class Param:
         from keras_tuner.engine import hyperparameters as hp_types
         from keras_tuner.src.engine import conditions
 
-        _silence_parent_to_proto(conditions)
+        # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug line), so a distributed
+        # sweep would print e.g. "sgd" for every conditional trial it sends. Shadowing `print` in that one
+        # module silences it without touching sys.stdout (which the chief's gRPC threads share).
+        conditions.print = lambda *args, **kwargs: None
         parents = [
             conditions.Parent(parent, [space[parent].encode(v) for v in vals]) for parent, vals in self.when
         ]
@@ -195,24 +198,6 @@ class Param:
                                   sampling="log" if self.log else "linear", conditions=parents)
         ordered = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self._codes)
         return hp_types.Choice(self.path, list(self._codes), ordered=ordered, conditions=parents)
-
-
-def _silence_parent_to_proto(conditions: Any) -> None:
-    """keras-tuner 1.4.8's ``Parent.to_proto`` prints its first value (a leftover debug line): in a
-    distributed sweep every conditional trial sent over gRPC would print e.g. ``sgd``. Wrapped once."""
-    original = conditions.Parent.to_proto
-    if getattr(original, "_ktk_silenced", False):
-        return
-
-    def to_proto(self: Any) -> Any:
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            return original(self)
-
-    to_proto._ktk_silenced = True  # type: ignore[attr-defined]
-    conditions.Parent.to_proto = to_proto
 
 
 @dataclass(frozen=True)

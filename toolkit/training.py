@@ -167,8 +167,8 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         keep_best: bool = True) -> Any:
     """Trains a compiled model on the training split, validating on the validation split each epoch.
 
-    With ``training.restore_best_weights`` (the default) the model ends with the weights of its best epoch
-    by :func:`monitor_name`, whether or not early stopping is configured. `keep_best=False` skips that
+    The model ends with the weights of its best epoch by :func:`monitor_name` (``restore_best_weights`` of
+    ``training.early_stopping`` when it is set, else of ``training``; both default true). `keep_best=False` skips that
     (a sweep trial, whose model is thrown away, only needs the history).
 
     Returns:
@@ -186,15 +186,13 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
     all_callbacks: List[Any] = list(callbacks)
     stopping = config.training.early_stopping
-    if stopping is not None:
+    restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
+    if stopping is not None or (restore and keep_best):
+        # Without early stopping, patience is every epoch: it never stops, only keeps the best weights.
         all_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=stopping.monitor, patience=stopping.patience, min_delta=stopping.min_delta,
-            mode=stopping.mode, restore_best_weights=bool(stopping.restore_best_weights) and keep_best,
-            verbose=0,
-        ))
-    elif config.training.restore_best_weights and keep_best:  # never stops: patience is every epoch
-        all_callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor_name(config), patience=config.training.epochs, restore_best_weights=True, verbose=0,
+            monitor=monitor_name(config), patience=stopping.patience if stopping else config.training.epochs,
+            min_delta=stopping.min_delta if stopping else 0.0, mode=stopping.mode if stopping else "auto",
+            restore_best_weights=restore and keep_best, verbose=0,
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
