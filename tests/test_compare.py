@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from toolkit.compare import (Parameter, _edge, compare, flatten, read_config, read_flat_config, read_sweep,
                              render)
@@ -478,3 +479,31 @@ def test_nothing_found_is_a_user_error(tmp_path):
         f"'{tmp_path}'.")
     with pytest.raises(UserError, match=r"^PATH: not a run or sweep directory; .*received '.*notes.txt'\.$"):
         compare(tmp_path / "notes.txt")
+
+
+@pytest.mark.slow
+def test_rows_of_one_kind_still_plot_and_a_best_run_is_listed_once(sweep, tmp_path):
+    from toolkit.plots import plot_table
+
+    trials = compare(sweep, filters=["kind==trial"])
+    trials = trials.drop(columns=[c for c in ("kind",) if c in trials.columns])  # as the CLI's table can be
+    result = plot_table(trials, tmp_path / "plots")
+    assert "learning_curves.png" in {p.name for p in result.files} and result.warnings == []
+    assert any(p.name.startswith("param-") for p in result.files)  # the trials' sweep was recognised
+    both = compare([sweep, sweep / "best"])
+    assert list(both["run"]).count("sweep/best") == 1 and len(both) == len(compare(sweep))
+
+
+@pytest.mark.slow
+def test_mixed_values_sort_and_unreadable_files_are_skipped(runs, tmp_path):
+    for name, batch in (("a", 64), ("b", "full"), ("c", 16)):
+        shutil.copytree(runs / "plain", tmp_path / name)
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        config["training"]["batch_size"] = batch
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    assert list(compare(tmp_path, sort="training.batch_size")["training.batch_size"]) == [16, 64, "full"]
+    (tmp_path / "a" / "config.yaml").unlink()
+    (tmp_path / "a" / "config.yaml").mkdir()  # not a file: reported, not a crash
+    df = compare(tmp_path)
+    assert list(df["run"]) == ["b", "c"]
+    assert any(w.startswith(f"{tmp_path / 'a'}: config.yaml cannot be read") for w in df.attrs["warnings"])

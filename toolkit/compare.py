@@ -12,6 +12,7 @@ directory is skipped and reported in ``df.attrs["warnings"]``; the library never
 
 from __future__ import annotations
 
+import collections
 import copy
 import csv
 import html
@@ -27,10 +28,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from toolkit.diagnosis import verdict_of
+from toolkit.dotpath import set_path
 from toolkit.errors import UserError
-
 from toolkit.results import YAML_LOADER as _YamlLoader
 from toolkit.results import read_yaml
+from toolkit.search import DEPTH_PATH, direction_of, resize_hidden
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -71,9 +73,29 @@ class Entry:
     @property
     def history_path(self) -> Path:
         """The per-epoch history file of this run or trial (it may be absent)."""
-        if self.kind == "trial":
-            return self.path / "histories" / f"{self.trial_id}.csv"
-        return self.path / "history.csv"
+        return history_file(self.path, self.kind, self.trial_id)
+
+
+def history_file(path: Path, kind: str, trial_id: str = "") -> Path:
+    """Where the per-epoch history of a row is: a trial's in its sweep's histories/, a run's beside it."""
+    return path / "histories" / f"{trial_id}.csv" if kind == "trial" else path / "history.csv"
+
+
+def row_kind(row: Mapping[str, Any]) -> str:
+    """The kind of a table row (run, trial, best or top), also when compare() left out the kind column
+    because every row had the same one."""
+    kind = row.get("kind")
+    if isinstance(kind, str) and kind:
+        return kind
+    trial_id = row.get("trial_id")
+    if isinstance(trial_id, str) and trial_id:
+        return "trial"
+    path = Path(row["path"])
+    if path.name == "best" and (path.parent / "trials.csv").is_file():
+        return "best"
+    if path.parent.name == "top" and (path.parent.parent / "trials.csv").is_file():
+        return "top"
+    return "run"
 
 
 def main_metric(metric_names: Iterable[str]) -> str:
@@ -259,6 +281,8 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         raise ValueError("no metrics.json (the run did not finish)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"metrics.json is not valid JSON ({error})") from None
+    except OSError as error:  # a folder or an unreadable file by that name
+        raise ValueError(f"metrics.json cannot be read ({error.strerror or error})") from None
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(s), dict) for s in SPLITS):
         raise ValueError("metrics.json has no train/validation/test results")
     config = _config_of(run_dir, read_flat_config)
@@ -308,17 +332,23 @@ class Sweep:
         else:
             name, direction = str(objective), None
         if direction not in ("min", "max"):
-            direction = "min" if re.search(r"loss|error|mae|mse|crossentropy|hinge", name) else "max"
+            direction = direction_of(name) or "max"
         return name, direction
+
+    def ranked(self) -> List[Dict[str, Any]]:
+        """The completed trials with a score, best first (ties keep trial order)."""
+        _, direction = self.objective
+        scored = [t for t in self.trials if t.get("status") == "completed" and is_number(t.get("score"))]
+        return sorted(scored, key=lambda t: -t["score"] if direction == "max" else t["score"])
 
     def best_trial(self) -> Optional[Dict[str, Any]]:
         """The completed trial with the best score (None when no trial completed)."""
-        _, direction = self.objective
-        scored = [t for t in self.trials if t.get("status") == "completed" and is_number(t.get("score"))]
-        if not scored:
-            return None
-        pick = min if direction == "min" else max
-        return pick(scored, key=lambda t: t["score"])
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def status_counts(self) -> Dict[str, int]:
+        """How many trials ended in each status."""
+        return dict(collections.Counter(t.get("status") or "unknown" for t in self.trials))
 
 
 @dataclass
@@ -443,19 +473,19 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
         raise ValueError("no trials.csv") from None
     except (csv.Error, UnicodeDecodeError) as error:
         raise ValueError(f"trials.csv cannot be read ({error})") from None
+    except OSError as error:
+        raise ValueError(f"trials.csv cannot be read ({error.strerror or error})") from None
     for trial in trials:
         trial.setdefault("status", "")
     parameters = [c for c in header if c not in _TRIAL_FIXED and not c.startswith(tuple(s + "." for s in SPLITS))]
     return Sweep(sweep_dir, config, trials, parameters, warnings)
 
 
-DEPTH_PARAMETER = "model.depth"  # a sweep helper, not a config key: model.hidden cut or extended to it
+DEPTH_PARAMETER = DEPTH_PATH  # a sweep helper, not a config key: model.hidden cut or extended to it
 
 
 def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
     """One entry per trial: the sweep's config with the trial's searched values applied."""
-    from toolkit.config import set_path
-
     base = {k: v for k, v in sweep.config.items() if k != "search"}
     entries = []
     for trial in sweep.trials:
@@ -463,7 +493,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
         depth = trial.get(DEPTH_PARAMETER)
         hidden = config.get("model", {}).get("hidden") if isinstance(config.get("model"), dict) else None
         if isinstance(depth, int) and isinstance(hidden, list) and hidden:  # as toolkit.search applies it
-            config["model"]["hidden"] = hidden[:depth] if depth <= len(hidden) else hidden + [hidden[-1]] * (depth - len(hidden))
+            config["model"]["hidden"] = resize_hidden(hidden, depth)
         for parameter in sweep.parameters:
             value = trial.get(parameter)
             if value is None or parameter == DEPTH_PARAMETER:  # inactive (conditional), or not a config key
@@ -579,6 +609,9 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
     """Every run, trial and best run under `paths`, and the warnings about what was skipped."""
     found = find(paths)
     warnings = list(found.warnings)
+    # a sweep's best/ and top/ runs are listed with their sweep (as best and top), not again as plain runs
+    retrained_dirs = {run.resolve() for sweep in found.sweeps for run in [sweep / "best", *_top_runs(sweep)]}
+    found.runs = [run for run in found.runs if run.resolve() not in retrained_dirs]
     labels = _labels(found.runs + found.sweeps)
     rows: List[Entry] = []
     for directory in sorted(found.runs + found.sweeps, key=lambda d: labels[d]):
@@ -590,10 +623,7 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
                 continue
             warnings.extend(sweep.warnings)
             rows.extend(trial_entries(sweep, labels[directory]))
-            retrained = [(directory / "best", "best")]
-            top = directory / "top"
-            if top.is_dir():
-                retrained += [(run_dir, "top") for run_dir in sorted(top.iterdir()) if run_dir.is_dir()]
+            retrained = [(directory / "best", "best")] + [(run_dir, "top") for run_dir in _top_runs(directory)]
             for run_dir, kind in retrained:
                 if not (run_dir / "metrics.json").is_file():
                     continue  # not retrained yet (a sweep still running, or retrain_top 1)
@@ -607,6 +637,11 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
             except ValueError as error:
                 warnings.append(f"{directory}: {error}; skipped")
     return rows, sorted(warnings)  # each starts with its path: in path order, like the rows
+
+
+def _top_runs(sweep_dir: Path) -> List[Path]:
+    top = sweep_dir / "top"
+    return [run_dir for run_dir in sorted(top.iterdir()) if run_dir.is_dir()] if top.is_dir() else []
 
 
 # -------------------------------------------------------------------------------------- compare
@@ -667,7 +702,9 @@ def compare(
     if sort:
         column, descending = _sort_column(frame, sort)
         used.add(column)
-        frame = frame.sort_values(column, ascending=not descending, na_position="last", kind="stable")
+        # numbers before text (a batch size of 64 and one of "full"), in order; missing values last
+        frame = frame.sort_values(column, ascending=not descending, na_position="last", kind="stable",
+                                  key=lambda series: series.map(_sort_key))
     if top is not None:
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise UserError(where="--top", expected="a positive number of rows", received=top)
@@ -758,6 +795,12 @@ def _filter_mask(frame, text: str):
     text_value = compact(value) if value is not None else ""
     equal = series.map(lambda v: _cell_text(v) == text_value)
     return column, equal if op == "==" else ~equal
+
+
+def _sort_key(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return (0, float(value), "") if is_number(value) else (1, 0.0, compact(value))
 
 
 def _cell_text(value: Any) -> str:
@@ -947,6 +990,8 @@ def _config_of(folder: Path, read: Any) -> Dict[str, Any]:
         raise ValueError("no config.yaml") from None
     except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
+    except OSError as error:
+        raise ValueError(f"config.yaml cannot be read ({error.strerror or error})") from None
 
 
 def _int_or_none(value: Any) -> Optional[int]:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from toolkit.compare import Parameter, Sweep, compact, format_value, is_number, parameters, read_sweep
+from toolkit.compare import (Parameter, Sweep, compact, format_value, history_file, is_number, parameters,
+                             read_sweep, row_kind)
 
 PathLike = Union[str, Path]
 MAX_LEGEND = 12  # more runs than this are still drawn, but a legend would hide the curves
@@ -164,8 +165,10 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
                      lw=0.6, label=f"best ({format_value(best[parameter.name])})", zorder=3)
     if failed:
         spread = (max(ys) - min(ys)) if ys else 0.0
-        bottom = (min(ys) - 0.08 * (spread or 1.0)) if ys else 0.0  # below every score: failed have none
-        axis.scatter([x_of(t) for t in failed], [bottom] * len(failed), marker="x", color="0.35", s=40,
+        # at the worse end, beyond every score: failed trials have none
+        worst = ((max(ys) + 0.08 * (spread or 1.0)) if direction == "min" else (min(ys) - 0.08 * (spread or 1.0))
+                 ) if ys else 0.0
+        axis.scatter([x_of(t) for t in failed], [worst] * len(failed), marker="x", color="0.35", s=40,
                      label=f"failed ({len(failed)})", zorder=2)
     if not categorical and parameter.kind in ("int", "float"):
         for bound in (parameter.low, parameter.high):  # the searched range, to see how far the best is from it
@@ -183,9 +186,7 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
 
 def status_plot(sweep: Sweep, out_path: PathLike) -> Path:
     """A bar of how many trials ended in each status, with the share that failed in the title."""
-    counts: Dict[str, int] = {}
-    for trial in sweep.trials:
-        counts[trial.get("status") or "unknown"] = counts.get(trial.get("status") or "unknown", 0) + 1
+    counts = sweep.status_counts()
     total = sum(counts.values())
     figure = _figure(6.0, 1.2 + 0.45 * max(len(counts), 1))
     axis = figure.subplots()
@@ -204,10 +205,7 @@ def status_plot(sweep: Sweep, out_path: PathLike) -> Path:
 
 def best_trials(sweep: Sweep, k: int = BEST_TRIALS) -> List[Dict[str, Any]]:
     """The `k` completed trials with the best scores, best first."""
-    _, direction = sweep.objective
-    scored = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))]
-    scored.sort(key=lambda t: t["score"], reverse=direction == "max")
-    return scored[:k]
+    return sweep.ranked()[:k]
 
 
 def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "") -> PlotResult:
@@ -251,8 +249,8 @@ def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
     result = PlotResult()
     curves, sweeps = [], []
     for row in table.to_dict(orient="records"):
-        kind, path, trial_id = row.get("kind"), Path(row["path"]), str(row.get("trial_id") or "")
-        history = path / "histories" / f"{trial_id}.csv" if kind == "trial" else path / "history.csv"
+        kind, path, trial_id = row_kind(row), Path(row["path"]), str(row.get("trial_id") or "")
+        history = history_file(path, kind, trial_id)
         best_epoch = row.get("best_epoch")
         curves.append(Curve(str(row["run"]), history, int(best_epoch) if is_number(best_epoch) else None))
         sweep_dir = path if kind == "trial" else path.parent if kind == "best" else None

@@ -15,11 +15,12 @@ import html
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from toolkit.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
-                             main_metric, markdown_table, parameters, read_sweep, table_cells)
+                             main_metric, markdown_table, parameters, read_sweep, row_kind, table_cells)
 from toolkit.errors import UserError
+from toolkit.search import direction_of
 
 PathLike = Union[str, Path]
 
@@ -90,7 +91,9 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     if not path.is_dir():
         raise UserError("not found" if not path.exists() else "not a folder", where="SWEEP_OR_DIR",
                         expected="a sweep directory or a folder of runs", received=str(path))
-    out = Path(out_dir) if out_dir is not None else path / "report"
+    from toolkit.results import atomic_write_text, make_dir
+
+    out = make_dir(Path(out_dir) if out_dir is not None else path / "report")
     is_sweep = (path / "trials.csv").is_file() and (path / "config.yaml").is_file()
     document, images, warnings = (_sweep_report if is_sweep else _runs_report)(path, out)
     if warnings:
@@ -98,8 +101,6 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
         document.items(warnings, css="warning")
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     document.paragraph(f"Written by ktk report on {stamp} from {path}.")
-    from toolkit.results import atomic_write_text
-
     html_path, markdown_path = out / "report.html", out / "report.md"
     atomic_write_text(html_path, html_page(document.title, document.html))
     atomic_write_text(markdown_path, f"# {document.title}\n\n" + "\n\n".join(document.markdown) + "\n")
@@ -121,9 +122,7 @@ def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[st
     objective, direction = sweep.objective
     name = sweep.config.get("name") or path.name
     document = _Document(f"Sweep report: {name}")
-    counts: Dict[str, int] = {}
-    for trial in sweep.trials:
-        counts[trial["status"] or "unknown"] = counts.get(trial["status"] or "unknown", 0) + 1
+    counts = sweep.status_counts()
     best = sweep.best_trial()
     summary = [f"Sweep directory: {path}",
                f"Tuner: {search.get('tuner', 'unknown')}; objective: {objective} "
@@ -212,11 +211,11 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
     table = compare(path)
     warnings = list(table.attrs.get("warnings", []))
     document = _Document(f"Runs report: {path.resolve().name}")
-    runs = table[table["kind"] != "trial"] if "kind" in table.columns else table
+    runs = table[[row_kind(row) != "trial" for row in table.to_dict(orient="records")]]
     metric_columns = [c for c in table.columns if c.startswith("validation.")]
     metric = main_metric(c.split(".", 1)[1] for c in metric_columns) if metric_columns else None
     column = f"validation.{metric}" if metric else None
-    lower_is_better = metric in (None, "loss") or any(w in (metric or "") for w in ("error", "mae", "mse"))
+    lower_is_better = metric is None or direction_of(metric) == "min"
     if column is not None:
         table = table.sort_values(column, ascending=lower_is_better, na_position="last", kind="stable")
     document.items([f"Folder: {path}", f"Rows: {len(table)} ({len(runs)} runs)"]

@@ -403,6 +403,19 @@ def _positive_int(value: Any, where: str, also: str = "") -> int:
     return value
 
 
+def direction_of(metric: str) -> Optional[str]:
+    """"min" or "max" for a metric whose name says it (val_loss, mae: min; val_accuracy, auc: max), else None.
+
+    The one rule for sweeps' objectives, ``ktk compare``'s best trial and ``ktk report``'s ordering.
+    """
+    lowered = metric.lower()
+    if any(word in lowered for word in _MIN_WORDS):
+        return "min"
+    if any(word in lowered for word in _MAX_WORDS):
+        return "max"
+    return None
+
+
 def _objective(raw: Any) -> Objective:
     where = "search.objective"
     if isinstance(raw, str):
@@ -421,12 +434,8 @@ def _objective(raw: Any) -> Objective:
                         expected="a validation metric name starting with 'val_' (the test split never chooses)",
                         received=name)
     if direction is None:
-        lowered = name.lower()
-        if any(word in lowered for word in _MIN_WORDS):
-            direction = "min"
-        elif any(word in lowered for word in _MAX_WORDS):
-            direction = "max"
-        else:
+        direction = direction_of(name)
+        if direction is None:
             raise UserError(f"cannot tell whether {name} should go up or down", where=where,
                             expected=f"{{name: {name}, direction: min}} or direction: max")
     if direction not in ("min", "max"):
