@@ -84,6 +84,20 @@ def test_bad_flag_combinations_are_refused_with_a_clear_message(kwargs, message)
     assert str(caught.value) == message
 
 
+def test_impossible_listen_addresses_and_worker_counts_are_refused_before_anything_starts():
+    with pytest.raises(UserError, match=r"^--listen: the chief cannot listen there \(.*\): the port is in use, or the "
+                                        r"host is not an address of this machine; received 'no-such-host\.invalid'\.$"):
+        plan(listen="no-such-host.invalid")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=rf"received '127\.0\.0\.1:{port}'"):
+            plan(listen=f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match=r"^--workers: more worker processes than this machine can run"):
+        plan(workers=10**5)
+
+
 def test_plans_infer_the_role_and_bind_loopback_by_default():
     local = plan(workers=3)
     assert (local.role, local.workers, local.listen) == ("chief", 3, Address("127.0.0.1", 0))

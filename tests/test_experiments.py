@@ -180,3 +180,14 @@ def test_suite_user_errors(tmp_path):
     with pytest.raises(UserError, match="model.dropuot: unknown key"):
         run_suite(bad, out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()  # every config is checked before anything trains
+    (bad / "a.yaml").write_text("data: {source: sklearn.iris}\n")
+    (bad / "a.yml").write_text("data: {source: sklearn.iris}\n")
+    with pytest.raises(UserError, match="two configs share a name; expected one config per variant name; "
+                                        "received 'a.yaml, a.yml'"):
+        run_suite(bad, out_dir=tmp_path / "never")
+    (bad / "a.yml").unlink()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="--out: this is a file, not a directory"):
+        run_suite(bad, out_dir=tmp_path / "file")
+    with pytest.raises(UserError, match="--out: cannot create the directory"):
+        run_suite(bad, out_dir=tmp_path / "file" / "below")

@@ -98,6 +98,11 @@ def test_random_cost_is_a_user_error():
                                 "switch off).")
     with pytest.raises(UserError, match="--samples: expected a positive number of examples; received 0"):
         gradient_check(config({"hidden": [2]}), samples=0)
+    # a check of nothing would pass: refused in the library too, not only by the command line
+    with pytest.raises(UserError, match="--max-per-layer: expected a positive number of parameters; received 0"):
+        gradient_check(config({"hidden": [2]}), max_parameters_per_layer=0)
+    with pytest.raises(UserError, match=r"epsilon: expected a finite-difference step in \(0, 1\); received 0"):
+        gradient_check(config({"hidden": [2]}), epsilon=0)
 
 
 def test_cli_exit_status_and_json(tmp_path):

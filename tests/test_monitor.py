@@ -10,7 +10,8 @@ from toolkit.config import parse_config
 RAW = {"name": "mon", "seed": 3,
        "data": {"source": "synthetic.circles", "options": {"n_samples": 200, "noise": 0.1, "factor": 0.5}},
        "model": {"hidden": [6, 4], "batchnorm": True, "dropout": 0.2, "regularizer": {"l2": 0.01}},
-       "training": {"epochs": 3, "batch_size": 32, "monitor": {"gradients": True}}}
+       "training": {"epochs": 3, "batch_size": 32, "monitor": {"gradients": True},
+                    "restore_best_weights": False}}  # the saved model holds the last epoch's weights
 
 
 def read_rows(path):
@@ -35,7 +36,7 @@ def test_monitored_run_writes_gradients_csv_and_trains_exactly_as_unmonitored(tm
     assert [(int(r["epoch"]), r["layer"]) for r in rows] == [(e, layer) for e in range(4) for layer in layers]
     assert all(float(r["grad_norm"]) > 0 and np.isfinite(float(r["weight_norm"])) for r in rows)
 
-    # The last epoch's weight norms are those of the saved model (no early stopping here).
+    # The last epoch's weight norms are those of the saved model (restore_best_weights: false).
     model = keras.models.load_model(monitored.run_dir / "model.keras")
     for row in rows[-len(layers):]:
         weights = model.get_layer(row["layer"]).trainable_weights

@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(_join_descending_sort(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_descending_sort(argv) if argv[:1] == ["compare"] else argv)
     handler = globals()[f"_cmd_{args.command}"]
     try:
         return int(handler(args) or 0)
@@ -217,7 +218,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from toolkit.compare import compare, render
+    from toolkit.results import make_dir
 
+    if args.plot:
+        make_dir(args.plot, where="--plot")  # before the work, not after
     table = compare(args.paths, all_params=args.all_params, sort=args.sort, top=args.top, filters=args.filters)
     _warn(table.attrs.get("warnings", []))
     if table.empty:
@@ -239,8 +243,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from toolkit.plots import plot
+    from toolkit.results import make_dir
 
-    plots = plot(args.paths, args.out)
+    plots = plot(args.paths, make_dir(args.out))
     _warn(plots.warnings)
     for path in plots.files:
         print(path)
@@ -285,9 +290,6 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
     from toolkit.gradcheck import format_gradcheck, gradient_check
 
-    if args.max_per_layer is not None and args.max_per_layer < 1:
-        raise UserError(where="--max-per-layer", expected="a positive number of parameters",
-                        received=args.max_per_layer)
     result = gradient_check(_load(args), samples=args.samples, max_parameters_per_layer=args.max_per_layer)
     print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_gradcheck(result))
     return 1 if result.status == "fail" else 0

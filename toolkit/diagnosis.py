@@ -12,8 +12,8 @@ Classification errors are ``1 - accuracy``. Regression uses its error metric (``
 compiled; else the loss) and judges the gaps relative to the errors themselves, since they have units.
 
 Only the files of the run directory are read (``metrics.json``, ``history.csv``, ``config.yaml`` and,
-when the run recorded it, ``gradients.csv``): no TensorFlow, so ``ktk compare`` can call
-:func:`verdict_for_run` for every row cheaply.
+when the run recorded it, ``gradients.csv``): no TensorFlow. The arithmetic itself is :func:`judge`, a
+pure function of the metrics, which ``ktk compare``'s verdict column calls through :func:`verdict_of`.
 """
 
 from __future__ import annotations
@@ -446,7 +446,7 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
 
 
 def verdict_for_run(run_dir: Union[str, Path]) -> str:
-    """The bias/variance verdict of a run directory (for ``ktk compare``'s verdict column).
+    """The bias/variance verdict of a run directory (a whole :func:`diagnose`; tables use :func:`verdict_of`).
 
     Returns "" when the folder holds no finished run (no ``metrics.json``), so a table can still list it.
     """

@@ -67,6 +67,7 @@ STOP_GRACE_S = 10.0  # how long stopping workers may take before they are killed
 IDLE_DELAY_S = 0.5  # how long the chief holds an "ask again later" answer
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SERVICE = "ktk.Sweep"
+MAX_WORKERS_PER_CORE = 4  # --workers above this many per core is refused (they would only compete)
 LOGS_DIR = "logs"  # <sweep>/logs: chief.json (address, token) and one log per local worker
 
 
@@ -153,6 +154,10 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(where="--workers", expected="a whole number of worker processes, 1 or more",
                         received=workers)
+    most = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if workers is not None and workers > most:  # each one imports TensorFlow and trains on these cores
+        raise UserError(f"more worker processes than this machine can run ({os.cpu_count()} cores)",
+                        where="--workers", expected=f"at most {most}", received=workers)
     if chief_timeout is not None and not (isinstance(chief_timeout, (int, float)) and chief_timeout > 0):
         raise UserError(where="--chief-timeout", expected="a number of seconds above 0", received=chief_timeout)
     if role == "worker":
@@ -1196,27 +1201,13 @@ def _serve(oracle: Any, the_plan: Plan, supervisor: Optional[Supervisor], *, run
 
 def format_trial_end(end: TrialEnd) -> str:
     """One progress line, like a one-process sweep's, with the worker that ran the trial."""
-    if end.status == "COMPLETED":
-        outcome = f"{end.objective} {_fmt(end.score)}"
-    else:
-        reason = " ".join((end.message or "failed").split())
-        outcome = "failed: " + (reason if len(reason) <= 80 else reason[:77] + "...")
-    best = f"best {_fmt(end.best_score)} (trial {end.best_trial})" if end.best_trial is not None else "best -"
-    eta = "?"
-    if end.planned and end.finished_here:
-        eta = _clock(end.elapsed_s / end.finished_here * max(0, end.planned - end.done))
-    return (f"trial {end.done}/{end.planned or '?'} (id {end.trial_id}) [{end.worker or '?'}]: {outcome} | "
-            f"{best} | elapsed {_clock(end.elapsed_s)} | eta {eta}")
+    from toolkit.sweeps import format_progress
 
-
-def _fmt(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return format_progress(
+        done=end.done, planned=end.planned, trial_id=end.trial_id, worker=end.worker or "?",
+        objective=end.objective, completed=end.status == "COMPLETED", score=end.score, message=end.message,
+        best=(end.best_score, end.best_trial) if end.best_trial is not None else None,
+        elapsed=end.elapsed_s, finished_since_start=end.finished_here)
 
 
 # ----------------------------------------------------------------------------------- worker processes

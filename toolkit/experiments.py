@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from toolkit.errors import UserError
+from toolkit.results import check_new_dir, make_dir
 
 DEFAULT_OUT = Path("runs") / "experiments"
 TAIL = 10  # epochs at the end whose training-loss spread is reported (tail_sd)
@@ -63,6 +64,11 @@ def suite_configs(suite: Union[str, Path]) -> List[Path]:
     if not configs:
         raise UserError("the suite folder holds no configs", expected="one or more *.yaml files besides base.yaml",
                         received=str(path))
+    stems = [p.stem for p in configs]
+    twice = sorted({p.name for p in configs if stems.count(p.stem) > 1})
+    if twice:  # both would run into <out>/<stem>
+        raise UserError("two configs share a name", expected="one config per variant name",
+                        received=", ".join(twice), file=str(path))
     return configs
 
 
@@ -103,9 +109,8 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
         out = DEFAULT_OUT / suite_path.resolve().name / stamp
     else:
         out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError("the output folder already exists and is not empty; results are never overwritten",
-                        where="--out", expected="a new or empty directory", received=str(out))
+    check_new_dir(out, "output folder")
+    make_dir(out)  # an impossible --out is said before anything trains
 
     result = SuiteResult(suite=suite_path, out_dir=out)
     for number, (config_path, config) in enumerate(zip(configs, loaded), start=1):
@@ -155,7 +160,7 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
     for i, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         history = _history(run_dir)
-        loss = [v for v in history.get("loss", [])]
+        loss = history.get("loss", [])
         val_loss = [v for v in history.get("val_loss", []) if math.isfinite(v)]
         diagnosis = diagnose(run_dir)
         rows.append({

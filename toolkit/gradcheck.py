@@ -189,6 +189,12 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(where="--samples", expected="a positive number of examples", received=samples)
+    if max_parameters_per_layer is not None and (isinstance(max_parameters_per_layer, bool) or not isinstance(
+            max_parameters_per_layer, int) or max_parameters_per_layer < 1):
+        raise UserError(where="--max-per-layer", expected="a positive number of parameters",
+                        received=max_parameters_per_layer)
+    if epsilon is not None and not (isinstance(epsilon, (int, float)) and 0 < epsilon < 1):
+        raise UserError(where="epsilon", expected="a finite-difference step in (0, 1)", received=epsilon)
     import keras
     import tensorflow as tf
 
@@ -299,8 +305,8 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
         block = every_chosen[start:start + BLOCK]
         g_num[block] = centered_differences(tf.constant(block)).numpy()
 
-    # Finite differences cannot resolve gradients below their round-off error (about machine epsilon
-    # times the cost, over eps, per parameter): a layer whose whole gradient is that small is not judged.
+    # Finite differences cannot resolve differences below their round-off error (about machine epsilon
+    # times the cost, over eps, per parameter): a layer whose gradients differ by no more than that passes.
     floor_per_parameter = 10 * np.finfo(np.float64).eps * max(abs(j0), 1.0) / epsilon
     checks = []
     notes = []
@@ -312,10 +318,12 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
         absolute = float(np.linalg.norm(g_auto[idx] - g_num[idx]))
         if status != "pass" and np.isfinite(absolute) and absolute < floor_per_parameter * np.sqrt(len(idx)):
             status = "pass"
-            notes.append(f"layer {layer!r}: its gradient ({np.linalg.norm(g_auto[idx]):.1e}) is at the "
-                         f"round-off level of finite differences; its relative difference is not meaningful")
+            notes.append(f"layer {layer!r}: backpropagation and finite differences differ by {absolute:.1e}, "
+                         f"within the round-off of finite differences "
+                         f"({floor_per_parameter * np.sqrt(len(idx)):.1e}); its relative difference "
+                         f"({diff:.1e}) is not meaningful")
         checks.append(LayerCheck(layer, diff, status, int(len(idx)), total, float(np.linalg.norm(g_auto[idx]))))
-    every = np.concatenate([chosen[layer] for layer in layer_order])
+    every = every_chosen
     overall = relative_difference(g_auto[every], g_num[every])
     ranks = ["pass", "warn", "fail"]
     overall_status = max([status_for(overall)] + [c.status for c in checks], key=ranks.index)

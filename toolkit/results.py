@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from toolkit.errors import UserError
+
 try:  # the C parser reads a config.yaml about ten times faster than the pure-Python one
     YAML_LOADER: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
@@ -47,6 +49,31 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_new_dir(path: PathLike, what: str = "directory") -> Path:
+    """`path` if it is absent or an empty directory: results go only where nothing would be overwritten."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError("this is a file, not a directory", where="--out", expected="a new or empty directory",
+                        received=str(path))
+    if path.is_dir() and any(path.iterdir()):
+        raise UserError(f"the {what} already exists and is not empty; results are never overwritten",
+                        where="--out", expected="a new or empty directory", received=str(path))
+    return path
+
+
+def make_dir(path: PathLike, where: str = "--out") -> Path:
+    """Creates a result directory (and its parents); an impossible place is the user's mistake in `where`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the directory ({error.strerror or error})", where=where,
+                        received=str(path)) from None
+    if not os.access(path, os.W_OK):
+        raise UserError("the directory is not writable", where=where, received=str(path))
+    return path
 
 
 def _swap_umask() -> int:

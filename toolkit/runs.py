@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from toolkit.config import Config, dump_yaml
-from toolkit.errors import UserError
 from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
-                             MODEL_FILE, atomic_write_text, history_logger, write_json)
+                             MODEL_FILE, atomic_write_text, check_new_dir, history_logger, make_dir, write_json)
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -59,7 +58,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     model = build_model(config, data)
     training.compile_model(model, config, data)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     environment = _environment(config, started_at)
     write_json(run_dir / ENVIRONMENT_FILE, environment)
@@ -130,12 +129,7 @@ def validate(config: Config, deep: bool = False) -> str:
 
 def _new_run_dir(config: Config, out_dir: Optional[Union[str, Path]]) -> Path:
     if out_dir is not None:
-        path = Path(out_dir)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise UserError("the run directory already exists and is not empty; results are never "
-                            "overwritten", where="--out", expected="a new or empty directory",
-                            received=str(path))
-        return path
+        return check_new_dir(out_dir, "run directory")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = DEFAULT_RUNS_DIR / config.name / stamp
     path, n = base, 1

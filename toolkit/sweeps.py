@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from toolkit.config import Config, dump_yaml, parse_config, read_yaml_file
 from toolkit.errors import UserError, show
-from toolkit.results import atomic_write_text, read_json, write_json
+from toolkit.results import atomic_write_text, make_dir, read_json, write_json
 from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_search
 from toolkit.summary import format_metric
 
@@ -132,6 +132,7 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
             _clear_sweep_dir(sweep_dir)
         _check_or_write_config(sweep_dir, config, spec)
         runner = _InlineRunner() if spec.trials_per_process is None else _ProcessRunner(spec.trials_per_process)
+        finished = False
         try:
             if role != "chief":
                 runner.prestart()  # the worker imports TensorFlow while this process checks the space
@@ -140,12 +141,11 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
                 check_with_keras(spec, base, data_cache.get(base))
                 sweep = _Sweep(spec, base, sweep_dir, data_cache, runner, verbose=verbose, say=say, role=role)
                 sweep.chief_reports = chief_reports
-                return sweep.run()
-        except BaseException:
-            runner.close(now=True)  # Ctrl-C or an error: do not wait for the worker's trial to end
-            raise
+                result = sweep.run()
+            finished = True
+            return result
         finally:
-            runner.close()
+            runner.close(now=not finished)  # Ctrl-C or an error: do not wait for the worker's trial to end
 
 
 @contextlib.contextmanager
@@ -308,23 +308,14 @@ class _Sweep:
 
     def _progress_line(self, record: Dict[str, Any]) -> str:
         done = len(self.records.load())
-        planned = self.spec.planned_trials()
-        objective = self.spec.objective
-        if record["status"] == "completed":
-            outcome = f"{objective.name} {format_metric(record['score'])}"
-        else:
-            outcome = f"failed: {_shorten(record.get('message', ''), 80)}"
         ranked = self._ranked(self._rows())
-        best = f"best {format_metric(ranked[0]['score'])} (trial {ranked[0]['trial_id']})" if ranked else "best -"
-        elapsed = time.time() - self.started
-        eta = "?"
-        finished_since_start = done - self.resumed  # by every process, in distributed mode
-        if planned and finished_since_start > 0:
-            eta = _clock(elapsed / finished_since_start * max(0, planned - done))
-        total = planned if planned else "?"
-        worker = f" [{self.worker_id}]" if self.worker_id else ""
-        return (f"trial {done}/{total} (id {record['trial_id']}){worker}: {outcome} | {best} | "
-                f"elapsed {_clock(elapsed)} | eta {eta}")
+        return format_progress(
+            done=done, planned=self.spec.planned_trials(), trial_id=record["trial_id"], worker=self.worker_id,
+            objective=self.spec.objective.name, completed=record["status"] == "completed",
+            score=record.get("score"), message=record.get("message"),
+            best=(ranked[0]["score"], ranked[0]["trial_id"]) if ranked else None,
+            elapsed=time.time() - self.started,
+            finished_since_start=done - self.resumed)  # by every process, in distributed mode
 
     # -- results
 
@@ -670,6 +661,11 @@ def rss_mb(pid: Optional[int] = None) -> Optional[float]:
 
 def _stop_on_nan() -> Any:
     """Stops training at the first non-finite batch loss (Keras' TerminateOnNaN, without its print)."""
+    return _stop_on_nan_class()()
+
+
+@functools.lru_cache(maxsize=None)
+def _stop_on_nan_class() -> Any:
     import keras
 
     class StopOnNaN(keras.callbacks.Callback):
@@ -678,7 +674,7 @@ def _stop_on_nan() -> Any:
             if loss is not None and not math.isfinite(float(loss)):
                 self.model.stop_training = True
 
-    return StopOnNaN()
+    return StopOnNaN
 
 
 class _InlineRunner:
@@ -951,7 +947,7 @@ class _SweepLock:
         self.owned = False
 
     def __enter__(self) -> "_SweepLock":
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dir(self.dir)
         for other in self._others():
             self._refuse_if_alive(other)
         for _ in range(5):
@@ -1070,6 +1066,24 @@ def _show_value(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+def format_progress(*, done: int, planned: Optional[int], trial_id: Any, worker: Optional[str], objective: str,
+                    completed: bool, score: Optional[float], message: Optional[str], best: Optional[tuple],
+                    elapsed: float, finished_since_start: int) -> str:
+    """The one line printed per finished trial (by a sweep, and by a distributed sweep's chief).
+
+    ``best`` is (score, trial id) of the best trial so far; the time left is estimated from the
+    `finished_since_start` trials finished in `elapsed` seconds.
+    """
+    outcome = f"{objective} {format_metric(score)}" if completed else f"failed: {_shorten(message or 'failed', 80)}"
+    best_text = f"best {format_metric(best[0])} (trial {best[1]})" if best is not None else "best -"
+    eta = "?"
+    if planned and finished_since_start > 0:
+        eta = _clock(elapsed / finished_since_start * max(0, planned - done))
+    tag = f" [{worker}]" if worker else ""
+    return (f"trial {done}/{planned or '?'} (id {trial_id}){tag}: {outcome} | {best_text} | "
+            f"elapsed {_clock(elapsed)} | eta {eta}")
 
 
 def _clock(seconds: float) -> str:
