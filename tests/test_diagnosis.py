@@ -234,6 +234,14 @@ def test_diagnose_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert done.stdout.split() == ["high_variance", "False"], done.stderr
+    # the whole command, with every file it reads: no TensorFlow, and no config schema (pydantic) either
+    full = make_run(tmp_path / "full", train=0.99, validation=0.80, config="name: r\ntraining: {epochs: 3}\n",
+                    history=[(0.5, 0.6), (0.4, 0.55), (0.3, 0.5)], gradients=[(1, "dense", 0.1, 1.0)])
+    code = ("import sys; from toolkit.cli import main; code = main(['diagnose', %r]); "
+            "print(code, 'tensorflow' in sys.modules, 'pydantic' in sys.modules)" % str(full))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout + done.stderr
 
 
 def test_damaged_run_files_are_user_errors(tmp_path):
