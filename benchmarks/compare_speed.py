@@ -96,7 +96,7 @@ def clone_sweep(template: Path, folder: Path, n: int) -> Path:
 def time_library(path: Path, repeat: int) -> list:
     import pandas  # noqa: F401 - imported once, outside the timing, as in a notebook
 
-    import toolkit.compare as compare_module
+    import toolkit.analysis.compare as compare_module
 
     times = []
     for _ in range(repeat):
@@ -109,7 +109,7 @@ def time_library(path: Path, repeat: int) -> list:
 
 def time_without_section_cache(path: Path, repeat: int) -> list:
     """compare() parsing every config.yaml whole with PyYAML's C loader (what the section cache saves)."""
-    import toolkit.compare as compare_module
+    import toolkit.analysis.compare as compare_module
 
     fast = compare_module.read_flat_config
     compare_module.read_flat_config = lambda p: compare_module.flatten(compare_module.read_config(p))

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from toolkit.compare import (Parameter, _edge, compare, flatten, read_config, read_flat_config, read_sweep,
+from toolkit.analysis.compare import (Parameter, _edge, compare, flatten, read_config, read_flat_config, read_sweep,
                              render)
 from toolkit.errors import UserError
 
@@ -128,7 +128,7 @@ def test_only_the_differing_config_keys_appear(runs):
     assert list(df.columns[-7:]) == ["verdict", "epochs", "best_epoch", "params", "duration_s", "path", "trial_id"]
     assert df.attrs["warnings"] == []
     # the verdict is ktk diagnose's, computed from the same metrics
-    from toolkit.diagnosis import VERDICTS, verdict_for_run
+    from toolkit.lessons.diagnosis import VERDICTS, verdict_for_run
 
     assert list(df["verdict"]) == [verdict_for_run(path) for path in df["path"]]
     assert set(df["verdict"]) <= set(VERDICTS)
@@ -372,7 +372,7 @@ def test_each_trial_is_a_row_plus_the_best_run(sweep):
     best = df.iloc[-1]
     best_metrics = json.loads((sweep / "best" / "metrics.json").read_text())
     assert best["test.loss"] == best_metrics["test"]["loss"]
-    from toolkit.diagnosis import verdict_for_run
+    from toolkit.lessons.diagnosis import verdict_for_run
 
     assert best["verdict"] == verdict_for_run(sweep / "best")
     assert df[df["kind"] == "trial"]["verdict"].isna().all()  # running means with dropout on are not judged
@@ -393,7 +393,7 @@ def test_runs_and_sweeps_together(runs, sweep):
 
 @pytest.mark.slow
 def test_sweep_plots_are_png_files(sweep, tmp_path):
-    from toolkit.plots import plot
+    from toolkit.analysis.plots import plot
 
     result = plot(sweep, tmp_path)
     names = sorted(p.name for p in result.files)
@@ -483,7 +483,7 @@ def test_nothing_found_is_a_user_error(tmp_path):
 
 @pytest.mark.slow
 def test_rows_of_one_kind_still_plot_and_a_best_run_is_listed_once(sweep, tmp_path):
-    from toolkit.plots import plot_table
+    from toolkit.analysis.plots import plot_table
 
     trials = compare(sweep, filters=["kind==trial"])
     trials = trials.drop(columns=[c for c in ("kind",) if c in trials.columns])  # as the CLI's table can be

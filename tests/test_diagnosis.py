@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.diagnosis import diagnose, format_diagnosis, verdict_for_run
+from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
 from toolkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_cli_diagnose_json_and_errors(tmp_path):
 
 def test_diagnose_does_not_import_tensorflow(tmp_path):
     run = make_run(tmp_path / "r", train=0.99, validation=0.80, config="name: r\n")
-    code = ("import sys; from toolkit.diagnosis import verdict_for_run; "
+    code = ("import sys; from toolkit.lessons.diagnosis import verdict_for_run; "
             f"print(verdict_for_run({str(run)!r})); print('tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from toolkit.config import load_config
-from toolkit.diagnosis import diagnose
+from toolkit.lessons.diagnosis import diagnose
 from toolkit.errors import UserError
-from toolkit.experiments import lesson_rows, run_suite, suite_configs
+from toolkit.lessons.experiments import lesson_rows, run_suite, suite_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "experiments"

@@ -11,7 +11,7 @@ import pytest
 
 from toolkit.config import parse_config
 from toolkit.errors import UserError
-from toolkit.gradcheck import gradient_check, relative_difference, status_for, without_dropout
+from toolkit.lessons.gradcheck import gradient_check, relative_difference, status_for, without_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 MOONS = {"source": "synthetic.moons", "options": {"n_samples": 100, "noise": 0.2}}

@@ -55,7 +55,7 @@ def test_recorded_norms_are_the_gradient_of_the_full_cost(tmp_path):
 
     from toolkit.data import load_data
     from toolkit.models import build_model
-    from toolkit.monitor import PROBE_EXAMPLES, gradient_monitor
+    from toolkit.lessons.monitor import PROBE_EXAMPLES, gradient_monitor
     from toolkit.training import compile_model
 
     config = parse_config({**RAW, "model": {"hidden": [5], "regularizer": {"l2": 0.1}}})
@@ -89,6 +89,6 @@ def test_importing_the_monitor_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, toolkit.monitor; print('tensorflow' in sys.modules)"
+    code = "import sys, toolkit.lessons.monitor; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from test_compare import PNG_SIGNATURE, assert_png, cli, parse_html
 from toolkit.errors import UserError
-from toolkit.report import report
+from toolkit.analysis.report import report
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +142,7 @@ def test_the_reproduce_command_reproduces_the_best_trial(sweep, tmp_path):
     import html
     import shlex
 
-    from toolkit.compare import read_sweep
+    from toolkit.analysis.compare import read_sweep
     from toolkit.config import load_config
     from toolkit.runs import run
 

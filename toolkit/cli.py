@@ -217,7 +217,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from toolkit.compare import compare, render
+    from toolkit.analysis.compare import compare, render
     from toolkit.results import make_dir
 
     if args.plot:
@@ -233,7 +233,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if args.plot:
-        from toolkit.plots import plot_table
+        from toolkit.analysis.plots import plot_table
 
         plots = plot_table(table, args.plot)
         _warn(plots.warnings)
@@ -242,7 +242,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from toolkit.plots import plot
+    from toolkit.analysis.plots import plot
     from toolkit.results import make_dir
 
     plots = plot(args.paths, make_dir(args.out))
@@ -253,7 +253,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from toolkit.report import report
+    from toolkit.analysis.report import report
 
     result = report(args.path, out_dir=args.out)
     _warn(result.warnings)
@@ -278,7 +278,7 @@ def _write_output(path: str, text: str) -> None:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     import json
 
-    from toolkit.diagnosis import diagnose, format_diagnosis
+    from toolkit.lessons.diagnosis import diagnose, format_diagnosis
 
     result = diagnose(args.run_dir, baseline_error=args.baseline_error, tolerance=args.tolerance)
     print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_diagnosis(result))
@@ -288,7 +288,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
     import json
 
-    from toolkit.gradcheck import format_gradcheck, gradient_check
+    from toolkit.lessons.gradcheck import format_gradcheck, gradient_check
 
     result = gradient_check(_load(args), samples=args.samples, max_parameters_per_layer=args.max_per_layer)
     print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_gradcheck(result))
@@ -296,11 +296,11 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from toolkit.experiments import format_lesson_rows, lesson_rows, run_suite
+    from toolkit.lessons.experiments import format_lesson_rows, lesson_rows, run_suite
 
     result = run_suite(args.suite, out_dir=args.out, overrides=args.overrides, verbose=0 if args.quiet else 2,
                        only=args.only, progress=print)
-    from toolkit.compare import compare, render
+    from toolkit.analysis.compare import compare, render
 
     print(render(compare(result.paths), "table"))
     print()

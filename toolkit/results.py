@@ -23,12 +23,26 @@ try:  # the C parser reads a config.yaml about ten times faster than the pure-Py
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     YAML_LOADER = yaml.SafeLoader
 
+# The on-disk layout (docs/ARCHITECTURE.md, "Contracts"): every file and folder name ktk writes, defined here only.
+# A run directory:
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
+RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
+# A sweep directory (its config.yaml is CONFIG_FILE too):
+TRIALS_FILE = "trials.csv"
+RECORDS_DIR = "records"            # records/<trial_id>.json, one per finished trial
+HISTORIES_DIR = "histories"        # histories/<trial_id>.csv
+BEST_DIR = "best"                  # a run directory: the best configuration retrained
+TOP_DIR = "top"                    # top/trial_<id>/: run directories of the next best
+SWEEP_FILE = "sweep.json"
+TUNER_DIR = "tuner"                # keras-tuner's project
+LOGS_DIR = "logs"                  # distributed sweeps: chief.json and one log per local worker
+SWEEP_MARKER = ".ktk-sweep"        # written first into every sweep directory: what --overwrite may delete
+SPLITS = ("train", "validation", "test")
 
 PathLike = Union[str, Path]
 

@@ -65,13 +65,13 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
 
     callbacks = [history_logger(run_dir / HISTORY_FILE)]
     if config.training.monitor.gradients:
-        from toolkit.monitor import gradient_monitor
+        from toolkit.lessons.monitor import gradient_monitor
 
         callbacks.append(gradient_monitor(config, data, run_dir / GRADIENTS_FILE))
     history = training.fit(model, config, data, callbacks=callbacks, verbose=verbose).history
 
     monitor = training.monitor_name(config)
-    mode = config.training.early_stopping.mode if config.training.early_stopping else "auto"
+    mode = training.monitor_mode(config)
     metrics: Dict[str, Any] = {
         split: training.evaluate(model, config, data, split) for split in ("train", "validation", "test")
     }

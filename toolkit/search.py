@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from toolkit.errors import UserError, show
+from toolkit.metrics import direction_of
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "quasi_random")
 SEQUENCES = ("halton", "sobol")
@@ -29,8 +30,6 @@ SEQUENCES = ("halton", "sobol")
 DEPTH_PATH = "model.depth"
 
 # Direction of an objective whose name says it (val_loss -> min, val_accuracy -> max).
-_MIN_WORDS = ("loss", "error", "mae", "mse", "mape", "msle", "crossentropy", "hinge", "poisson", "divergence")
-_MAX_WORDS = ("acc", "auc", "precision", "recall", "f1", "r2", "iou")
 
 _OPTIONS: Dict[str, Any] = {
     "tuner": "random",
@@ -401,19 +400,6 @@ def _positive_int(value: Any, where: str, also: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(where=where, expected=" ".join(filter(None, ["a positive integer", also])), received=value)
     return value
-
-
-def direction_of(metric: str) -> Optional[str]:
-    """"min" or "max" for a metric whose name says it (val_loss, mae: min; val_accuracy, auc: max), else None.
-
-    The one rule for sweeps' objectives, ``ktk compare``'s best trial and ``ktk report``'s ordering.
-    """
-    lowered = metric.lower()
-    if any(word in lowered for word in _MIN_WORDS):
-        return "min"
-    if any(word in lowered for word in _MAX_WORDS):
-        return "max"
-    return None
 
 
 def _objective(raw: Any) -> Objective:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.metrics import best_index, resolve_mode
 from toolkit.models import keras_names
 
 DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
@@ -191,7 +192,7 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         # Without early stopping, patience is every epoch: it never stops, only keeps the best weights.
         all_callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor_name(config), patience=stopping.patience if stopping else config.training.epochs,
-            min_delta=stopping.min_delta if stopping else 0.0, mode=stopping.mode if stopping else "auto",
+            min_delta=stopping.min_delta if stopping else 0.0, mode=monitor_mode(config),
             restore_best_weights=restore and keep_best, verbose=0,
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
@@ -212,15 +213,18 @@ def monitor_name(config: Any) -> str:
     return stopping.monitor if stopping is not None else "val_loss"
 
 
+def monitor_mode(config: Any) -> str:
+    """``min`` or ``max`` for the monitored quantity: early stopping's mode, or the one rule in toolkit.metrics."""
+    stopping = config.training.early_stopping
+    return resolve_mode(monitor_name(config), stopping.mode if stopping is not None else "auto")
+
+
 def best_epoch(history: Dict[str, List[float]], monitor: str, mode: str = "auto") -> int:
-    """The 1-based epoch where `monitor` was best (max for accuracy-like names in auto mode)."""
+    """The 1-based epoch where `monitor` was best (the first of equals, as Keras' early stopping keeps it)."""
     values = history.get(monitor)
     if not values:
         return len(next(iter(history.values()), [])) or 0
-    maximize = mode == "max" or (mode == "auto" and ("acc" in monitor or "auc" in monitor))
-    finite = [(v if math.isfinite(v) else (-math.inf if maximize else math.inf)) for v in values]
-    pick = max if maximize else min
-    return int(finite.index(pick(finite)) + 1)
+    return best_index(values, resolve_mode(monitor, mode)) + 1
 
 
 def _first_line(error: BaseException) -> str:

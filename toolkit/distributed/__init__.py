@@ -900,7 +900,7 @@ class Supervisor:
             self.chief.supervise(slot.worker_id)
         slot.log_path = self.sweep_dir / LOGS_DIR / f"{slot.worker_id}.log"
         env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parent.parent)
+        package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):

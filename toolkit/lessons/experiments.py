@@ -154,7 +154,7 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
     loss over the last 10 epochs: how much it still wanders), best_val_loss, train_error, val_error,
     verdict, variance.
     """
-    from toolkit.diagnosis import diagnose
+    from toolkit.lessons.diagnosis import diagnose
 
     rows = []
     for i, run_dir in enumerate(run_dirs):

@@ -3,7 +3,7 @@
 Opt in with ``training: {monitor: {gradients: true}}``. Before training (epoch 0) and after every epoch the
 callback evaluates the gradient of the full training cost (loss + regularization, training mode) on a
 fixed probe batch of training examples and writes, per layer with trainable weights, the L2 norm of its
-gradient and of its weights. The evaluation is stateless (see :func:`toolkit.gradcheck.model_cost`): it
+gradient and of its weights. The evaluation is stateless (see :func:`toolkit.lessons.gradcheck.model_cost`): it
 changes neither the weights nor batch-norm statistics nor random-generator state, so a monitored run
 trains exactly as an unmonitored one. ``ktk diagnose`` reads the file for vanishing and exploding
 gradients.
@@ -51,7 +51,7 @@ def _monitor_class() -> type:
     import keras
     import tensorflow as tf
 
-    from toolkit.gradcheck import layer_of_variables, model_cost
+    from toolkit.lessons.gradcheck import layer_of_variables, model_cost
 
     class GradientMonitor(keras.callbacks.Callback):
         """Records per-layer gradient and weight norms before training and after every epoch."""

@@ -2,7 +2,7 @@
 
 A sweep report holds the search space (with a flag where the best value sits at the edge of a range),
 the best configuration with its test metrics and the command that reproduces it, the plots of
-:mod:`toolkit.plots`, and the table of trials. The HTML page is self-contained (inline CSS, images
+:mod:`toolkit.analysis.plots`, and the table of trials. The HTML page is self-contained (inline CSS, images
 embedded as base64 PNG, no scripts), so it can be mailed or attached as one file; the Markdown file links
 the PNG files written next to it.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from toolkit.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
+from toolkit.analysis.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
                              main_metric, markdown_table, parameters, read_sweep, row_kind, table_cells)
 from toolkit.errors import UserError
-from toolkit.search import direction_of
+from toolkit.metrics import direction_of
 
 PathLike = Union[str, Path]
 
@@ -111,7 +111,7 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
 
 
 def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
-    from toolkit.plots import sweep_plots
+    from toolkit.analysis.plots import sweep_plots
 
     try:
         sweep = read_sweep(path)
@@ -206,7 +206,7 @@ def _caption(image: Path, sweep: Sweep) -> str:
 
 
 def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
-    from toolkit.plots import plot_table
+    from toolkit.analysis.plots import plot_table
 
     table = compare(path)
     warnings = list(table.attrs.get("warnings", []))

@@ -27,12 +27,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from toolkit.diagnosis import verdict_of
+from toolkit.lessons.diagnosis import verdict_of
 from toolkit.dotpath import set_path
 from toolkit.errors import UserError
 from toolkit.results import YAML_LOADER as _YamlLoader
 from toolkit.results import read_yaml
-from toolkit.search import DEPTH_PATH, direction_of, resize_hidden
+from toolkit.metrics import direction_of
+from toolkit.search import DEPTH_PATH, resize_hidden
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 

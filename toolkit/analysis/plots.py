@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from toolkit.compare import (Parameter, Sweep, compact, format_value, history_file, is_number, parameters,
+from toolkit.analysis.compare import (Parameter, Sweep, compact, format_value, history_file, is_number, parameters,
                              read_sweep, row_kind)
 
 PathLike = Union[str, Path]
@@ -238,7 +238,7 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
 
 
 def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
-    """The plots for the rows of a comparison (as returned by :func:`toolkit.compare.compare`).
+    """The plots for the rows of a comparison (as returned by :func:`toolkit.analysis.compare.compare`).
 
     Writes ``learning_curves.png`` overlaying every row that has a per-epoch history (runs, sweep trials,
     sweep best runs), and the sweep plots of every sweep a row comes from (on all of its trials).
@@ -272,8 +272,8 @@ def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
 
 
 def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotResult:
-    """Finds the runs and sweeps under `paths` (as :func:`toolkit.compare.compare` does) and plots them."""
-    from toolkit.compare import compare
+    """Finds the runs and sweeps under `paths` (as :func:`toolkit.analysis.compare.compare` does) and plots them."""
+    from toolkit.analysis.compare import compare
 
     table = compare(paths)
     result = plot_table(table, out_dir)

@@ -14,7 +14,7 @@ with parameters that are exactly 0 (biases) moved by a small random amount so th
 
 The cost is evaluated *statelessly* (Keras' ``StatelessScope``): the weights are substituted by tensors,
 so nothing in the model (batch-norm moving statistics, random-generator state, loss trackers) changes.
-:func:`model_cost` is also what the gradient monitor (``toolkit.monitor``) uses.
+:func:`model_cost` is also what the gradient monitor (``toolkit.lessons.monitor``) uses.
 """
 
 from __future__ import annotations
