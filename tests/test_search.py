@@ -10,8 +10,8 @@ import pytest
 from toolkit.cli import main
 from toolkit.config import parse_config
 from toolkit.errors import UserError
-from toolkit.search import (DEPTH_PATH, apply_values, check_with_keras, grid_size, hyperband_trial_count, parse_search,
-                            quasi_random_oracle_class)
+from toolkit.search import DEPTH_PATH, apply_values, check_with_keras, grid_size, hyperband_trial_count, parse_search
+from toolkit.sweeps.space import declare, make_oracle, quasi_random_oracle_class
 
 # keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
@@ -54,7 +54,7 @@ def hyperparameters(spec):
     import keras_tuner
 
     hp = keras_tuner.HyperParameters()
-    spec.declare(hp)
+    declare(spec, hp)
     return hp
 
 
@@ -299,7 +299,7 @@ def drive(oracle, space_spec, scores, limit=100):
     oracle._save_trial = lambda trial: None
     oracle.save = lambda: None
     hp = keras_tuner.HyperParameters()
-    space_spec.declare(hp)
+    declare(space_spec, hp)
     oracle.update_space(hp)
     seen = []
     for _ in range(limit):
@@ -320,7 +320,7 @@ def test_quasi_random_oracle_spreads_points_and_resumes_its_sequence():
         "training.optimizer.name": {"choice": ["sgd", "adam"]},
         "training.optimizer.momentum": {"float": [0.0, 0.9], "when": {"training.optimizer.name": "sgd"}},
     }, tuner="quasi_random", max_trials=16)
-    values = drive(spec.make_oracle(), spec, lambda v: 0.5)
+    values = drive(make_oracle(spec), spec, lambda v: 0.5)
     assert len(values) == 16
     dropouts = sorted(v["model.dropout"] for v in values)
     # Low discrepancy: each of 8 equal bins of [0, 0.5) gets exactly 2 of 16 points.
@@ -328,26 +328,26 @@ def test_quasi_random_oracle_spreads_points_and_resumes_its_sequence():
     assert {v["training.optimizer.name"] for v in values} == {"sgd", "adam"}
     assert all(("training.optimizer.momentum" in v) == (v["training.optimizer.name"] == "sgd") for v in values)
     # Same seed, same points; a restored state continues the sequence.
-    again = spec.make_oracle()
+    again = make_oracle(spec)
     assert drive(again, spec, lambda v: 0.5)[:16] == values
-    first = spec_of(spec.to_dict()["space"], tuner="quasi_random", max_trials=8).make_oracle()
+    first = make_oracle(spec_of(spec.to_dict()["space"], tuner="quasi_random", max_trials=8))
     first_values = drive(first, spec, lambda v: 0.5)
     state = first.get_state()
-    resumed = spec_of(spec.to_dict()["space"], tuner="quasi_random", max_trials=16).make_oracle()
+    resumed = make_oracle(spec_of(spec.to_dict()["space"], tuner="quasi_random", max_trials=16))
     resumed.trials = first.trials
     resumed.set_state(state)
     rest = drive(resumed, spec, lambda v: 0.5)
     assert first_values + rest == values
     cls = quasi_random_oracle_class()
     assert cls.__name__ == "QuasiRandomOracle"
-    from toolkit.search import QuasiRandomOracle
+    from toolkit.sweeps.space import QuasiRandomOracle
 
     assert QuasiRandomOracle is cls
 
 
 def test_sobol_sequence():
     spec = spec_of({"model.dropout": {"float": [0.0, 0.5]}}, tuner="quasi_random", max_trials=8, sequence="sobol")
-    dropouts = sorted(v["model.dropout"] for v in drive(spec.make_oracle(), spec, lambda v: 0.5))
+    dropouts = sorted(v["model.dropout"] for v in drive(make_oracle(spec), spec, lambda v: 0.5))
     assert [sum(1 for d in dropouts if i / 16 <= d < (i + 1) / 16) for i in range(8)] == [1] * 8
 
 
@@ -355,31 +355,31 @@ def test_planned_trials_of_grid_and_hyperband_match_what_the_oracles_run():
     grid = spec_of({"model.dropout": {"float": [0.0, 0.4], "step": 0.2},
                     "training.batch_size": {"choice": [16, 32]}}, tuner="grid")
     assert grid_size(grid.space) == 6 and grid.planned_trials() == 6
-    assert len(drive(grid.make_oracle(), grid, lambda v: v["model.dropout"])) == 6
+    assert len(drive(make_oracle(grid), grid, lambda v: v["model.dropout"])) == 6
     # a conditional parameter multiplies only the combinations where it is active: sgd 3 x 2, adam 2
     conditional = spec_of({"training.optimizer.name": {"choice": ["sgd", "adam"]},
                            "training.optimizer.momentum": {"choice": [0.0, 0.5, 0.9],
                                                            "when": {"training.optimizer.name": "sgd"}},
                            "training.optimizer.learning_rate": {"choice": [0.01, 0.1]}}, tuner="grid")
     assert conditional.planned_trials() == 8
-    assert len(drive(conditional.make_oracle(), conditional, lambda v: 1.0)) == 8
+    assert len(drive(make_oracle(conditional), conditional, lambda v: 1.0)) == 8
     assert spec_of(grid.to_dict()["space"], tuner="grid", max_trials=4).planned_trials() == 4
     band = spec_of({"model.dropout": {"float": [0.0, 0.5]}}, tuner="hyperband", factor=3)
     assert band.base_epochs == 9
-    values = drive(band.make_oracle(), band, lambda v: v["model.dropout"])
+    values = drive(make_oracle(band), band, lambda v: v["model.dropout"])
     assert len(values) == band.planned_trials() == hyperband_trial_count(9, 3)
     assert max(v["tuner/epochs"] for v in values) == 9
     assert band.config_values(values[-1])["training.epochs"] == values[-1]["tuner/epochs"]
     capped = spec_of({"model.dropout": {"float": [0.0, 0.5]}}, tuner="hyperband", max_trials=4)
-    assert len(drive(capped.make_oracle(), capped, lambda v: 0.1)) == capped.planned_trials() == 4
+    assert len(drive(make_oracle(capped), capped, lambda v: 0.1)) == capped.planned_trials() == 4
 
 
 def test_seed_zero_still_gives_a_reproducible_search():
     base = dict(BASE, seed=0)
     spec = spec_of({"model.dropout": {"float": [0.0, 0.5]}}, base=base, max_trials=4)
-    assert spec.make_oracle().seed == 1
-    one = drive(spec.make_oracle(), spec, lambda v: 0.1)
-    two = drive(spec.make_oracle(), spec, lambda v: 0.1)
+    assert make_oracle(spec).seed == 1
+    one = drive(make_oracle(spec), spec, lambda v: 0.1)
+    two = drive(make_oracle(spec), spec, lambda v: 0.1)
     assert one == two and not math.isnan(one[0]["model.dropout"])
 
 
@@ -392,7 +392,7 @@ def test_conditional_hyperparameters_serialize_silently(capsys):
         "training.optimizer.momentum": {"float": [0.0, 0.9], "when": {"training.optimizer.name": "sgd"}},
     }))
     hp = keras_tuner.HyperParameters()
-    spec.declare(hp)
+    declare(spec, hp)
     capsys.readouterr()
     proto = hp.to_proto()
     assert "sgd" in str(proto) and capsys.readouterr().out == ""

@@ -23,7 +23,7 @@ _API = {
     "validate": "toolkit.runs",
     # sweeps
     "parse_search": "toolkit.search",
-    "QuasiRandomOracle": "toolkit.search",
+    "QuasiRandomOracle": "toolkit.sweeps.space",
     "tune": "toolkit.sweeps",
     "SweepResult": "toolkit.sweeps",
     "tune_distributed": "toolkit.distributed",

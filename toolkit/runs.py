@@ -47,16 +47,13 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     """
     from toolkit import training
     from toolkit.data import load_data
-    from toolkit.models import build_model
 
     started = time.time()
     started_at = _now()
     run_dir = _new_run_dir(config, out_dir)
     if data is None:
         data = load_data(config)
-    training.set_seed(config.seed)
-    model = build_model(config, data)
-    training.compile_model(model, config, data)
+    model = training.prepare_model(config, data)
 
     make_dir(run_dir)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))

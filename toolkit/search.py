@@ -12,7 +12,6 @@ keras-tuner is imported only inside the functions that build its objects.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -177,27 +176,6 @@ class Param:
             spec["when"] = {parent: list(vals) if len(vals) > 1 else vals[0] for parent, vals in self.when}
         return spec
 
-    def hyperparameter(self, space: Mapping[str, "Param"]) -> Any:
-        """The keras-tuner hyperparameter object, with one parent condition per ``when`` key."""
-        from keras_tuner.engine import hyperparameters as hp_types
-        from keras_tuner.src.engine import conditions
-
-        # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug line), so a distributed
-        # sweep would print e.g. "sgd" for every conditional trial it sends. Shadowing `print` in that one
-        # module silences it without touching sys.stdout (which the chief's gRPC threads share).
-        conditions.print = lambda *args, **kwargs: None
-        parents = [
-            conditions.Parent(parent, [space[parent].encode(v) for v in vals]) for parent, vals in self.when
-        ]
-        if self.kind == "int":
-            return hp_types.Int(self.path, int(self.low), int(self.high), step=None if self.step is None else int(self.step),
-                                sampling="log" if self.log else "linear", conditions=parents)
-        if self.kind == "float":
-            return hp_types.Float(self.path, float(self.low), float(self.high), step=self.step,
-                                  sampling="log" if self.log else "linear", conditions=parents)
-        ordered = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self._codes)
-        return hp_types.Choice(self.path, list(self._codes), ordered=ordered, conditions=parents)
-
 
 @dataclass(frozen=True)
 class SearchSpec:
@@ -224,12 +202,6 @@ class SearchSpec:
 
     def param(self, path: str) -> Param:
         return next(p for p in self.space if p.path == path)
-
-    def declare(self, hp: Any) -> None:
-        """Registers the whole space (conditional parameters included) on a keras-tuner HyperParameters."""
-        by_path = {p.path: p for p in self.space}
-        for param in self.space:
-            hp.merge([param.hyperparameter(by_path)], overwrite=False)
 
     def config_values(self, hp_values: Mapping[str, Any]) -> Dict[str, Any]:
         """keras-tuner values of one trial -> the config values to apply, by dot path, in space order.
@@ -286,34 +258,6 @@ class SearchSpec:
         for key in RESUMABLE_KEYS:
             out.pop(key, None)
         return out
-
-    def make_oracle(self) -> Any:
-        """A fresh keras-tuner Oracle for this search (its state is reloaded by the tuner on resume)."""
-        import keras_tuner
-
-        objective = keras_tuner.Objective(self.objective.name, self.objective.direction)
-        # keras-tuner replaces seed=0 by a random seed (`seed or random.randint(...)`); shift by one so
-        # every config seed, 0 included, gives a reproducible search.
-        seed = self.seed + 1
-        # Failures in a row are counted by the sweep (it says why it stops), not by keras-tuner.
-        common = dict(objective=objective, seed=seed, max_retries_per_trial=0,
-                      max_consecutive_failed_trials=10**9)
-        if self.tuner == "random":
-            return keras_tuner.oracles.RandomSearchOracle(max_trials=self.max_trials, **common)
-        # The grid and hyperband plan their own number of trials; giving it to keras-tuner also makes the
-        # trial ids short ("0".."9" rather than "0000"...).
-        if self.tuner == "grid":
-            return keras_tuner.oracles.GridSearchOracle(max_trials=self.planned_trials(), **common)
-        if self.tuner == "bayesian":
-            return keras_tuner.oracles.BayesianOptimizationOracle(
-                max_trials=self.max_trials, num_initial_points=self.num_initial_points, **common)
-        if self.tuner == "hyperband":
-            oracle = keras_tuner.oracles.HyperbandOracle(
-                max_epochs=self.base_epochs, factor=self.factor, hyperband_iterations=self.hyperband_iterations,
-                **common)
-            oracle.max_trials = self.planned_trials()  # the base Oracle stops there: search.max_trials caps
-            return oracle
-        return quasi_random_oracle_class()(max_trials=self.max_trials, sequence=self.sequence, **common)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -931,91 +875,3 @@ def _same(a: Any, b: Any) -> bool:
 
 def _isnan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
-
-
-# --------------------------------------------------------------------------- keras-tuner oracles
-
-
-def __getattr__(name: str) -> Any:
-    # `from toolkit.search import QuasiRandomOracle` works without importing keras-tuner at module import.
-    if name == "QuasiRandomOracle":
-        return quasi_random_oracle_class()
-    raise AttributeError(f"module 'toolkit.search' has no attribute {name!r}")
-
-
-@functools.lru_cache(maxsize=None)
-def quasi_random_oracle_class() -> type:
-    """The quasi-random keras-tuner Oracle class (built on first use so keras-tuner loads lazily)."""
-    import keras_tuner
-    from keras_tuner.src.engine import trial as trial_module
-
-    class QuasiRandomOracle(keras_tuner.Oracle):
-        """Quasi-random search: trial k takes point k of a scrambled Halton or Sobol sequence.
-
-        Recommended by Google's Deep Learning Tuning Playbook for the exploration phase: the points cover
-        the space evenly (no clumps or holes as with random search), any prefix of the sequence is itself
-        well spread, and unlike a grid every trial tries a new value of every parameter. Each parameter
-        owns one coordinate of the sequence whether or not it is active in a trial, so conditional
-        parameters do not shift the others. Works with any keras-tuner Tuner.
-
-        Args:
-            objective: as for every keras-tuner Oracle.
-            max_trials: number of trials.
-            sequence: ``"halton"`` (default) or ``"sobol"``.
-            seed: scrambling seed.
-            **kwargs: other keras-tuner Oracle arguments.
-        """
-
-        def __init__(self, objective=None, max_trials=10, sequence="halton", seed=None, **kwargs):
-            super().__init__(objective=objective, max_trials=max_trials, seed=seed, **kwargs)
-            if sequence not in SEQUENCES:
-                raise ValueError(f"Expected sequence to be one of {SEQUENCES}. Received: sequence={sequence!r}")
-            self.sequence = sequence
-            self._points_drawn = 0
-            self._engine = None
-
-        def _make_engine(self, dimensions: int) -> Any:
-            from scipy.stats import qmc
-
-            engine_class = qmc.Halton if self.sequence == "halton" else qmc.Sobol
-            try:
-                engine = engine_class(dimensions, scramble=True, rng=self.seed)
-            except TypeError:  # scipy < 1.15 names the argument seed
-                engine = engine_class(dimensions, scramble=True, seed=self.seed)
-            if self._points_drawn:
-                engine.fast_forward(self._points_drawn)
-            return engine
-
-        def _next_point(self, dimensions: int) -> List[float]:
-            if self._engine is None or self._engine.d != dimensions:
-                self._engine = self._make_engine(dimensions)
-            point = self._engine.random(1)[0]
-            self._points_drawn += 1
-            return [float(u) for u in point]
-
-        def populate_space(self, trial_id):
-            space = self.hyperparameters.space
-            for _ in range(self._max_collisions + 1):
-                point = self._next_point(max(1, len(space)))
-                hps = keras_tuner.HyperParameters()
-                for coordinate, hp in zip(point, space):
-                    hps.merge([hp])
-                    if hps.is_active(hp):
-                        hps.values[hp.name] = hp.prob_to_value(min(coordinate, 1.0 - 1e-12))
-                if not self._duplicate(hps.values):
-                    return {"status": trial_module.TrialStatus.RUNNING, "values": hps.values}
-            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
-
-        def get_state(self):
-            state = super().get_state()
-            state.update({"sequence": self.sequence, "points_drawn": self._points_drawn})
-            return state
-
-        def set_state(self, state):
-            super().set_state(state)
-            self.sequence = state["sequence"]
-            self._points_drawn = state["points_drawn"]
-            self._engine = None
-
-    QuasiRandomOracle.__module__ = __name__
-    return QuasiRandomOracle

@@ -36,6 +36,20 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def prepare_model(config: Any, data: Any, seed: Optional[int] = None) -> Any:
+    """Seeds, builds and compiles the config's model: the one start of every training (runs and sweep trials).
+
+    Args:
+        seed: the seed to use instead of ``config.seed`` (a trial's later executions differ in initialization).
+    """
+    from toolkit.models import build_model
+
+    set_seed(config.seed if seed is None else seed)
+    model = build_model(config, data)
+    compile_model(model, config, data)
+    return model
+
+
 def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     """The Keras optimizer of ``training.optimizer``, with ``training.schedule`` as its learning rate."""
     import keras

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from toolkit.config import Config, dump_yaml, parse_config, read_yaml_file
 from toolkit.errors import UserError, show
 from toolkit.results import atomic_write_text, make_dir, read_json, write_json
+from toolkit.sweeps.space import declare, make_oracle
 from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_search
 from toolkit.summary import format_metric
 
@@ -237,7 +238,7 @@ class _Sweep:
     def _make_tuner(self) -> Any:
         tuner_class = _tuner_class()
         with contextlib.redirect_stdout(io.StringIO()):  # keras-tuner prints "Reloading Tuner from ..."
-            return tuner_class(sweep=self, oracle=self.spec.make_oracle(), hypermodel=_space_model(self.spec),
+            return tuner_class(sweep=self, oracle=make_oracle(self.spec), hypermodel=_space_model(self.spec),
                                directory=str(self.dir), project_name=TUNER_DIR, overwrite=False)
 
     def run_trial(self, trial: Any) -> Dict[str, float]:
@@ -423,7 +424,7 @@ def _space_model(spec: SearchSpec) -> Any:
         """Declares the search space; trials are built from the config, never here."""
 
         def build(self, hp):
-            spec.declare(hp)
+            declare(spec, hp)
             return None
 
     return SpaceModel()
@@ -588,7 +589,6 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
     import keras
 
     from toolkit import training
-    from toolkit.models import build_model
     from toolkit.results import history_logger
     from toolkit.search import Objective
 
@@ -602,9 +602,7 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         # Python's full garbage collection (free_memory) costs ~0.5 s per trial once TensorFlow is loaded;
         # a recycled worker process gives its memory back anyway.
         keras.backend.clear_session(free_memory=task.get("free_memory", True))
-        training.set_seed(config.seed + execution)  # executions differ in initialization only
-        model = build_model(config, data)
-        training.compile_model(model, config, data)
+        model = training.prepare_model(config, data, seed=config.seed + execution)  # executions differ in init only
         logger = history_logger(history_path)
         fit_started = time.perf_counter()
         training.fit(model, config, data, callbacks=[logger, _stop_on_nan()], verbose=task["verbose"],
