@@ -6,7 +6,7 @@ from pathlib import Path
 
 import toolkit
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def test_every_public_name_resolves():

@@ -22,7 +22,7 @@ from toolkit.analysis.compare import (Parameter, _edge, compare, flatten, read_c
                              render)
 from toolkit.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 BASE = {

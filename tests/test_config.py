@@ -8,7 +8,7 @@ import pytest
 from toolkit.config import get_path, load_config, parse_config, set_path
 from toolkit.errors import UserError, did_you_mean
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 ISSUE_EXAMPLE = """\
 name: digits-mlp                 # run name (default: the file's stem)
 seed: 42                         # one seed for splitting, initialization, shuffling and dropout

@@ -13,7 +13,7 @@ import pytest
 from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
 from toolkit.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT
 
 
 def make_run(path, train, validation, test=None, task="binary", history=None, config=None, gradients=None,

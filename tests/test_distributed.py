@@ -30,7 +30,7 @@ from toolkit.distributed import (
 )
 from toolkit.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 SWEEP = """\
 name: iris-dist

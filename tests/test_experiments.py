@@ -17,7 +17,7 @@ from toolkit.lessons.diagnosis import diagnose
 from toolkit.errors import UserError
 from toolkit.lessons.experiments import lesson_rows, run_suite, suite_configs
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT
 SUITES = ROOT / "experiments"
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from toolkit.config import parse_config
 from toolkit.errors import UserError
 from toolkit.lessons.gradcheck import gradient_check, relative_difference, status_for, without_dropout
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO as ROOT
 MOONS = {"source": "synthetic.moons", "options": {"n_samples": 100, "noise": 0.2}}
 
 

@@ -13,7 +13,7 @@ from toolkit import training
 from toolkit.cli import main
 from toolkit.results import read_history_csv
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 IRIS = """\
 name: iris-test
