@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
 from toolkit.errors import UserError
+from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
+from toolkit.results import BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, TRIALS_FILE
 
 from helpers import REPO as ROOT
 
@@ -191,9 +192,15 @@ def test_user_errors(tmp_path):
         diagnose(tmp_path / "empty")
     assert verdict_for_run(tmp_path / "empty") == ""
     (tmp_path / "sweep").mkdir()
-    (tmp_path / "sweep" / "trials.csv").write_text("trial_id,status\n")
-    with pytest.raises(UserError, match=r"this is a sweep directory: diagnose its retrained best run, ktk diagnose "):
+    (tmp_path / "sweep" / TRIALS_FILE).write_text("trial_id,status\n")
+    with pytest.raises(UserError, match=r"this is a sweep directory without a retrained best run \(best/ has no "
+                                        r"metrics.json: the sweep has not finished\)"):
         diagnose(tmp_path / "sweep")
+    make_run(tmp_path / "sweep" / BEST_DIR, 0.9, 0.9)
+    with pytest.raises(UserError) as error:
+        diagnose(tmp_path / "sweep")
+    assert str(error.value).startswith("this is a sweep directory: diagnose its retrained best run, ktk diagnose "
+                                       f"{tmp_path / 'sweep' / 'best'};")
     run = make_run(tmp_path / "r", 0.9, 0.9)
     with pytest.raises(UserError, match="--baseline-error: expected a non-negative error; received -0.1"):
         diagnose(run, baseline_error=-0.1)
@@ -248,8 +255,8 @@ def test_damaged_run_files_are_user_errors(tmp_path):
     cases = {
         "list": ("metrics.json", b"[1, 2]", "expected a JSON object; received 'list'"),
         "text value": ("metrics.json", b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
-                       "has a value that is not a number"),
-        "latin-1": ("history.csv", "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), "unreadable file"),
+                       "train.accuracy: expected a finite number or null; received 'x'"),
+        "latin-1": ("history.csv", "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 16\)"),
         "bad yaml": ("config.yaml", b"model: [unclosed\n", "unreadable YAML"),
     }
     for name, (file, content, message) in cases.items():
@@ -257,9 +264,13 @@ def test_damaged_run_files_are_user_errors(tmp_path):
         (run / file).write_bytes(content)
         with pytest.raises(UserError, match=message):
             diagnose(run)
-    # odd but readable values are tolerated: layers that are not a list, epochs_run that is not a number
+    # config.yaml is a record of the run, not its result: odd but readable values there are tolerated
     run = make_run(tmp_path / "odd", 0.9, 0.9, history=[(0.5, 0.6), (0.4, 0.5), (0.3, 0.45)],
                    config="model: {layers: 5}\ntraining: {epochs: 3}\n")
-    metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps(dict(metrics, epochs_run="x")))
     assert diagnose(run).verdict == "high_bias"
+    # metrics.json's fields that diagnosis uses must have their types
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    (run / METRICS_FILE).write_text(json.dumps(dict(metrics, epochs_run="x")))
+    with pytest.raises(UserError, match="metrics.json: epochs_run: expected a whole number of at least 0, or null; "
+                                        "received 'x'"):
+        diagnose(run)
