@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from toolkit.errors import UserError
 from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
 from toolkit.results import BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, TRIALS_FILE
 
-from helpers import REPO as ROOT
+from helpers import REPO, ktk, subprocess_env
 
 
 def make_run(path, train, validation, test=None, task="binary", history=None, config=None, gradients=None,
@@ -25,17 +24,17 @@ def make_run(path, train, validation, test=None, task="binary", history=None, co
                "monitor": "val_loss", "seed": 42}
     if test is not None:
         metrics["test"] = {"loss": 0.4, key: test}
-    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / METRICS_FILE).write_text(json.dumps(metrics))
     if history is not None:
-        with (path / "history.csv").open("w", newline="") as handle:
+        with (path / HISTORY_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["epoch", "loss", "val_loss", "learning_rate"])
             for i, (loss, val_loss) in enumerate(history, start=1):
                 writer.writerow([i, loss, val_loss, 0.001])
     if config is not None:
-        (path / "config.yaml").write_text(config)
+        (path / CONFIG_FILE).write_text(config)
     if gradients is not None:
-        with (path / "gradients.csv").open("w", newline="") as handle:
+        with (path / GRADIENTS_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["epoch", "layer", "grad_norm", "weight_norm"])
             writer.writerows(gradients)
@@ -167,9 +166,9 @@ def test_gradient_flow_vanishing_exploding_and_zeros(tmp_path):
 def test_diverged_run_and_early_stopping(tmp_path):
     run = make_run(tmp_path / "nan", train=0.5, validation=0.5, task="regression", key="mae",
                    history=[(1.0, 1.0), (50.0, 60.0), (float("nan"), float("nan"))])
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / METRICS_FILE).read_text())
     metrics["train"]["mae"] = metrics["validation"]["mae"] = None  # how results.write_json stores NaN
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / METRICS_FILE).write_text(json.dumps(metrics))
     result = diagnose(run)
     assert math.isnan(result.train_error) and result.verdict == "high_bias"
     assert result.note("nan_loss").epoch == 3
@@ -221,15 +220,12 @@ def test_verdict_for_run_and_json_and_text(tmp_path):
 
 def test_cli_diagnose_json_and_errors(tmp_path):
     run = make_run(tmp_path / "r", train=0.99, validation=0.80)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "toolkit", "diagnose", str(run), "--format", "json",
-                           "--baseline-error", "0.0"], capture_output=True, text=True, env=env, cwd=ROOT)
+    done = ktk("diagnose", run, "--format", "json", "--baseline-error", "0.0", cwd=REPO)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["verdict"] == "high_variance" and out["baseline_source"] == "flag"
     assert "tensorflow" not in done.stderr.lower()
-    missing = subprocess.run([sys.executable, "-m", "toolkit", "diagnose", str(tmp_path / "none")],
-                             capture_output=True, text=True, env=env, cwd=ROOT)
+    missing = ktk("diagnose", tmp_path / "none", cwd=REPO)
     assert missing.returncode == 2 and missing.stderr.startswith("ktk: error: run directory not found")
     assert "Traceback" not in missing.stderr
 
@@ -238,26 +234,26 @@ def test_diagnose_does_not_import_tensorflow(tmp_path):
     run = make_run(tmp_path / "r", train=0.99, validation=0.80, config="name: r\n")
     code = ("import sys; from toolkit.lessons.diagnosis import verdict_for_run; "
             f"print(verdict_for_run({str(run)!r})); print('tensorflow' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                          cwd=REPO)
     assert done.stdout.split() == ["high_variance", "False"], done.stderr
     # the whole command, with every file it reads: no TensorFlow, and no config schema (pydantic) either
     full = make_run(tmp_path / "full", train=0.99, validation=0.80, config="name: r\ntraining: {epochs: 3}\n",
                     history=[(0.5, 0.6), (0.4, 0.55), (0.3, 0.5)], gradients=[(1, "dense", 0.1, 1.0)])
     code = ("import sys; from toolkit.cli import main; code = main(['diagnose', %r]); "
             "print(code, 'tensorflow' in sys.modules, 'pydantic' in sys.modules)" % str(full))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                          cwd=REPO)
     assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout + done.stderr
 
 
 def test_damaged_run_files_are_user_errors(tmp_path):
     cases = {
-        "list": ("metrics.json", b"[1, 2]", "expected a JSON object; received 'list'"),
-        "text value": ("metrics.json", b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
+        "list": (METRICS_FILE, b"[1, 2]", "expected a JSON object; received 'list'"),
+        "text value": (METRICS_FILE, b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
                        "train.accuracy: expected a finite number or null; received 'x'"),
-        "latin-1": ("history.csv", "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 16\)"),
-        "bad yaml": ("config.yaml", b"model: [unclosed\n", "unreadable YAML"),
+        "latin-1": (HISTORY_FILE, "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 16\)"),
+        "bad yaml": (CONFIG_FILE, b"model: [unclosed\n", "unreadable YAML"),
     }
     for name, (file, content, message) in cases.items():
         run = make_run(tmp_path / name.replace(" ", "-"), 0.9, 0.9)
