@@ -12,8 +12,9 @@ Classification errors are ``1 - accuracy``. Regression uses its error metric (``
 compiled; else the loss) and judges the gaps relative to the errors themselves, since they have units.
 
 Only the files of the run directory are read (``metrics.json``, ``history.csv``, ``config.yaml`` and,
-when the run recorded it, ``gradients.csv``): no TensorFlow. The arithmetic itself is :func:`judge`, a
-pure function of the metrics, which ``ktk compare``'s verdict column calls through :func:`verdict_of`.
+when the run recorded it, ``gradients.csv``; never ``model.keras``), strictly and within size limits, by
+:mod:`toolkit.lessons.run_files`: no TensorFlow. The arithmetic itself is :func:`judge`, a pure function of
+the metrics, which ``ktk compare``'s verdict column calls through :func:`verdict_of`.
 """
 
 from __future__ import annotations
