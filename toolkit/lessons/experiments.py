@@ -150,19 +150,18 @@ def _claim_default_out(suite: Path) -> Path:
     """A new ``runs/experiments/<suite>/<timestamp>`` folder, made here so that two suites started in the same
     second never share one (the later gets ``<timestamp>-2``)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = DEFAULT_OUT / suite.resolve().name
-    make_dir(base)
-    for number in range(1, 1000):
-        out = base / (stamp if number == 1 else f"{stamp}-{number}")
+    base = make_dir(DEFAULT_OUT / suite.resolve().name)
+    out, number = base / stamp, 1
+    while True:
         try:
-            out.mkdir()
+            out.mkdir()  # exclusive: of two suites making the same folder, one gets FileExistsError
             return out
         except FileExistsError:
-            continue
+            number += 1
+            out = base / f"{stamp}-{number}"
         except OSError as error:
             raise UserError(f"cannot create the directory ({first_line(error)})", where="--out",
                             received=str(out)) from None
-    raise UserError("a thousand suites were started this second", where="--out", received=str(base))
 
 
 def _tune(config: Any, target: Path, verbose: int, progress: Optional[Callable[[str], None]]) -> Path:

@@ -17,7 +17,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, SPLITS, SWEEP_FILE,
