@@ -3,17 +3,16 @@
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
 from toolkit.errors import UserError
+from toolkit.lessons.diagnosis import diagnose, format_diagnosis, verdict_for_run
+from toolkit.results import BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, TRIALS_FILE
 
-from helpers import REPO as ROOT
+from helpers import REPO, ktk, subprocess_env
 
 
 def make_run(path, train, validation, test=None, task="binary", history=None, config=None, gradients=None,
@@ -24,17 +23,17 @@ def make_run(path, train, validation, test=None, task="binary", history=None, co
                "monitor": "val_loss", "seed": 42}
     if test is not None:
         metrics["test"] = {"loss": 0.4, key: test}
-    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / METRICS_FILE).write_text(json.dumps(metrics))
     if history is not None:
-        with (path / "history.csv").open("w", newline="") as handle:
+        with (path / HISTORY_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["epoch", "loss", "val_loss", "learning_rate"])
             for i, (loss, val_loss) in enumerate(history, start=1):
                 writer.writerow([i, loss, val_loss, 0.001])
     if config is not None:
-        (path / "config.yaml").write_text(config)
+        (path / CONFIG_FILE).write_text(config)
     if gradients is not None:
-        with (path / "gradients.csv").open("w", newline="") as handle:
+        with (path / GRADIENTS_FILE).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["epoch", "layer", "grad_norm", "weight_norm"])
             writer.writerows(gradients)
@@ -166,9 +165,9 @@ def test_gradient_flow_vanishing_exploding_and_zeros(tmp_path):
 def test_diverged_run_and_early_stopping(tmp_path):
     run = make_run(tmp_path / "nan", train=0.5, validation=0.5, task="regression", key="mae",
                    history=[(1.0, 1.0), (50.0, 60.0), (float("nan"), float("nan"))])
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / METRICS_FILE).read_text())
     metrics["train"]["mae"] = metrics["validation"]["mae"] = None  # how results.write_json stores NaN
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / METRICS_FILE).write_text(json.dumps(metrics))
     result = diagnose(run)
     assert math.isnan(result.train_error) and result.verdict == "high_bias"
     assert result.note("nan_loss").epoch == 3
@@ -191,9 +190,15 @@ def test_user_errors(tmp_path):
         diagnose(tmp_path / "empty")
     assert verdict_for_run(tmp_path / "empty") == ""
     (tmp_path / "sweep").mkdir()
-    (tmp_path / "sweep" / "trials.csv").write_text("trial_id,status\n")
-    with pytest.raises(UserError, match=r"this is a sweep directory: diagnose its retrained best run, ktk diagnose "):
+    (tmp_path / "sweep" / TRIALS_FILE).write_text("trial_id,status\n")
+    with pytest.raises(UserError, match=r"this is a sweep directory without a retrained best run \(best/ has no "
+                                        r"metrics.json: the sweep has not finished\)"):
         diagnose(tmp_path / "sweep")
+    make_run(tmp_path / "sweep" / BEST_DIR, 0.9, 0.9)
+    with pytest.raises(UserError) as error:
+        diagnose(tmp_path / "sweep")
+    assert str(error.value).startswith("this is a sweep directory: diagnose its retrained best run, ktk diagnose "
+                                       f"{tmp_path / 'sweep' / 'best'};")
     run = make_run(tmp_path / "r", 0.9, 0.9)
     with pytest.raises(UserError, match="--baseline-error: expected a non-negative error; received -0.1"):
         diagnose(run, baseline_error=-0.1)
@@ -214,15 +219,12 @@ def test_verdict_for_run_and_json_and_text(tmp_path):
 
 def test_cli_diagnose_json_and_errors(tmp_path):
     run = make_run(tmp_path / "r", train=0.99, validation=0.80)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "toolkit", "diagnose", str(run), "--format", "json",
-                           "--baseline-error", "0.0"], capture_output=True, text=True, env=env, cwd=ROOT)
+    done = ktk("diagnose", run, "--format", "json", "--baseline-error", "0.0", cwd=REPO)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["verdict"] == "high_variance" and out["baseline_source"] == "flag"
     assert "tensorflow" not in done.stderr.lower()
-    missing = subprocess.run([sys.executable, "-m", "toolkit", "diagnose", str(tmp_path / "none")],
-                             capture_output=True, text=True, env=env, cwd=ROOT)
+    missing = ktk("diagnose", tmp_path / "none", cwd=REPO)
     assert missing.returncode == 2 and missing.stderr.startswith("ktk: error: run directory not found")
     assert "Traceback" not in missing.stderr
 
@@ -231,35 +233,39 @@ def test_diagnose_does_not_import_tensorflow(tmp_path):
     run = make_run(tmp_path / "r", train=0.99, validation=0.80, config="name: r\n")
     code = ("import sys; from toolkit.lessons.diagnosis import verdict_for_run; "
             f"print(verdict_for_run({str(run)!r})); print('tensorflow' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                          cwd=REPO)
     assert done.stdout.split() == ["high_variance", "False"], done.stderr
     # the whole command, with every file it reads: no TensorFlow, and no config schema (pydantic) either
     full = make_run(tmp_path / "full", train=0.99, validation=0.80, config="name: r\ntraining: {epochs: 3}\n",
                     history=[(0.5, 0.6), (0.4, 0.55), (0.3, 0.5)], gradients=[(1, "dense", 0.1, 1.0)])
     code = ("import sys; from toolkit.cli import main; code = main(['diagnose', %r]); "
             "print(code, 'tensorflow' in sys.modules, 'pydantic' in sys.modules)" % str(full))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                          cwd=REPO)
     assert done.stdout.split()[-3:] == ["0", "False", "False"], done.stdout + done.stderr
 
 
 def test_damaged_run_files_are_user_errors(tmp_path):
     cases = {
-        "list": ("metrics.json", b"[1, 2]", "expected a JSON object; received 'list'"),
-        "text value": ("metrics.json", b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
-                       "has a value that is not a number"),
-        "latin-1": ("history.csv", "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), "unreadable file"),
-        "bad yaml": ("config.yaml", b"model: [unclosed\n", "unreadable YAML"),
+        "list": (METRICS_FILE, b"[1, 2]", "expected a JSON object; received 'list'"),
+        "text value": (METRICS_FILE, b'{"train": {"loss": 0.1, "accuracy": "x"}, "task": "binary"}',
+                       "train.accuracy: expected a finite number or null; received 'x'"),
+        "latin-1": (HISTORY_FILE, "epoch,loss\n1,0.5\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 16\)"),
+        "bad yaml": (CONFIG_FILE, b"model: [unclosed\n", "unreadable YAML"),
     }
     for name, (file, content, message) in cases.items():
         run = make_run(tmp_path / name.replace(" ", "-"), 0.9, 0.9)
         (run / file).write_bytes(content)
         with pytest.raises(UserError, match=message):
             diagnose(run)
-    # odd but readable values are tolerated: layers that are not a list, epochs_run that is not a number
+    # config.yaml is a record of the run, not its result: odd but readable values there are tolerated
     run = make_run(tmp_path / "odd", 0.9, 0.9, history=[(0.5, 0.6), (0.4, 0.5), (0.3, 0.45)],
                    config="model: {layers: 5}\ntraining: {epochs: 3}\n")
-    metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps(dict(metrics, epochs_run="x")))
     assert diagnose(run).verdict == "high_bias"
+    # metrics.json's fields that diagnosis uses must have their types
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    (run / METRICS_FILE).write_text(json.dumps(dict(metrics, epochs_run="x")))
+    with pytest.raises(UserError, match="metrics.json: epochs_run: expected a whole number of at least 0, or null; "
+                                        "received 'x'"):
+        diagnose(run)

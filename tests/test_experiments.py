@@ -1,26 +1,24 @@
 """Each experiment suite, shortened, reproduces its lesson's finding; and `ktk experiment` end to end.
 
 The suites run with fewer epochs (and sometimes fewer variants) than their README's full runs; the
-assertions are the lessons' findings, with margins, never recorded numbers.
+assertions are the lessons' findings, with margins, never recorded numbers. Every test that trains is
+marked slow; the checks of the suite folders themselves are fast.
 """
 
+import csv
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from toolkit.config import load_config
-from toolkit.lessons.diagnosis import diagnose
 from toolkit.errors import UserError
+from toolkit.lessons.diagnosis import diagnose
 from toolkit.lessons.experiments import lesson_rows, run_suite, suite_configs
+from toolkit.results import BEST_DIR, HISTORY_FILE, METRICS_FILE, TRIALS_FILE
 
-from helpers import REPO as ROOT
-SUITES = ROOT / "experiments"
+from helpers import REPO, ktk
 
-pytestmark = pytest.mark.slow
+SUITES = REPO / "experiments"
 
 
 def short_suite(tmp_path, suite, epochs, only=None, extra=()):
@@ -42,6 +40,7 @@ def test_every_suite_folder_is_valid():
         assert (SUITES / suite / "README.md").is_file(), suite
 
 
+@pytest.mark.slow
 def test_initialization_zeros_stuck_large_random_huge_loss_he_learns(tmp_path):
     rows, dirs = short_suite(tmp_path, "initialization", 15, extra=["training.monitor.gradients=true"])
     zeros, large, he = rows["zeros"], rows["large_random"], rows["he"]
@@ -57,6 +56,7 @@ def test_initialization_zeros_stuck_large_random_huge_loss_he_learns(tmp_path):
     assert he["mean_loss"] < large["mean_loss"] and he["mean_loss"] < zeros["mean_loss"]
 
 
+@pytest.mark.slow
 def test_regularization_shrinks_variance(tmp_path):
     rows, _ = short_suite(tmp_path, "regularization", 80, only=["none", "l2"])
     none, l2 = rows["none"], rows["l2"]
@@ -65,6 +65,7 @@ def test_regularization_shrinks_variance(tmp_path):
     assert l2["variance"] < none["variance"] - 0.05
 
 
+@pytest.mark.slow
 def test_adaptive_optimizers_converge_fastest(tmp_path):
     rows, _ = short_suite(tmp_path, "optimizers", 25)
     adam = rows["adam"]["mean_loss"]
@@ -74,18 +75,20 @@ def test_adaptive_optimizers_converge_fastest(tmp_path):
     assert adam < 1.15 * rows["rmsprop"]["mean_loss"]
 
 
+@pytest.mark.slow
 def test_learning_rate_decay_settles_lower(tmp_path):
     rows, dirs = short_suite(tmp_path, "learning_rate_decay", 25, only=["constant", "exponential"])
     assert rows["exponential"]["final_loss"] < rows["constant"]["final_loss"]
     assert rows["exponential"]["tail_sd"] < 0.5 * rows["constant"]["tail_sd"]  # settled, not wandering
     from toolkit.results import read_history_csv
 
-    constant_lr = read_history_csv(dirs["constant"] / "history.csv")["learning_rate"]
-    decayed_lr = read_history_csv(dirs["exponential"] / "history.csv")["learning_rate"]
+    constant_lr = read_history_csv(dirs["constant"] / HISTORY_FILE)["learning_rate"]
+    decayed_lr = read_history_csv(dirs["exponential"] / HISTORY_FILE)["learning_rate"]
     assert max(constant_lr) == pytest.approx(min(constant_lr))
     assert decayed_lr[-1] < 0.2 * decayed_lr[0]
 
 
+@pytest.mark.slow
 def test_batchnorm_speeds_up_convergence(tmp_path):
     rows, dirs = short_suite(tmp_path, "batchnorm", 6)
     assert rows["with_batchnorm"]["mean_loss"] < 0.8 * rows["without"]["mean_loss"]
@@ -94,6 +97,7 @@ def test_batchnorm_speeds_up_convergence(tmp_path):
     assert diagnose(dirs["with_batchnorm"]).note("vanishing_gradients") is None
 
 
+@pytest.mark.slow
 def test_input_normalization_speeds_up_convergence(tmp_path):
     rows, dirs = short_suite(tmp_path, "input_normalization", 10, only=["raw", "standardized"])
     raw, standard = rows["raw"], rows["standardized"]
@@ -118,24 +122,25 @@ def test_tuning_suite_is_a_valid_coarse_to_fine_sweep():
         assert wide.low <= narrow.low < narrow.high <= wide.high  # fine zooms into coarse
 
 
+@pytest.mark.slow
 def test_tuning_fine_sweep_stays_in_the_good_region(tmp_path):
     # The coarse sweep's wide ranges hold hopeless corners (a learning rate of 1e-4, an L2 of 0.5); the fine
     # sweep's ranges, drawn from the coarse results, hold none: its worst trial beats the coarse sweep's.
-    import csv
-
     result = run_suite(SUITES / "tuning", out_dir=tmp_path / "tuning",
                        overrides=["training.epochs=4", "search.max_trials=6", "search.trials_per_process=inline"])
     assert [p.name for p in result.sweep_dirs] == ["coarse", "fine"]
     scores = {}
     for sweep in result.sweep_dirs:
-        rows = list(csv.DictReader(open(sweep / "trials.csv", newline="")))
+        with open(sweep / TRIALS_FILE, newline="") as handle:
+            rows = list(csv.DictReader(handle))
         assert len(rows) == 6 and all(r["status"] == "completed" for r in rows)
         scores[sweep.name] = sorted(float(r["score"]) for r in rows)
-        assert (sweep / "best" / "metrics.json").is_file()  # the winner, retrained and tested once
+        assert (sweep / BEST_DIR / METRICS_FILE).is_file()  # the winner, retrained and tested once
     assert scores["fine"][0] > scores["coarse"][0] + 0.1
     assert scores["fine"][-1] >= scores["coarse"][-1] - 0.05
 
 
+@pytest.mark.slow
 def test_cli_experiment_end_to_end_and_errors(tmp_path):
     suite = tmp_path / "suite"
     suite.mkdir()
@@ -144,24 +149,20 @@ def test_cli_experiment_end_to_end_and_errors(tmp_path):
         "training: {epochs: 2}\n")
     (suite / "small.yaml").write_text("extends: base.yaml\n")
     (suite / "wide.yaml").write_text("extends: base.yaml\nmodel: {hidden: [16]}\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "toolkit", "experiment", str(suite), "--out", str(out), "-q"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = ktk("experiment", suite, "--out", out, "-q", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (out / "small" / "metrics.json").is_file() and (out / "wide" / "metrics.json").is_file()
+    assert (out / "small" / METRICS_FILE).is_file() and (out / "wide" / METRICS_FILE).is_file()
     lines = done.stdout.splitlines()
     header = next(line for line in lines if line.startswith("run ") and "mean_loss" in line)
     assert header.split() == ["run", "epochs", "first_loss", "mean_loss", "final_loss", "tail_sd",
                               "best_val_loss", "train_error", "val_error", "verdict", "variance"]
     assert any(line.startswith("small ") for line in lines) and any(line.startswith("wide ") for line in lines)
 
-    again = subprocess.run([sys.executable, "-m", "toolkit", "experiment", str(suite), "--out", str(out)],
-                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    again = ktk("experiment", suite, "--out", out, cwd=tmp_path)
     assert again.returncode == 2
     assert "the output folder already exists and is not empty; results are never overwritten" in again.stderr
-    typo = subprocess.run([sys.executable, "-m", "toolkit", "experiment", str(suite), "--only", "wdie"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    typo = ktk("experiment", suite, "--only", "wdie", cwd=tmp_path)
     assert typo.returncode == 2
     assert typo.stderr.strip() == ("ktk: error: --only: expected a config of the suite; received 'wdie'. "
                                    "Valid choices: small, wide. Did you mean 'wide'?")

@@ -1,10 +1,13 @@
-"""Gradient checking: passes on standard models, fails on a deliberately wrong custom gradient."""
+"""Gradient checking: passes on standard models, fails on a deliberately wrong custom gradient.
+
+The checks that take seconds each (two checks of one model, the command line's TensorFlow subprocesses)
+are marked slow; the fast tier keeps one failing and one passing check.
+"""
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ from toolkit.config import parse_config
 from toolkit.errors import UserError
 from toolkit.lessons.gradcheck import gradient_check, relative_difference, status_for, without_dropout
 
-from helpers import REPO as ROOT
+from helpers import REPO, subprocess_env
+
 MOONS = {"source": "synthetic.moons", "options": {"n_samples": 100, "noise": 0.2}}
 
 
@@ -29,6 +33,7 @@ def test_relative_difference_and_thresholds():
         ["pass", "pass", "warn", "warn", "fail", "fail"]
 
 
+@pytest.mark.slow
 def test_dense_with_l2_and_dropout_passes_in_float64():
     import keras
 
@@ -44,6 +49,7 @@ def test_dense_with_l2_and_dropout_passes_in_float64():
     assert plain.cost < result.cost - 1e-3
 
 
+@pytest.mark.slow
 def test_batchnorm_model_passes_and_sampling_limits_parameters():
     cfg = config({"hidden": [8, 4], "batchnorm": True, "activation": "tanh"}, data={"source": "sklearn.iris"})
     result = gradient_check(cfg, samples=16)
@@ -105,8 +111,9 @@ def test_random_cost_is_a_user_error():
         gradient_check(config({"hidden": [2]}), epsilon=0)
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_json(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))  # the custom layers
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text(json.dumps({"data": MOONS, "model": WRONG}))
     done = subprocess.run([sys.executable, "-m", "toolkit", "gradcheck", str(wrong)], capture_output=True,
@@ -124,6 +131,7 @@ def test_cli_exit_status_and_json(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_large_regression_cost_passes_with_a_scaled_step():
     cfg = config({"hidden": [4], "regularizer": {"l1": 0.001, "l2": 0.001}}, data={"source": "sklearn.diabetes"})
     result = gradient_check(cfg)

@@ -1,11 +1,16 @@
 """The gradient-flow monitor: gradients.csv's content, its correctness, and that it changes no training."""
 
 import csv
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from toolkit.config import parse_config
+from toolkit.results import GRADIENTS_FILE, HISTORY_FILE, MODEL_FILE
+
+from helpers import REPO, subprocess_env
 
 RAW = {"name": "mon", "seed": 3,
        "data": {"source": "synthetic.circles", "options": {"n_samples": 200, "noise": 0.1, "factor": 0.5}},
@@ -28,7 +33,7 @@ def test_monitored_run_writes_gradients_csv_and_trains_exactly_as_unmonitored(tm
 
     config = parse_config(RAW)
     monitored = run(config, out_dir=tmp_path / "on", verbose=0)
-    path = monitored.run_dir / "gradients.csv"
+    path = monitored.run_dir / GRADIENTS_FILE
     with open(path) as handle:
         assert handle.readline().strip() == "epoch,layer,grad_norm,weight_norm"
     rows = read_rows(path)
@@ -37,7 +42,7 @@ def test_monitored_run_writes_gradients_csv_and_trains_exactly_as_unmonitored(tm
     assert all(float(r["grad_norm"]) > 0 and np.isfinite(float(r["weight_norm"])) for r in rows)
 
     # The last epoch's weight norms are those of the saved model (restore_best_weights: false).
-    model = keras.models.load_model(monitored.run_dir / "model.keras")
+    model = keras.models.load_model(monitored.run_dir / MODEL_FILE)
     for row in rows[-len(layers):]:
         weights = model.get_layer(row["layer"]).trainable_weights
         expected = np.sqrt(sum(float(np.sum(np.square(w.numpy()))) for w in weights))
@@ -45,8 +50,8 @@ def test_monitored_run_writes_gradients_csv_and_trains_exactly_as_unmonitored(tm
 
     # Measuring gradients moves nothing: batch-norm statistics, dropout masks and weights are as without it.
     plain = run(config.with_values({"training.monitor.gradients": False}), out_dir=tmp_path / "off", verbose=0)
-    assert not (plain.run_dir / "gradients.csv").exists()
-    assert read_history_csv(monitored.run_dir / "history.csv") == read_history_csv(plain.run_dir / "history.csv")
+    assert not (plain.run_dir / GRADIENTS_FILE).exists()
+    assert read_history_csv(monitored.run_dir / HISTORY_FILE) == read_history_csv(plain.run_dir / HISTORY_FILE)
 
 
 def test_recorded_norms_are_the_gradient_of_the_full_cost(tmp_path):
@@ -63,10 +68,10 @@ def test_recorded_norms_are_the_gradient_of_the_full_cost(tmp_path):
     keras.utils.set_random_seed(0)
     model = build_model(config, data)
     compile_model(model, config, data)
-    callback = gradient_monitor(config, data, tmp_path / "gradients.csv")
+    callback = gradient_monitor(config, data, tmp_path / GRADIENTS_FILE)
     callback.set_model(model)
     callback.on_train_begin()
-    rows = read_rows(tmp_path / "gradients.csv")
+    rows = read_rows(tmp_path / GRADIENTS_FILE)
     assert [r["layer"] for r in rows] == ["dense_1", "output"] and {r["epoch"] for r in rows} == {"0"}
 
     x, y = data.x_train[:PROBE_EXAMPLES], data.y_train[:PROBE_EXAMPLES]
@@ -82,13 +87,10 @@ def test_recorded_norms_are_the_gradient_of_the_full_cost(tmp_path):
         assert float(row["grad_norm"]) == pytest.approx(expected, rel=1e-5)
 
     callback.on_epoch_end(0)
-    assert [r["epoch"] for r in read_rows(tmp_path / "gradients.csv")] == ["0", "0", "1", "1"]
+    assert [r["epoch"] for r in read_rows(tmp_path / GRADIENTS_FILE)] == ["0", "0", "1", "1"]
 
 
 def test_importing_the_monitor_does_not_import_tensorflow():
-    import subprocess
-    import sys
-
     code = "import sys, toolkit.lessons.monitor; print('tensorflow' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), cwd=REPO)
     assert done.stdout.strip() == "False", done.stderr

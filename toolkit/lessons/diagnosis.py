@@ -12,20 +12,22 @@ Classification errors are ``1 - accuracy``. Regression uses its error metric (``
 compiled; else the loss) and judges the gaps relative to the errors themselves, since they have units.
 
 Only the files of the run directory are read (``metrics.json``, ``history.csv``, ``config.yaml`` and,
-when the run recorded it, ``gradients.csv``): no TensorFlow. The arithmetic itself is :func:`judge`, a
-pure function of the metrics, which ``ktk compare``'s verdict column calls through :func:`verdict_of`.
+when the run recorded it, ``gradients.csv``; never ``model.keras``), strictly and within size limits, by
+:mod:`toolkit.lessons.run_files`: no TensorFlow. The arithmetic itself is :func:`judge`, a pure function of
+the metrics, which ``ktk compare``'s verdict column calls through :func:`verdict_of`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from toolkit.errors import UserError
+from toolkit.lessons.run_files import (check_run_dir, read_config, read_gradient_rows, read_history_rows,
+                                       read_metrics)
+from toolkit.results import CONFIG_FILE, METRICS_FILE
 
 VERDICTS = ("high_bias", "high_variance", "high_bias_and_variance", "ok")
 
@@ -165,36 +167,10 @@ class Diagnosis:
 
 
 def _round(value: Optional[float], digits: int = 6) -> Optional[float]:
-    if value is None:
+    """A figure for JSON: rounded, and null when it is not finite (JSON has no NaN or Infinity)."""
+    if value is None or not math.isfinite(value):
         return None
-    return round(float(value), digits) if math.isfinite(value) else float(value)
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise UserError(f"unreadable JSON ({error.msg} at line {error.lineno})", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"unreadable file ({_reason(error)})", file=str(path)) from None
-    if not isinstance(data, dict):
-        raise UserError(expected="a JSON object", received=type(data).__name__, file=str(path))
-    return data
-
-
-def _read_csv(path: Path) -> List[Dict[str, str]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"unreadable file ({_reason(error)})", file=str(path)) from None
-
-
-def _reason(error: Exception) -> str:
-    return getattr(error, "strerror", None) or str(error).splitlines()[0]
+    return round(float(value), digits)
 
 
 def _number(text: Any) -> float:
@@ -204,24 +180,12 @@ def _number(text: Any) -> float:
         return math.nan
 
 
-def _check_run_dir(run_dir: Union[str, Path]) -> Path:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError("run directory not found" if not path.exists() else "not a directory",
-                        expected="a run directory written by ktk run", received=str(path))
-    if not (path / "metrics.json").is_file() and (path / "trials.csv").is_file():
-        raise UserError("this is a sweep directory: diagnose its retrained best run, "
-                        f"ktk diagnose {path / 'best'}", expected="a run directory written by ktk run",
-                        received=str(path))
-    if not (path / "metrics.json").is_file():
-        raise UserError("no metrics.json in the run directory (an unfinished or failed run?)",
-                        expected="a run directory written by ktk run", received=str(path))
-    return path
+# ------------------------------------------------------------------------------------------ reading
 
 
 @dataclass
 class _RunFacts:
-    """What diagnosis needs from the run's config.yaml and model.keras (all optional)."""
+    """What diagnosis needs from the run's config.yaml and metrics.json besides the figures (all optional)."""
 
     baseline_error: Optional[float] = None
     epochs: Optional[int] = None  # training.epochs: a run that ended before it was stopped early
@@ -230,51 +194,40 @@ class _RunFacts:
 
 
 def _run_facts(path: Path, metrics: Dict[str, Any]) -> _RunFacts:
+    # num_classes has been in metrics.json since runs recorded it: model.keras (a zip archive that can be
+    # made to unpack to gigabytes) is never opened. An older multiclass run simply gets no chance-level notes.
     facts = _RunFacts(num_classes=metrics.get("num_classes"))
-    config_file = path / "config.yaml"
-    if config_file.is_file():
-        import yaml
-
-        from toolkit.results import read_yaml
-
-        try:
-            raw = read_yaml(config_file) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise UserError(f"unreadable YAML ({_reason(error)})", file=str(config_file)) from None
-        if not isinstance(raw, dict):
-            raise UserError(expected="a mapping of config sections", received=raw, file=str(config_file))
-        section = raw.get("diagnose")
-        value = section.get("baseline_error") if isinstance(section, dict) else None
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(where="diagnose.baseline_error", expected="a number", received=value,
-                                file=str(config_file))
-            facts.baseline_error = float(value)
-        training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
-        epochs = training.get("epochs")
-        if isinstance(epochs, int) and not isinstance(epochs, bool):
-            facts.epochs = epochs
-        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-        layers = model.get("layers") if isinstance(model.get("layers"), list) else []
-        specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in layers if isinstance(layer, dict)]
-        facts.regularized = any(isinstance(spec, dict) and (spec.get("l1") or spec.get("l2")) for spec in specs)
-    if facts.num_classes is None and metrics.get("task") == "multiclass":
-        facts.num_classes = _output_units(path / "model.keras")
+    raw = read_config(path)
+    if raw is None:
+        return facts
+    config_file = str(path / CONFIG_FILE)
+    section = raw.get("diagnose")
+    value = section.get("baseline_error") if isinstance(section, dict) else None
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(where="diagnose.baseline_error", expected="a number",
+                            received=value if isinstance(value, str) else type(value).__name__, file=config_file)
+        facts.baseline_error = float(value)
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    epochs = training.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        facts.epochs = epochs
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    layers = model.get("layers") if isinstance(model.get("layers"), list) else []
+    specs = [model.get("regularizer")] + [layer.get("regularizer") for layer in layers if isinstance(layer, dict)]
+    facts.regularized = any(isinstance(spec, dict) and bool(spec.get("l1") or spec.get("l2")) for spec in specs)
     return facts
 
 
-def _output_units(model_file: Path) -> Optional[int]:
-    """Units of the model's last Dense layer, read from model.keras's config.json (no TensorFlow)."""
-    import zipfile
-
+def _flag_number(value: Any, where: str, expected: str) -> float:
+    """A number given to :func:`diagnose` from Python (the command line parses its flags as floats)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(where=where, expected=expected, received=value if isinstance(value, str)
+                        else type(value).__name__)
     try:
-        with zipfile.ZipFile(model_file) as archive:
-            config = json.loads(archive.read("config.json"))
-        layers = config["config"]["layers"]
-        units = [layer["config"]["units"] for layer in layers if layer.get("class_name") == "Dense"]
-        return int(units[-1]) if units else None
-    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
-        return None
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -297,10 +250,16 @@ def _error_metric(metrics: Dict[str, Any], task: str) -> Tuple[str, str, bool]:
 
 
 def _split_error(metrics: Dict[str, Any], split: str, key: str, complement: bool) -> Optional[float]:
+    """The error on a split, None when the split lacks the metric. Raises TypeError for a value that is not a number."""
     values = metrics.get(split) or {}
-    if key not in values:
+    if not isinstance(values, dict) or key not in values:
         return None
-    value = math.nan if values[key] is None else float(values[key])  # JSON has no NaN: a diverged run has null
+    value = values[key]
+    if value is None:
+        value = math.nan  # JSON has no NaN: a diverged run has null
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{split}.{key} is not a number")
+    value = float(value)
     return 1.0 - value if complement else value
 
 
@@ -382,32 +341,34 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     Raises:
         UserError: the folder is not a finished run directory, or its files are unreadable.
     """
-    path = _check_run_dir(run_dir)
-    metrics = _read_json(path / "metrics.json")
-    if not isinstance(metrics.get("train"), dict) or not metrics["train"]:
-        raise UserError("metrics.json has no training results", expected='a "train" section',
-                        file=str(path / "metrics.json"))
+    path = check_run_dir(run_dir)
+    metrics = read_metrics(path)
     task = str(metrics.get("task") or "unknown")
     _, error_name, _ = _error_metric(metrics, task)
 
     facts = _run_facts(path, metrics)
     if baseline_error is not None:
-        baseline, source = float(baseline_error), "flag"
+        baseline, source = _flag_number(baseline_error, "--baseline-error", "a non-negative error"), "flag"
     elif facts.baseline_error is not None:
         baseline, source = facts.baseline_error, "config"
     else:
         baseline, source = 0.0, "default"
     if baseline < 0 or not math.isfinite(baseline):
         raise UserError(where="--baseline-error" if source == "flag" else "diagnose.baseline_error",
-                        expected="a non-negative error", received=baseline)
-    if tolerance is not None and (tolerance < 0 or not math.isfinite(tolerance)):
-        raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
+                        expected="a non-negative error", received=baseline,
+                        file=None if source == "flag" else str(path / CONFIG_FILE))
+    if tolerance is not None:
+        tolerance = _flag_number(tolerance, "--tolerance", "a non-negative gap")
+        if tolerance < 0 or not math.isfinite(tolerance):
+            raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
 
     try:
-        figures = judge(metrics, task, baseline, tolerance)
-    except (TypeError, ValueError):
-        raise UserError(f"metrics.json has a value that is not a number in its {error_name} results",
-                        expected="numbers (or null)", file=str(path / "metrics.json")) from None
+        figures = judge(metrics, task, baseline, tolerance)  # read_metrics checked every value it uses
+    except KeyError:
+        raise UserError(f"no metric in the training results to take an error from", where="train",
+                        expected="accuracy, a regression error (mae, mse, ...) or the loss",
+                        received=", ".join(str(name) for name in list(metrics["train"])[:20]),
+                        file=str(path / METRICS_FILE)) from None
     train, val, test = figures.train_error, figures.validation_error, figures.test_error
     mismatch, var_tol_mismatch, verdict = figures.mismatch, figures.mismatch_tolerance, figures.verdict
     notes: List[Note] = []
@@ -427,14 +388,14 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
             MISMATCH_REMEDIES,
         ))
 
-    history_file = path / "history.csv"
-    if history_file.is_file():
-        notes.extend(curve_notes(_read_csv(history_file), task=task, epochs_run=metrics.get("epochs_run"),
+    history = read_history_rows(path)
+    if history is not None:
+        notes.extend(curve_notes(history, task=task, epochs_run=metrics.get("epochs_run"),
                                  configured_epochs=facts.epochs, num_classes=facts.num_classes,
                                  regularized=facts.regularized))
-    gradients_file = path / "gradients.csv"
-    if gradients_file.is_file():
-        notes.extend(gradient_notes(_read_csv(gradients_file)))
+    gradients = read_gradient_rows(path)
+    if gradients is not None:
+        notes.extend(gradient_notes(gradients))
 
     return Diagnosis(
         run_dir=str(path), task=task, error_name=error_name, train_error=train, validation_error=val,
@@ -578,7 +539,7 @@ def _chance_loss(task: str, num_classes: Optional[int]) -> Optional[float]:
     """Cross-entropy of guessing uniformly: ln 2 for binary, ln K for K classes."""
     if task == "binary":
         return math.log(2)
-    if task == "multiclass" and num_classes:
+    if task == "multiclass" and num_classes and num_classes >= 2:
         return math.log(int(num_classes))
     return None
 

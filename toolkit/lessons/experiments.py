@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 from toolkit.errors import UserError
-from toolkit.results import check_new_dir, make_dir
+from toolkit.lessons.run_files import columns, first_line, read_history_rows
+from toolkit.results import BEST_DIR, METRICS_FILE, check_new_dir, make_dir
 
 DEFAULT_OUT = Path("runs") / "experiments"
 TAIL = 10  # epochs at the end whose training-loss spread is reported (tail_sd)
@@ -46,8 +47,8 @@ class SuiteResult:
         out = []
         for path in [self.out_dir / name for name in self.names]:
             if path in self.sweep_dirs:
-                if (path / "best" / "metrics.json").is_file():
-                    out.append(path / "best")
+                if (path / BEST_DIR / METRICS_FILE).is_file():
+                    out.append(path / BEST_DIR)
             else:
                 out.append(path)
         return out
@@ -56,11 +57,16 @@ class SuiteResult:
 def suite_configs(suite: Union[str, Path]) -> List[Path]:
     """The variant configs of a suite folder, sorted by name (``base*`` and ``_*`` files excluded)."""
     path = Path(suite)
-    if not path.is_dir():
-        raise UserError("suite folder not found" if not path.exists() else "not a folder",
-                        expected="a folder of configs, e.g. experiments/initialization", received=str(path))
-    configs = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
-                     and not p.name.startswith(("base", "_")))
+    expected = "a folder of configs, e.g. experiments/initialization"
+    try:
+        if not path.is_dir():
+            raise UserError("suite folder not found" if not path.exists() else "not a folder", expected=expected,
+                            received=str(path))
+        configs = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+                         and not p.name.startswith(("base", "_")))
+    except (OSError, ValueError) as error:  # unreadable, a name too long, a NUL byte in the path
+        raise UserError(f"cannot read the suite folder ({first_line(error)})", expected=expected,
+                        received=str(path)) from None
     if not configs:
         raise UserError("the suite folder holds no configs", expected="one or more *.yaml files besides base.yaml",
                         received=str(path))
@@ -104,13 +110,15 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
         configs = [p for p in configs if p.stem in only]
     overrides = list(overrides)
     loaded = [load_config(p, overrides=overrides) for p in configs]  # every mistake before any training
-    if out_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = DEFAULT_OUT / suite_path.resolve().name / stamp
-    else:
-        out = Path(out_dir)
-    check_new_dir(out, "output folder")
-    make_dir(out)  # an impossible --out is said before anything trains
+    for config_path, config in zip(configs, loaded):
+        if config.search is not None:  # a sweep's search section too, not after the variants before it trained
+            from toolkit.search import parse_search
+
+            try:
+                parse_search(config)
+            except UserError as error:
+                raise error.at(file=str(config_path)) from None
+    out = _claim_default_out(suite_path) if out_dir is None else _check_out(Path(out_dir))
 
     result = SuiteResult(suite=suite_path, out_dir=out)
     for number, (config_path, config) in enumerate(zip(configs, loaded), start=1):
@@ -129,6 +137,33 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
     return result
 
 
+def _check_out(out: Path) -> Path:
+    """`out` created, when it is new or empty and can be made; said before anything trains."""
+    try:
+        check_new_dir(out, "output folder")
+        return make_dir(out)
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte in the path
+        raise UserError(f"cannot use the folder ({first_line(error)})", where="--out", received=str(out)) from None
+
+
+def _claim_default_out(suite: Path) -> Path:
+    """A new ``runs/experiments/<suite>/<timestamp>`` folder, made here so that two suites started in the same
+    second never share one (the later gets ``<timestamp>-2``)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = make_dir(DEFAULT_OUT / suite.resolve().name)
+    out, number = base / stamp, 1
+    while True:
+        try:
+            out.mkdir()  # exclusive: of two suites making the same folder, one gets FileExistsError
+            return out
+        except FileExistsError:
+            number += 1
+            out = base / f"{stamp}-{number}"
+        except OSError as error:
+            raise UserError(f"cannot create the directory ({first_line(error)})", where="--out",
+                            received=str(out)) from None
+
+
 def _tune(config: Any, target: Path, verbose: int, progress: Optional[Callable[[str], None]]) -> Path:
     from toolkit.sweeps import tune
 
@@ -137,13 +172,6 @@ def _tune(config: Any, target: Path, verbose: int, progress: Optional[Callable[[
 
 
 # --------------------------------------------------------------------------------- lesson figures
-
-
-def _history(run_dir: Path) -> Dict[str, List[float]]:
-    from toolkit.results import read_history_csv
-
-    path = run_dir / "history.csv"
-    return read_history_csv(path) if path.is_file() else {}
 
 
 def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
@@ -159,10 +187,10 @@ def lesson_rows(run_dirs: Sequence[Union[str, Path]], names: Optional[Sequence[s
     rows = []
     for i, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
-        history = _history(run_dir)
+        diagnosis = diagnose(run_dir)  # first: it refuses a damaged run directory with a clear message
+        history = columns(read_history_rows(run_dir) or [])
         loss = history.get("loss", [])
         val_loss = [v for v in history.get("val_loss", []) if math.isfinite(v)]
-        diagnosis = diagnose(run_dir)
         rows.append({
             "run": names[i] if names else run_dir.name,
             "epochs": len(loss),

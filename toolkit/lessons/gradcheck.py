@@ -58,8 +58,9 @@ class LayerCheck:
     grad_norm: float  # ||g_auto|| over the checked parameters
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"layer": self.layer, "difference": float(self.difference), "status": self.status,
-                "checked": self.checked, "parameters": self.parameters, "grad_norm": float(self.grad_norm)}
+        """Plain data for ``--format json`` (a figure that is not finite is null: JSON has no NaN)."""
+        return {"layer": self.layer, "difference": _json_number(self.difference), "status": self.status,
+                "checked": self.checked, "parameters": self.parameters, "grad_norm": _json_number(self.grad_norm)}
 
 
 @dataclass
@@ -94,10 +95,15 @@ class GradcheckResult:
         return failing[-1].layer if failing else None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"status": self.status, "difference": float(self.difference), "suspect": self.suspect,
-                "samples": self.samples, "epsilon": self.epsilon, "cost": self.cost, "checked": self.checked,
-                "parameters": self.parameters, "layers": [c.to_dict() for c in self.layers],
-                "notes": list(self.notes)}
+        """Plain data for ``--format json`` (a figure that is not finite is null: JSON has no NaN)."""
+        return {"status": self.status, "difference": _json_number(self.difference), "suspect": self.suspect,
+                "samples": self.samples, "epsilon": _json_number(self.epsilon), "cost": _json_number(self.cost),
+                "checked": self.checked, "parameters": self.parameters,
+                "layers": [c.to_dict() for c in self.layers], "notes": list(self.notes)}
+
+
+def _json_number(value: float) -> Optional[float]:
+    return float(value) if np.isfinite(value) else None
 
 
 def format_gradcheck(result: GradcheckResult, top: int = 5) -> str:
@@ -199,8 +205,7 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     import tensorflow as tf
 
     from toolkit.data import load_data
-    from toolkit.models import build_model
-    from toolkit.training import compile_model
+    from toolkit.training import prepare_model
 
     checked_config = without_dropout(config)
     if data is None:
@@ -211,9 +216,7 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     try:
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(checked_config, data)
-        compile_model(model, checked_config, data)
+        model = prepare_model(checked_config, data, seed=config.seed)
         x = tf.constant(np.asarray(data.x_train[:samples], dtype=np.float64))
         y_np = np.asarray(data.y_train[:samples])
         y = tf.constant(y_np if data.task == "multiclass" else y_np.astype(np.float64))
@@ -310,19 +313,20 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
     floor_per_parameter = 10 * np.finfo(np.float64).eps * max(abs(j0), 1.0) / epsilon
     checks = []
     notes = []
-    for layer in layer_order:
-        idx = chosen[layer]
-        total = int(sum(len(part) for part in index_by_layer[layer]))
-        diff = relative_difference(g_auto[idx], g_num[idx])
-        status = status_for(diff)
-        absolute = float(np.linalg.norm(g_auto[idx] - g_num[idx]))
-        if status != "pass" and np.isfinite(absolute) and absolute < floor_per_parameter * np.sqrt(len(idx)):
-            status = "pass"
-            notes.append(f"layer {layer!r}: backpropagation and finite differences differ by {absolute:.1e}, "
-                         f"within the round-off of finite differences "
-                         f"({floor_per_parameter * np.sqrt(len(idx)):.1e}); its relative difference "
-                         f"({diff:.1e}) is not meaningful")
-        checks.append(LayerCheck(layer, diff, status, int(len(idx)), total, float(np.linalg.norm(g_auto[idx]))))
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged cost: inf/NaN figures, reported as such
+        for layer in layer_order:
+            idx = chosen[layer]
+            total = int(sum(len(part) for part in index_by_layer[layer]))
+            diff = relative_difference(g_auto[idx], g_num[idx])
+            status = status_for(diff)
+            absolute = float(np.linalg.norm(g_auto[idx] - g_num[idx]))
+            if status != "pass" and np.isfinite(absolute) and absolute < floor_per_parameter * np.sqrt(len(idx)):
+                status = "pass"
+                notes.append(f"layer {layer!r}: backpropagation and finite differences differ by {absolute:.1e}, "
+                             f"within the round-off of finite differences "
+                             f"({floor_per_parameter * np.sqrt(len(idx)):.1e}); its relative difference "
+                             f"({diff:.1e}) is not meaningful")
+            checks.append(LayerCheck(layer, diff, status, int(len(idx)), total, float(np.linalg.norm(g_auto[idx]))))
     every = every_chosen
     overall = relative_difference(g_auto[every], g_num[every])
     ranks = ["pass", "warn", "fail"]
@@ -336,8 +340,9 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
 
 def relative_difference(g_auto: np.ndarray, g_num: np.ndarray) -> float:
     """||g_auto - g_num|| / (||g_auto|| + ||g_num||); 0 when both gradients are zero."""
-    numerator = float(np.linalg.norm(g_auto - g_num))
-    denominator = float(np.linalg.norm(g_auto) + np.linalg.norm(g_num))
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged cost gives inf/NaN: reported, not warned
+        numerator = float(np.linalg.norm(g_auto - g_num))
+        denominator = float(np.linalg.norm(g_auto) + np.linalg.norm(g_num))
     if denominator == 0.0:
         return 0.0 if numerator == 0.0 else float("inf")
     return numerator / denominator

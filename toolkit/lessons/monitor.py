@@ -12,6 +12,7 @@ gradients.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from pathlib import Path
@@ -19,7 +20,9 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-COLUMNS = ("epoch", "layer", "grad_norm", "weight_norm")
+from toolkit.lessons.run_files import GRADIENT_COLUMNS
+from toolkit.results import atomic_write_text
+
 PROBE_EXAMPLES = 256  # training examples the gradient is measured on
 
 
@@ -40,14 +43,9 @@ def gradient_monitor(config: Any, data: Any, path: Union[str, Path]) -> Any:
     return _monitor_class()(x, y, Path(path))
 
 
-_CLASS: Optional[type] = None
-
-
+@functools.lru_cache(maxsize=None)
 def _monitor_class() -> type:
     """The callback class, defined on first use so that importing this module does not import Keras."""
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
     import keras
     import tensorflow as tf
 
@@ -100,15 +98,12 @@ def _monitor_class() -> type:
                                   "weight_norm": math.sqrt(w2)})
             _write(self.path, self.rows)
 
-    _CLASS = GradientMonitor
-    return _CLASS
+    return GradientMonitor
 
 
 def _write(path: Path, rows: List[Dict[str, Any]]) -> None:
-    from toolkit.results import atomic_write_text
-
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=GRADIENT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})  # nan, inf too
