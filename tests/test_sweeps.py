@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import subprocess_env
 from toolkit import data as data_module
-from toolkit import sweeps, training
+from toolkit import training
 from toolkit.cli import main
 from toolkit.config import load_config, parse_config
 from toolkit.errors import UserError
-from toolkit.sweeps import tune
-
-REPO = Path(__file__).resolve().parents[1]
+from toolkit.search import parse_search
+from toolkit.sweeps import format_trials_csv, runner, trial_rows, tune
+from toolkit.sweeps.lock import SweepLock, process_start
 
 pytestmark = [
     pytest.mark.slow,
@@ -83,7 +84,7 @@ def test_random_sweep_through_the_cli(random_sweep):
     assert any(line.startswith("sweep ") and "3 trials completed, 0 failed" in line for line in lines)
     assert any(line.startswith("  best retrained, test: ") for line in lines)
     assert sorted(p.name for p in out.iterdir()) == [
-        "best", "config.yaml", "histories", "records", "sweep.json", "top", "trials.csv", "tuner"]
+        ".ktk-sweep", "best", "config.yaml", "histories", "records", "sweep.json", "top", "trials.csv", "tuner"]
 
 
 def test_trials_csv_follows_the_contract(random_sweep):
@@ -136,7 +137,7 @@ def test_best_is_a_normal_run_of_the_best_trial(random_sweep):
 def test_a_finished_sweep_returns_at_once_without_retesting(random_sweep, monkeypatch):
     out, _, _ = random_sweep
     calls = []
-    monkeypatch.setattr(sweeps, "run_trial_task", lambda task, data: calls.append(task))
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: calls.append(task))
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: calls.append(a))
     result = tune(load_config(out / "config.yaml"), out_dir=out)
     assert calls == [] and result.completed == 3 and result.resumed == 3
@@ -176,7 +177,7 @@ def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
 
 def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatch):
     seen_by_trials, evaluated, loads = [], [], []
-    real_task, real_evaluate, real_load = sweeps.run_trial_task, training.evaluate, data_module.load_data
+    real_task, real_evaluate, real_load = runner.run_trial_task, training.evaluate, data_module.load_data
 
     def spy_task(task, data):
         seen_by_trials.append(len(data.y_test))
@@ -186,7 +187,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
         evaluated.append(split)
         return real_evaluate(model, config, data, split)
 
-    monkeypatch.setattr(sweeps, "run_trial_task", spy_task)
+    monkeypatch.setattr(runner, "run_trial_task", spy_task)
     monkeypatch.setattr(training, "evaluate", spy_evaluate)
     monkeypatch.setattr(data_module, "load_data", lambda config: loads.append(1) or real_load(config))
     config = sweep_config(tmp_path, {"tuner": "quasi_random", "objective": "val_accuracy", "max_trials": 3,
@@ -234,7 +235,7 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
     config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 4, "trials_per_process": "inline",
                                      "space": {"model.dropout": {"float": [0.0, 0.5]}}})
     out = tmp_path / "sweep"
-    finished, real_task = [], sweeps.run_trial_task
+    finished, real_task = [], runner.run_trial_task
 
     def crash_in_third_trial(task, data):
         if len(finished) == 2:
@@ -243,14 +244,14 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
         finished.append(task["trial_id"])
         return outcome
 
-    monkeypatch.setattr(sweeps, "run_trial_task", crash_in_third_trial)
+    monkeypatch.setattr(runner, "run_trial_task", crash_in_third_trial)
     with pytest.raises(KeyboardInterrupt):
         tune(config, out_dir=out)
     before = {r["trial_id"]: r for r in read_csv(out / "trials.csv")}
     assert sorted(before) == sorted(finished) and len(before) == 2
     assert not (out / ".lock").exists()
 
-    monkeypatch.setattr(sweeps, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
                         real_task(task, data))
     result = tune(config, out_dir=out)
     rows = read_csv(out / "trials.csv")
@@ -265,7 +266,7 @@ def test_resume_refuses_a_changed_search_space(tmp_path):
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump(
-        dict(config.to_dict(), search=sweeps.parse_search(config).to_dict()), sort_keys=False))
+        dict(config.to_dict(), search=parse_search(config).to_dict()), sort_keys=False))
     (out / "records").mkdir()
     changed = sweep_config(tmp_path, {"max_trials": 1, "space": {"model.dropout": {"float": [0.0, 0.3]}}})
     with pytest.raises(UserError) as caught:
@@ -280,7 +281,7 @@ def test_resume_refuses_a_changed_search_space(tmp_path):
                                         r"now 5\)"):
         tune(epochs, out_dir=out)
     # More trials is not a change of the search: the same space resumes (nothing else is checked here).
-    assert sweeps.parse_search(config).identity() == sweeps.parse_search(
+    assert parse_search(config).identity() == parse_search(
         sweep_config(tmp_path, {"max_trials": 9, "space": {"model.dropout": {"float": [0.0, 0.5]}}})).identity()
 
 
@@ -289,7 +290,7 @@ def test_a_killed_sweep_resumes_past_its_stale_lock(tmp_path):
     path.write_text(yaml.safe_dump(dict(IRIS, search={
         "max_trials": 3, "trials_per_process": 1, "space": {"model.dropout": {"float": [0.0, 0.5]}}})))
     out = tmp_path / "sweep"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     process = subprocess.Popen([sys.executable, "-m", "toolkit", "tune", str(path), "--out", str(out)],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -317,7 +318,7 @@ def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
-                "process_start": sweeps._process_start(holder.pid), "tuner_id": None}
+                "process_start": process_start(holder.pid), "tuner_id": None}
         (out / ".lock").write_text(json.dumps(lock))
         with pytest.raises(UserError) as caught:
             tune(config, out_dir=out)
@@ -330,7 +331,7 @@ def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     # Its process is gone now: the lock is stale and is taken over.
-    with sweeps._SweepLock(out, "single") as taken:
+    with SweepLock(out) as taken:
         assert json.loads(taken.path.read_text())["pid"] == os.getpid()
     assert not (out / ".lock").exists()
 
@@ -347,15 +348,15 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_sweep(tmp_path):
 
 
 def test_trials_csv_has_a_worker_column_in_distributed_mode():
-    spec = sweeps.parse_search(parse_config(dict(IRIS, search={"space": SPACE})))
-    rows = sweeps.trial_rows([
+    spec = parse_search(parse_config(dict(IRIS, search={"space": SPACE})))
+    rows = trial_rows([
         {"trial_id": "1", "status": "completed", "score": 0.5, "values": {"model.hidden.0": 8},
          "train": {"loss": 1.0}, "validation": {"loss": 1.1}, "epochs": 2, "best_epoch": 2, "params": 10,
          "started": "t", "duration_s": 1.0, "worker": "tuner1"},
         {"trial_id": "0", "status": "failed", "values": {"model.hidden.0": 4}, "message": "diverged",
          "started": "t", "duration_s": 0.5, "worker": "tuner0"},
     ], spec)
-    text = sweeps.format_trials_csv(rows, spec)
+    text = format_trials_csv(rows, spec)
     assert text.splitlines() == [
         "trial_id,status,score,model.hidden.0,training.optimizer.name,training.optimizer.momentum,train.loss,"
         "validation.loss,epochs,best_epoch,params,started,duration_s,message,worker",
@@ -373,7 +374,7 @@ def test_a_script_without_a_main_guard_can_tune(tmp_path):
         "import toolkit\n"
         f"result = toolkit.tune(toolkit.load_config({str(config.source)!r}), out_dir='sweep')\n"
         "print('statuses', sorted(t['status'] for t in result.trials))\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env = subprocess_env()
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
