@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,11 +22,8 @@ from toolkit.search import parse_search
 from toolkit.sweeps import format_trials_csv, runner, trial_rows, tune
 from toolkit.sweeps.lock import SweepLock, process_start
 
-pytestmark = [
-    pytest.mark.slow,
-    # keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
-    pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning"),
-]
+# keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
+pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
 
 IRIS = {
     "name": "iris-sweep",
@@ -73,6 +69,7 @@ def random_sweep(tmp_path_factory):
     return out, status, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_random_sweep_through_the_cli(random_sweep):
     out, status, printed = random_sweep
     assert status == 0
@@ -87,6 +84,7 @@ def test_random_sweep_through_the_cli(random_sweep):
         ".ktk-sweep", "best", "config.yaml", "histories", "records", "sweep.json", "top", "trials.csv", "tuner"]
 
 
+@pytest.mark.slow
 def test_trials_csv_follows_the_contract(random_sweep):
     out, _, _ = random_sweep
     rows = read_csv(out / "trials.csv")
@@ -111,6 +109,7 @@ def test_trials_csv_follows_the_contract(random_sweep):
         assert float(row["duration_s"]) > 0 and row["started"].endswith("+00:00")
 
 
+@pytest.mark.slow
 def test_best_is_a_normal_run_of_the_best_trial(random_sweep):
     out, _, _ = random_sweep
     rows = read_csv(out / "trials.csv")
@@ -134,6 +133,7 @@ def test_best_is_a_normal_run_of_the_best_trial(random_sweep):
     assert resolved["search"]["trials_per_process"] == 2 and resolved["training"]["steps_per_execution"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_returns_at_once_without_retesting(random_sweep, monkeypatch):
     out, _, _ = random_sweep
     calls = []
@@ -144,6 +144,7 @@ def test_a_finished_sweep_returns_at_once_without_retesting(random_sweep, monkey
     assert result.best_run.run_dir == out / "best"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tuner, extra, planned", [
     ("grid", {"max_trials": 3}, 3),
     ("bayesian", {"max_trials": 3, "num_initial_points": 2, "executions_per_trial": 2}, 3),
@@ -175,6 +176,7 @@ def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
         assert all(r["epochs"] == r["training.epochs"] for r in rows)
 
 
+@pytest.mark.slow
 def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatch):
     seen_by_trials, evaluated, loads = [], [], []
     real_task, real_evaluate, real_load = runner.run_trial_task, training.evaluate, data_module.load_data
@@ -206,6 +208,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------ failures
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     config = sweep_config(tmp_path, {"tuner": "grid", "objective": "val_accuracy", "trials_per_process": "inline",
                                      "space": {"training.optimizer.learning_rate": {"choice": [0.02, 1.0e+30]}}})
@@ -218,6 +221,7 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.best["trial_id"] == rows[0]["trial_id"] and result.failed == 1
 
 
+@pytest.mark.slow
 def test_failures_in_a_row_stop_the_search_with_the_reason(tmp_path, capsys):
     config = sweep_config(tmp_path, {"tuner": "grid", "max_consecutive_failures": 2, "trials_per_process": "inline",
                                      "space": {"training.optimizer.learning_rate": {"choice": [1.0e+30, 1.0e+31]}}})
@@ -231,6 +235,7 @@ def test_failures_in_a_row_stop_the_search_with_the_reason(tmp_path, capsys):
 # -------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path, monkeypatch):
     config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 4, "trials_per_process": "inline",
                                      "space": {"model.dropout": {"float": [0.0, 0.5]}}})
@@ -247,8 +252,9 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
     monkeypatch.setattr(runner, "run_trial_task", crash_in_third_trial)
     with pytest.raises(KeyboardInterrupt):
         tune(config, out_dir=out)
-    before = {r["trial_id"]: r for r in read_csv(out / "trials.csv")}
+    before = {r["trial_id"]: r for r in read_csv(out / "trials.csv")}  # rebuilt at the stop
     assert sorted(before) == sorted(finished) and len(before) == 2
+    assert {p.stem for p in (out / "records").glob("*.json")} == set(before)
     assert not (out / ".lock").exists()
 
     monkeypatch.setattr(runner, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
@@ -259,6 +265,36 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
     assert sorted(finished) == ["0", "1", "2", "3"]  # each completed exactly once
     for trial_id, row in before.items():  # finished trials are kept as they were
         assert rows[int(trial_id)] == row
+
+
+@pytest.mark.slow
+def test_a_trial_recorded_just_before_a_stop_is_not_run_again(tmp_path, monkeypatch):
+    # Stopped after ktk recorded trial 1 but before keras-tuner heard of its end: a resume must not run it again.
+    import keras_tuner
+
+    config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 3, "trials_per_process": "inline",
+                                     "space": {"model.dropout": {"float": [0.0, 0.5]}}})
+    out = tmp_path / "sweep"
+    ran, real_task = [], runner.run_trial_task
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: ran.append(task["trial_id"]) or
+                        real_task(task, data))
+    real_end = keras_tuner.engine.base_tuner.BaseTuner.on_trial_end
+
+    def stop_before_the_second_end(tuner, trial):
+        if trial.trial_id == "1":
+            raise KeyboardInterrupt
+        real_end(tuner, trial)
+
+    monkeypatch.setattr(keras_tuner.engine.base_tuner.BaseTuner, "on_trial_end", stop_before_the_second_end)
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, out_dir=out)
+    assert [r["trial_id"] for r in read_csv(out / "trials.csv")] == ["0", "1"]  # the table has both records
+    monkeypatch.setattr(keras_tuner.engine.base_tuner.BaseTuner, "on_trial_end", real_end)
+    lines = []
+    result = tune(config, out_dir=out, progress=lines.append)
+    assert ran == ["0", "1", "2"] and result.resumed == 2 and result.completed == 3
+    assert "resuming the sweep in" in lines[0] and lines[0].endswith("2 of 3 trials already done")
+    assert [line.split(":")[0] for line in lines if line.startswith("trial ")] == ["trial 3/3 (id 2)"]
 
 
 def test_resume_refuses_a_changed_search_space(tmp_path):
@@ -285,6 +321,7 @@ def test_resume_refuses_a_changed_search_space(tmp_path):
         sweep_config(tmp_path, {"max_trials": 9, "space": {"model.dropout": {"float": [0.0, 0.5]}}})).identity()
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_past_its_stale_lock(tmp_path):
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(dict(IRIS, search={
@@ -365,6 +402,7 @@ def test_trials_csv_has_a_worker_column_in_distributed_mode():
     ]
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_can_tune(tmp_path):
     # multiprocessing re-runs the main script in new processes; the trial workers must not, or a script
     # calling tune() at top level (no `if __name__ == "__main__":`) would start its sweep in every worker

@@ -326,30 +326,29 @@ def servicer_class() -> type:
 
     service = compat.protos().get_service()
 
-    class Servicer(compat.oracle_servicer_class()):
+    base = compat.oracle_servicer_class()
+
+    def locked(name: str) -> Callable:
+        call = getattr(base, name)
+
+        def method(self, request, context):
+            with self.chief.lock:
+                return call(self, request, context)
+
+        method.__name__ = name
+        return method
+
+    class Servicer(base):
         def __init__(self, chief: Chief):
             super().__init__(chief.oracle)
             self.chief = chief
 
-        def GetSpace(self, request, context):
-            with self.chief.lock:
-                return super().GetSpace(request, context)
-
-        def UpdateSpace(self, request, context):
-            with self.chief.lock:
-                return super().UpdateSpace(request, context)
-
-        def GetTrial(self, request, context):
-            with self.chief.lock:
-                return super().GetTrial(request, context)
-
-        def UpdateTrial(self, request, context):
-            with self.chief.lock:
-                return super().UpdateTrial(request, context)
-
-        def GetBestTrials(self, request, context):
-            with self.chief.lock:
-                return super().GetBestTrials(request, context)
+        # keras-tuner's own answers, one call at a time (as its one-thread server did)
+        GetSpace = locked("GetSpace")
+        UpdateSpace = locked("UpdateSpace")
+        GetTrial = locked("GetTrial")
+        UpdateTrial = locked("UpdateTrial")
+        GetBestTrials = locked("GetBestTrials")
 
         def CreateTrial(self, request, context):
             chief, tuner_id = self.chief, request.tuner_id

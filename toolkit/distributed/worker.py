@@ -7,6 +7,7 @@ chief's :class:`~toolkit.distributed.supervisor.Supervisor` (:func:`worker_proce
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -183,7 +184,7 @@ def worker_process_main(argv: Optional[List[str]] = None) -> int:
     if args.parent:
         watch_parent(args.parent)
     # TensorFlow (through keras-tuner) first: a worker started early imports it while the chief loads.
-    import keras_tuner  # imported for its side effect: TensorFlow loads now
+    importlib.import_module("keras_tuner")
 
     try:
         run_worker(None, chief=parse_address(args.chief, flag="--chief"), worker_id=args.worker_id,

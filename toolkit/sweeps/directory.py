@@ -8,6 +8,7 @@ nothing is deleted. Every check here only reads; :func:`prepare` is the first wr
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -84,12 +85,16 @@ def kind_of(path: Path) -> str:
     """
     try:
         exists, is_dir = path.exists(), path.is_dir()
-    except OSError as error:  # e.g. a name too long, a parent that is a file
+        if not exists:
+            _check_creatable(path)
+    except OSError as error:  # e.g. a name too long
         raise UserError(f"cannot use this path ({error.strerror or error})", where="--out",
                         received=str(path)) from None
     if exists and not is_dir:
         raise UserError("this is a file, not a directory", where="--out",
                         expected="a new or empty directory, or an existing sweep", received=str(path))
+    if exists and not os.access(path, os.W_OK | os.X_OK):
+        raise UserError("the directory is not writable", where="--out", received=str(path))
     names = set(entries(path))
     if not names:
         return NEW
@@ -101,6 +106,19 @@ def kind_of(path: Path) -> str:
     if CONFIG_FILE in names and names & {TUNER_DIR, RECORDS_DIR}:
         return UNMARKED_SWEEP
     return OTHER
+
+
+def _check_creatable(path: Path) -> None:
+    """Raises if `path` (absent) could not be created: a part of it is a file, or its folder is not writable."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot use this path ({parent} is a file, not a directory)", where="--out",
+                        received=str(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the directory ({parent} is not writable)", where="--out",
+                        received=str(path))
 
 
 def check(sweep_dir: Path, config: Any, spec: Any, *, overwrite: bool) -> str:

@@ -48,6 +48,16 @@ class SweepLock:
         self.path = lock_path(self.dir, tuner_id)
         self.owned = False
 
+    def check_free(self) -> None:
+        """Refuses now, without writing anything, if a running process holds the directory.
+
+        Raises:
+            UserError: naming that process.
+        """
+        if self.dir.is_dir():
+            for other in [*self._others(), self.path]:
+                self._refuse_if_alive(other)
+
     def __enter__(self) -> "SweepLock":
         make_dir(self.dir)
         for other in self._others():

@@ -136,7 +136,7 @@ def check_record(data: Any, trial_id: str) -> Dict[str, Any]:
         ValueError: saying what is wrong with it.
     """
     if not isinstance(data, dict):
-        raise ValueError(f"a {type(data).__name__}, not a trial record")
+        raise ValueError(f"a JSON {_json_kind(data)}, not a trial record")
     if str(data.get("trial_id")) != trial_id or not isinstance(data.get("trial_id"), (str, int)):
         raise ValueError(f"its trial_id is {_short(data.get('trial_id'))}, not {trial_id!r}")
     if data.get("status") not in STATUSES:
@@ -172,6 +172,14 @@ def failure_record(trial_id: str, values: Dict[str, Any], message: str, worker: 
     if worker:
         record[WORKER_COLUMN] = worker
     return record
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {list: "list", str: "string", int: "number", float: "number"}.get(type(value), type(value).__name__)
 
 
 def _is_number_or_none(value: Any) -> bool:

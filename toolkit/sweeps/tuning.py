@@ -149,6 +149,8 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
         raise UserError("workers never delete the shared sweep directory; use --overwrite on the chief",
                         where="--overwrite")
     directory.check(sweep_dir, config, spec, overwrite=overwrite)  # only reads
+    lock = SweepLock(sweep_dir, None if role.kind == SINGLE else role.tuner_id)
+    lock.check_free()  # (taken below, once everything is checked)
     base = config.with_values({"search": None})  # trials and best/ are plain runs
     runner = runners.make_runner(spec.trials_per_process)
     finished = False
@@ -158,7 +160,7 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
         data_cache = DataCache()
         with _quiet_tensorflow(verbose):
             check_with_keras(spec, base, data_cache.get(base))
-            with SweepLock(sweep_dir, None if role.kind == SINGLE else role.tuner_id):
+            with lock:
                 directory.prepare(sweep_dir, config, spec, overwrite=overwrite, write_config=role.kind != WORKER)
                 sweep = _Sweep(spec, base, sweep_dir, data_cache, runner, verbose=verbose, say=say, role=role)
                 try:
