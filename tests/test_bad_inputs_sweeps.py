@@ -24,7 +24,7 @@ from toolkit.results import SWEEP_MARKER
 from toolkit.search import parse_search
 from toolkit.sweeps import directory, keras_tuner_compat as compat, read_trials, trial_rows
 from toolkit.sweeps.lock import SweepLock
-from toolkit.sweeps.records import MAX_RECORD_BYTES, Records, format_trials_csv
+from toolkit.sweeps.records import MAX_RECORD_BYTES, Records, format_trials_csv, trials_csv_text
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
 
@@ -277,6 +277,22 @@ def test_trials_are_listed_by_number_whatever_the_width_of_their_ids(tmp_path):
     assert [r["trial_id"] for r in rows] == expected
     table = list(csv.DictReader(format_trials_csv(rows, spec).splitlines()))
     assert [r["trial_id"] for r in table] == expected
+
+
+def test_readers_get_a_trials_table_that_is_never_behind_the_records(tmp_path):
+    sweep = fake_sweep(tmp_path / "sweep")  # its trials.csv lists trial 0
+    assert trials_csv_text(sweep) == (sweep / "trials.csv").read_text()
+    # a trial recorded after trials.csv was written (a process killed before it rewrote the table)
+    write_record(sweep / "records", "1.json", json.dumps(GOOD))
+    os.utime(sweep / "trials.csv", ns=(0, 0))
+    table = list(csv.DictReader(trials_csv_text(sweep).splitlines()))
+    assert [(r["trial_id"], r["status"], r["model.dropout"]) for r in table] == [
+        ("0", "failed", ""), ("1", "completed", "0.1")]
+    (sweep / "trials.csv").unlink()
+    assert len(list(csv.DictReader(trials_csv_text(sweep).splitlines()))) == 2
+    (sweep / "config.yaml").write_text("search: 3\n")
+    with pytest.raises(ValueError, match=r"^config.yaml cannot be read \(TypeError"):
+        trials_csv_text(sweep)
 
 
 def test_a_damaged_or_foreign_lock_is_refused_with_a_message(tmp_path):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from toolkit.results import SPLITS, TRIALS_FILE
 from toolkit.summary import format_metric
+from toolkit.sweeps.records import param_columns
 
 if TYPE_CHECKING:
     from toolkit.sweeps.tuning import SweepResult
@@ -32,8 +33,6 @@ def format_progress(*, done: int, planned: Optional[int], trial_id: Any, worker:
 
 def format_sweep_summary(result: "SweepResult") -> str:
     """A few lines for the end of `ktk tune`: counts, the best trial, its test metrics, the paths."""
-    from toolkit.sweeps.records import param_columns
-
     spec = result.spec
     lines = ["", f"sweep {result.sweep_dir}: {result.completed} trials completed, {result.failed} failed "
                  f"({spec.tuner} search, objective {spec.objective.name}, {spec.objective.direction})"]

@@ -285,6 +285,34 @@ def write_trials_csv(sweep_dir: Path, records: Sequence[Dict[str, Any]], spec: "
     return rows
 
 
+def trials_csv_text(sweep_dir: PathLike) -> str:
+    """The text of a sweep's trials.csv, rebuilt from ``records/`` when the file is missing or older than a record.
+
+    For readers (compare, report): ktk rewrites trials.csv after every trial and at every stop, but a process
+    killed outright (``kill -9``, a power cut) can leave it one trial behind. Reads config.yaml as plain YAML
+    (no config schema, no Keras).
+
+    Raises:
+        ValueError: config.yaml or its search section cannot be read (when a rebuild is needed).
+    """
+    from types import SimpleNamespace
+
+    from toolkit.results import CONFIG_FILE, read_yaml
+
+    sweep_dir = Path(sweep_dir)
+    if trials_csv_is_current(sweep_dir):
+        try:
+            return (sweep_dir / TRIALS_FILE).read_text(encoding="utf-8")
+        except OSError:
+            pass  # removed meanwhile: rebuilt below
+    try:
+        search = (read_yaml(sweep_dir / CONFIG_FILE) or {}).get("search") or {}
+        spec = SimpleNamespace(paths=[str(p) for p in search["space"]], tuner=search.get("tuner"))
+    except Exception as error:  # any unreadable config.yaml: the reader says which sweep and why
+        raise ValueError(f"{CONFIG_FILE} cannot be read ({type(error).__name__}: {error})") from None
+    return format_trials_csv(trial_rows(read_trials(sweep_dir), spec), spec)
+
+
 def trials_csv_is_current(sweep_dir: PathLike) -> bool:
     """Whether trials.csv exists and is no older than every record (else it can be rebuilt from them)."""
     sweep_dir = Path(sweep_dir)
