@@ -166,7 +166,8 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
                 try:
                     result = sweep.run()
                 finally:
-                    sweep.write_table()  # at every stop: trials.csv lists what records/ holds
+                    with contextlib.suppress(OSError):  # (never hiding why the sweep stopped)
+                        sweep.write_table()  # at every stop: trials.csv lists what records/ holds
         finished = True
         return result
     finally:
