@@ -26,6 +26,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # this checkout's toolkit, imported below
+
+from toolkit.distributed.supervisor import WORKERS_FILE
+from toolkit.results import LOGS_DIR
+from toolkit.sweeps.runner import rss_mb
+
 CONFIG = HERE / "distributed_digits.yaml"
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -46,13 +52,6 @@ def group_rss_mb(pgid):
     return total_kb / 1024
 
 
-def rss_mb(pid):
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB / 1024
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def sweep(work, name, trials, workers, sample_memory=False):
     """Runs one `ktk tune` and returns its timings (and memory samples)."""
     out = work / name
@@ -71,7 +70,7 @@ def sweep(work, name, trials, workers, sample_memory=False):
     def sample():
         while not done.wait(0.5):
             try:
-                pids = json.loads((out / "logs" / "workers.json").read_text())
+                pids = json.loads((out / LOGS_DIR / WORKERS_FILE).read_text())
             except (OSError, ValueError):
                 pids = {}
             now = time.perf_counter() - start

@@ -57,14 +57,11 @@ def base_config(trials: int, epochs: int, trials_per_process: Any) -> Dict[str, 
     }
 
 
-def rss_mb(pid: Any = "self") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:  # the process ended meanwhile
-        return 0.0
-    return 0.0
+def rss_mb(pid: Any = None) -> float:
+    """Resident memory (MB) of a process, this one by default; 0 when it ended meanwhile."""
+    from toolkit.sweeps.runner import rss_mb as process_rss_mb
+
+    return process_rss_mb(pid) or 0.0
 
 
 def tree_rss_mb() -> float:

@@ -8,25 +8,22 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import subprocess_env
 from toolkit import data as data_module
-from toolkit import sweeps, training
+from toolkit import training
 from toolkit.cli import main
 from toolkit.config import load_config, parse_config
 from toolkit.errors import UserError
-from toolkit.sweeps import tune
+from toolkit.search import parse_search
+from toolkit.sweeps import format_trials_csv, runner, trial_rows, tune
+from toolkit.sweeps.lock import SweepLock, process_start
 
-REPO = Path(__file__).resolve().parents[1]
-
-pytestmark = [
-    pytest.mark.slow,
-    # keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
-    pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning"),
-]
+# keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
+pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
 
 IRIS = {
     "name": "iris-sweep",
@@ -72,6 +69,7 @@ def random_sweep(tmp_path_factory):
     return out, status, printed.getvalue()
 
 
+@pytest.mark.slow
 def test_random_sweep_through_the_cli(random_sweep):
     out, status, printed = random_sweep
     assert status == 0
@@ -83,9 +81,10 @@ def test_random_sweep_through_the_cli(random_sweep):
     assert any(line.startswith("sweep ") and "3 trials completed, 0 failed" in line for line in lines)
     assert any(line.startswith("  best retrained, test: ") for line in lines)
     assert sorted(p.name for p in out.iterdir()) == [
-        "best", "config.yaml", "histories", "records", "sweep.json", "top", "trials.csv", "tuner"]
+        ".ktk-sweep", "best", "config.yaml", "histories", "records", "sweep.json", "top", "trials.csv", "tuner"]
 
 
+@pytest.mark.slow
 def test_trials_csv_follows_the_contract(random_sweep):
     out, _, _ = random_sweep
     rows = read_csv(out / "trials.csv")
@@ -110,6 +109,7 @@ def test_trials_csv_follows_the_contract(random_sweep):
         assert float(row["duration_s"]) > 0 and row["started"].endswith("+00:00")
 
 
+@pytest.mark.slow
 def test_best_is_a_normal_run_of_the_best_trial(random_sweep):
     out, _, _ = random_sweep
     rows = read_csv(out / "trials.csv")
@@ -133,16 +133,18 @@ def test_best_is_a_normal_run_of_the_best_trial(random_sweep):
     assert resolved["search"]["trials_per_process"] == 2 and resolved["training"]["steps_per_execution"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_finished_sweep_returns_at_once_without_retesting(random_sweep, monkeypatch):
     out, _, _ = random_sweep
     calls = []
-    monkeypatch.setattr(sweeps, "run_trial_task", lambda task, data: calls.append(task))
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: calls.append(task))
     monkeypatch.setattr(training, "evaluate", lambda *a, **k: calls.append(a))
     result = tune(load_config(out / "config.yaml"), out_dir=out)
     assert calls == [] and result.completed == 3 and result.resumed == 3
     assert result.best_run.run_dir == out / "best"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tuner, extra, planned", [
     ("grid", {"max_trials": 3}, 3),
     ("bayesian", {"max_trials": 3, "num_initial_points": 2, "executions_per_trial": 2}, 3),
@@ -174,9 +176,10 @@ def test_each_tuner_end_to_end(tmp_path, tuner, extra, planned):
         assert all(r["epochs"] == r["training.epochs"] for r in rows)
 
 
+@pytest.mark.slow
 def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatch):
     seen_by_trials, evaluated, loads = [], [], []
-    real_task, real_evaluate, real_load = sweeps.run_trial_task, training.evaluate, data_module.load_data
+    real_task, real_evaluate, real_load = runner.run_trial_task, training.evaluate, data_module.load_data
 
     def spy_task(task, data):
         seen_by_trials.append(len(data.y_test))
@@ -186,7 +189,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
         evaluated.append(split)
         return real_evaluate(model, config, data, split)
 
-    monkeypatch.setattr(sweeps, "run_trial_task", spy_task)
+    monkeypatch.setattr(runner, "run_trial_task", spy_task)
     monkeypatch.setattr(training, "evaluate", spy_evaluate)
     monkeypatch.setattr(data_module, "load_data", lambda config: loads.append(1) or real_load(config))
     config = sweep_config(tmp_path, {"tuner": "quasi_random", "objective": "val_accuracy", "max_trials": 3,
@@ -205,6 +208,7 @@ def test_quasi_random_sweep_and_the_test_split_is_used_once(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------------ failures
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     config = sweep_config(tmp_path, {"tuner": "grid", "objective": "val_accuracy", "trials_per_process": "inline",
                                      "space": {"training.optimizer.learning_rate": {"choice": [0.02, 1.0e+30]}}})
@@ -217,6 +221,7 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.best["trial_id"] == rows[0]["trial_id"] and result.failed == 1
 
 
+@pytest.mark.slow
 def test_failures_in_a_row_stop_the_search_with_the_reason(tmp_path, capsys):
     config = sweep_config(tmp_path, {"tuner": "grid", "max_consecutive_failures": 2, "trials_per_process": "inline",
                                      "space": {"training.optimizer.learning_rate": {"choice": [1.0e+30, 1.0e+31]}}})
@@ -230,11 +235,12 @@ def test_failures_in_a_row_stop_the_search_with_the_reason(tmp_path, capsys):
 # -------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path, monkeypatch):
     config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 4, "trials_per_process": "inline",
                                      "space": {"model.dropout": {"float": [0.0, 0.5]}}})
     out = tmp_path / "sweep"
-    finished, real_task = [], sweeps.run_trial_task
+    finished, real_task = [], runner.run_trial_task
 
     def crash_in_third_trial(task, data):
         if len(finished) == 2:
@@ -243,14 +249,15 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
         finished.append(task["trial_id"])
         return outcome
 
-    monkeypatch.setattr(sweeps, "run_trial_task", crash_in_third_trial)
+    monkeypatch.setattr(runner, "run_trial_task", crash_in_third_trial)
     with pytest.raises(KeyboardInterrupt):
         tune(config, out_dir=out)
-    before = {r["trial_id"]: r for r in read_csv(out / "trials.csv")}
+    before = {r["trial_id"]: r for r in read_csv(out / "trials.csv")}  # rebuilt at the stop
     assert sorted(before) == sorted(finished) and len(before) == 2
+    assert {p.stem for p in (out / "records").glob("*.json")} == set(before)
     assert not (out / ".lock").exists()
 
-    monkeypatch.setattr(sweeps, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
                         real_task(task, data))
     result = tune(config, out_dir=out)
     rows = read_csv(out / "trials.csv")
@@ -260,12 +267,42 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
         assert rows[int(trial_id)] == row
 
 
+@pytest.mark.slow
+def test_a_trial_recorded_just_before_a_stop_is_not_run_again(tmp_path, monkeypatch):
+    # Stopped after ktk recorded trial 1 but before keras-tuner heard of its end: a resume must not run it again.
+    import keras_tuner
+
+    config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 3, "trials_per_process": "inline",
+                                     "space": {"model.dropout": {"float": [0.0, 0.5]}}})
+    out = tmp_path / "sweep"
+    ran, real_task = [], runner.run_trial_task
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: ran.append(task["trial_id"]) or
+                        real_task(task, data))
+    real_end = keras_tuner.engine.base_tuner.BaseTuner.on_trial_end
+
+    def stop_before_the_second_end(tuner, trial):
+        if trial.trial_id == "1":
+            raise KeyboardInterrupt
+        real_end(tuner, trial)
+
+    monkeypatch.setattr(keras_tuner.engine.base_tuner.BaseTuner, "on_trial_end", stop_before_the_second_end)
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, out_dir=out)
+    assert [r["trial_id"] for r in read_csv(out / "trials.csv")] == ["0", "1"]  # the table has both records
+    monkeypatch.setattr(keras_tuner.engine.base_tuner.BaseTuner, "on_trial_end", real_end)
+    lines = []
+    result = tune(config, out_dir=out, progress=lines.append)
+    assert ran == ["0", "1", "2"] and result.resumed == 2 and result.completed == 3
+    assert "resuming the sweep in" in lines[0] and lines[0].endswith("2 of 3 trials already done")
+    assert [line.split(":")[0] for line in lines if line.startswith("trial ")] == ["trial 3/3 (id 2)"]
+
+
 def test_resume_refuses_a_changed_search_space(tmp_path):
     config = sweep_config(tmp_path, {"max_trials": 1, "space": {"model.dropout": {"float": [0.0, 0.5]}}})
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump(
-        dict(config.to_dict(), search=sweeps.parse_search(config).to_dict()), sort_keys=False))
+        dict(config.to_dict(), search=parse_search(config).to_dict()), sort_keys=False))
     (out / "records").mkdir()
     changed = sweep_config(tmp_path, {"max_trials": 1, "space": {"model.dropout": {"float": [0.0, 0.3]}}})
     with pytest.raises(UserError) as caught:
@@ -280,16 +317,17 @@ def test_resume_refuses_a_changed_search_space(tmp_path):
                                         r"now 5\)"):
         tune(epochs, out_dir=out)
     # More trials is not a change of the search: the same space resumes (nothing else is checked here).
-    assert sweeps.parse_search(config).identity() == sweeps.parse_search(
+    assert parse_search(config).identity() == parse_search(
         sweep_config(tmp_path, {"max_trials": 9, "space": {"model.dropout": {"float": [0.0, 0.5]}}})).identity()
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_past_its_stale_lock(tmp_path):
     path = tmp_path / "kill.yaml"
     path.write_text(yaml.safe_dump(dict(IRIS, search={
         "max_trials": 3, "trials_per_process": 1, "space": {"model.dropout": {"float": [0.0, 0.5]}}})))
     out = tmp_path / "sweep"
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     process = subprocess.Popen([sys.executable, "-m", "toolkit", "tune", str(path), "--out", str(out)],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -317,7 +355,7 @@ def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
-                "process_start": sweeps._process_start(holder.pid), "tuner_id": None}
+                "process_start": process_start(holder.pid), "tuner_id": None}
         (out / ".lock").write_text(json.dumps(lock))
         with pytest.raises(UserError) as caught:
             tune(config, out_dir=out)
@@ -330,7 +368,7 @@ def test_a_second_sweep_in_the_same_directory_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     # Its process is gone now: the lock is stale and is taken over.
-    with sweeps._SweepLock(out, "single") as taken:
+    with SweepLock(out) as taken:
         assert json.loads(taken.path.read_text())["pid"] == os.getpid()
     assert not (out / ".lock").exists()
 
@@ -347,15 +385,15 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_sweep(tmp_path):
 
 
 def test_trials_csv_has_a_worker_column_in_distributed_mode():
-    spec = sweeps.parse_search(parse_config(dict(IRIS, search={"space": SPACE})))
-    rows = sweeps.trial_rows([
+    spec = parse_search(parse_config(dict(IRIS, search={"space": SPACE})))
+    rows = trial_rows([
         {"trial_id": "1", "status": "completed", "score": 0.5, "values": {"model.hidden.0": 8},
          "train": {"loss": 1.0}, "validation": {"loss": 1.1}, "epochs": 2, "best_epoch": 2, "params": 10,
          "started": "t", "duration_s": 1.0, "worker": "tuner1"},
         {"trial_id": "0", "status": "failed", "values": {"model.hidden.0": 4}, "message": "diverged",
          "started": "t", "duration_s": 0.5, "worker": "tuner0"},
     ], spec)
-    text = sweeps.format_trials_csv(rows, spec)
+    text = format_trials_csv(rows, spec)
     assert text.splitlines() == [
         "trial_id,status,score,model.hidden.0,training.optimizer.name,training.optimizer.momentum,train.loss,"
         "validation.loss,epochs,best_epoch,params,started,duration_s,message,worker",
@@ -364,6 +402,7 @@ def test_trials_csv_has_a_worker_column_in_distributed_mode():
     ]
 
 
+@pytest.mark.slow
 def test_a_script_without_a_main_guard_can_tune(tmp_path):
     # multiprocessing re-runs the main script in new processes; the trial workers must not, or a script
     # calling tune() at top level (no `if __name__ == "__main__":`) would start its sweep in every worker
@@ -373,7 +412,7 @@ def test_a_script_without_a_main_guard_can_tune(tmp_path):
         "import toolkit\n"
         f"result = toolkit.tune(toolkit.load_config({str(config.source)!r}), out_dir='sweep')\n"
         "print('statuses', sorted(t['status'] for t in result.trials))\n")
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env = subprocess_env()
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

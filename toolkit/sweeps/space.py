@@ -10,20 +10,14 @@ import functools
 from typing import Any, List, Mapping
 
 from toolkit.search import SEQUENCES, Param, SearchSpec
+from toolkit.sweeps.keras_tuner_compat import check_version, is_duplicate, max_collisions, parent_condition
 
 
 def hyperparameter(param: Param, space: Mapping[str, Param]) -> Any:
     """The keras-tuner hyperparameter object of `param`, with one parent condition per ``when`` key."""
     from keras_tuner.engine import hyperparameters as hp_types
-    from keras_tuner.src.engine import conditions
 
-    # keras-tuner 1.4.8's Parent.to_proto prints its first value (a leftover debug line), so a distributed
-    # sweep would print e.g. "sgd" for every conditional trial it sends. Shadowing `print` in that one
-    # module silences it without touching sys.stdout (which the chief's gRPC threads share).
-    conditions.print = lambda *args, **kwargs: None
-    parents = [
-        conditions.Parent(parent, [space[parent].encode(v) for v in vals]) for parent, vals in param.when
-    ]
+    parents = [parent_condition(parent, [space[parent].encode(v) for v in vals]) for parent, vals in param.when]
     if param.kind == "int":
         return hp_types.Int(param.path, int(param.low), int(param.high),
                             step=None if param.step is None else int(param.step),
@@ -82,7 +76,9 @@ def __getattr__(name: str) -> Any:
 def quasi_random_oracle_class() -> type:
     """The quasi-random keras-tuner Oracle class (built on first use so keras-tuner loads lazily)."""
     import keras_tuner
-    from keras_tuner.src.engine import trial as trial_module
+    from keras_tuner.engine.trial import TrialStatus
+
+    check_version()  # it relies on two private names of keras-tuner's Oracle
 
     class QuasiRandomOracle(keras_tuner.Oracle):
         """Quasi-random search: trial k takes point k of a scrambled Halton or Sobol sequence.
@@ -130,16 +126,16 @@ def quasi_random_oracle_class() -> type:
 
         def populate_space(self, trial_id):
             space = self.hyperparameters.space
-            for _ in range(self._max_collisions + 1):
+            for _ in range(max_collisions(self) + 1):
                 point = self._next_point(max(1, len(space)))
                 hps = keras_tuner.HyperParameters()
                 for coordinate, hp in zip(point, space):
                     hps.merge([hp])
                     if hps.is_active(hp):
                         hps.values[hp.name] = hp.prob_to_value(min(coordinate, 1.0 - 1e-12))
-                if not self._duplicate(hps.values):
-                    return {"status": trial_module.TrialStatus.RUNNING, "values": hps.values}
-            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+                if not is_duplicate(self, hps.values):
+                    return {"status": TrialStatus.RUNNING, "values": hps.values}
+            return {"status": TrialStatus.STOPPED, "values": None}
 
         def get_state(self):
             state = super().get_state()

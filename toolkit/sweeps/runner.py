@@ -1,0 +1,306 @@
+"""Running one trial, in this process or in a trial worker process that is replaced every N trials.
+
+A trial is trained exactly as ``ktk run`` trains: :func:`toolkit.training.prepare_model` (seed, build,
+compile), then :func:`toolkit.training.fit`. What is particular to a trial is only its bookkeeping: the
+history file, the score at the objective's best epoch, the mean over executions, and that it never raises
+(a crash is the trial's failure, recorded with its reason).
+
+Trials run in a worker process replaced every ``search.trials_per_process`` trials, because TensorFlow keeps
+several MB per trial that no ``clear_session`` returns; ``trials_per_process: inline`` runs them in the
+sweep's own process (:class:`InlineRunner`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from toolkit.errors import UserError
+from toolkit.sweeps.formatting import last_line, shorten
+from toolkit.sweeps.keras_tuner_compat import main_module_not_rerun
+from toolkit.sweeps.records import COMPLETED, FAILED
+
+# Imported once by the fork server, so that forked workers start with them loaded.
+WORKER_PRELOAD = ("tensorflow", "keras", "toolkit.sweeps.runner", "toolkit.training", "toolkit.models",
+                  "toolkit.data")
+
+
+def run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+    """Builds, compiles and fits one trial config as a single run does; never raises.
+
+    Args:
+        task: ``trial_id``, ``config`` (resolved dict), ``source``, ``executions``, ``objective``
+            ([name, direction]), ``history_dir``, ``verbose``, ``free_memory``.
+        data: the trial's data set (without its test split).
+
+    Returns:
+        ``{"status": "completed", "score", "train", "validation", "epochs", "best_epoch", "params"}``,
+        or ``{"status": "failed", "message", "traceback"?}``.
+    """
+    try:
+        return _run_trial_task(task, data)
+    except UserError as error:
+        return {"status": FAILED, "message": f"invalid configuration: {error}"}
+    except MemoryError:
+        return {"status": FAILED, "message": "out of memory (MemoryError)"}
+    except Exception as error:  # a trial's crash is recorded with its reason; the sweep goes on
+        name = type(error).__name__
+        text = last_line(str(error)) or name
+        if name == "ResourceExhaustedError" or "OOM" in text:
+            text = f"out of memory: {text}"
+        return {"status": FAILED, "message": f"{name}: {shorten(text, 300)}", "traceback": traceback.format_exc()}
+
+
+def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+    import keras
+
+    from toolkit import training
+    from toolkit.config import parse_config
+    from toolkit.metrics import best_index
+    from toolkit.results import history_logger
+
+    config = parse_config(task["config"], source=task["source"])
+    objective, direction = task["objective"]
+    executions = []
+    fit_seconds = 0.0
+    for execution in range(task["executions"]):
+        suffix = "" if execution == 0 else f".execution{execution + 1}"
+        history_path = Path(task["history_dir"]) / f"{task['trial_id']}{suffix}.csv"
+        # Python's full garbage collection (free_memory) costs ~0.5 s per trial once TensorFlow is loaded;
+        # a recycled worker process gives its memory back anyway.
+        keras.backend.clear_session(free_memory=task.get("free_memory", True))
+        model = training.prepare_model(config, data, seed=config.seed + execution)  # executions differ in init only
+        logger = history_logger(history_path)
+        fit_started = time.perf_counter()
+        training.fit(model, config, data, callbacks=[logger, stop_on_nan_class()()], verbose=task["verbose"],
+                     keep_best=False)
+        fit_seconds += time.perf_counter() - fit_started
+        history = logger.history
+        losses = history.get("loss", [])
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None or not losses:
+            return {"status": FAILED, "message": f"diverged: the training loss became NaN or infinite in "
+                                                 f"epoch {(bad or 0) + 1}; try a smaller learning rate"}
+        if objective not in history:
+            names = [k for k in history if k.startswith("val_")]
+            return {"status": FAILED, "message": f"the objective {objective} is not among the metrics: "
+                                                 f"{', '.join(names)}"}
+        series = history[objective]
+        best = best_index(series, direction)
+        if not math.isfinite(series[best]):
+            return {"status": FAILED, "message": f"{objective} was never finite (diverged)"}
+        executions.append({
+            "score": series[best],
+            "train": {k: history[k][best] for k in history if not k.startswith("val_")},
+            "validation": {k[4:]: history[k][best] for k in history if k.startswith("val_")},
+            "epochs": len(losses),
+            "best_epoch": best + 1,
+            "params": int(model.count_params()),
+        })
+    first = executions[0]
+    return {
+        "status": COMPLETED,
+        # like keras-tuner: the score of a trial is the mean over its executions
+        "score": _mean([e["score"] for e in executions]),
+        "train": {k: _mean([e["train"][k] for e in executions]) for k in first["train"]},
+        "validation": {k: _mean([e["validation"][k] for e in executions]) for k in first["validation"]},
+        "epochs": first["epochs"],
+        "best_epoch": first["best_epoch"],
+        "params": first["params"],
+        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
+        "fit_s": round(fit_seconds, 4),
+        "rss_mb": rss_mb(),
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def rss_mb(pid: Optional[int] = None) -> Optional[float]:
+    """Resident memory of a process (this one by default) in MB, from /proc (None where unavailable)."""
+    try:
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def stop_on_nan_class() -> type:
+    """A Keras callback class stopping training at the first non-finite batch loss (TerminateOnNaN, silent)."""
+    import keras
+
+    class StopOnNaN(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.model.stop_training = True
+
+    return StopOnNaN
+
+
+# ------------------------------------------------------------------------------------------- runners
+
+
+class InlineRunner:
+    """Runs trials in this process (``search.trials_per_process: inline``)."""
+
+    def prestart(self) -> None:
+        pass
+
+    def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+        return run_trial_task(task, data)
+
+    def close(self, now: bool = False) -> None:
+        pass
+
+
+class ProcessRunner:
+    """Runs trials in a worker process replaced every `limit` trials, so memory does not grow.
+
+    The next worker is started while the current one runs its last trial. A worker that dies (killed, out of
+    memory) fails its trial only; the next trial gets a fresh worker.
+    """
+
+    def __init__(self, limit: int):
+        import multiprocessing
+
+        self.limit = limit
+        # Never fork this process (TensorFlow's threads run here). A fork server imports TensorFlow once,
+        # before running anything, and forks each worker from that: a new worker then starts in about a
+        # second instead of re-importing TensorFlow (10 s or more on a busy machine). Where there is no
+        # fork server (Windows), each worker is a fresh interpreter.
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            self.context = multiprocessing.get_context("forkserver")
+            self.context.set_forkserver_preload(list(WORKER_PRELOAD))
+        else:  # pragma: no cover - Windows
+            self.context = multiprocessing.get_context("spawn")
+        self.current: Optional[TrialProcess] = None
+        self.spare: Optional[TrialProcess] = None
+
+    def _start(self) -> "TrialProcess":
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=trial_process_main, args=(child,), name="ktk-trial", daemon=True)
+        with main_module_not_rerun():
+            process.start()
+        child.close()
+        return TrialProcess(process, parent)
+
+    def prestart(self) -> None:
+        """Starts the first worker now, so that its start-up overlaps with other work."""
+        if self.current is None and self.spare is None:
+            self.spare = self._start()
+
+    def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+        if self.current is None:
+            self.current, self.spare = self.spare or self._start(), None
+        worker = self.current
+        try:
+            if task["data_key"] not in worker.data_keys:
+                worker.connection.send(("data", task["data_key"], data))
+                worker.data_keys.add(task["data_key"])
+            worker.connection.send(("trial", task))
+        except (BrokenPipeError, OSError):
+            pass  # the worker is gone: reported below
+        worker.trials += 1
+        if worker.trials >= self.limit and self.spare is None:
+            self.spare = self._start()
+        outcome = worker.wait()
+        if outcome is None:
+            code = worker.process.exitcode
+            self.current = None
+            worker.stop()
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            hint = " (often: out of memory)" if code == -9 else ""
+            return {"status": FAILED, "message": f"the trial's worker process died ({how}){hint}"}
+        if worker.trials >= self.limit:
+            worker.stop()
+            self.current = None
+        return outcome
+
+    def close(self, now: bool = False) -> None:
+        """Stops the workers: politely between trials, or at once (`now`) when the sweep is interrupted."""
+        for worker in (self.current, self.spare):
+            if worker is not None:
+                worker.stop(now=now)
+        self.current = self.spare = None
+
+
+def make_runner(trials_per_process: Optional[int]) -> Any:
+    """The runner for ``search.trials_per_process`` (None: inline)."""
+    return InlineRunner() if trials_per_process is None else ProcessRunner(trials_per_process)
+
+
+class TrialProcess:
+    """One trial worker process and the pipe to it."""
+
+    def __init__(self, process: Any, connection: Any):
+        self.process = process
+        self.connection = connection
+        self.data_keys: set = set()
+        self.trials = 0
+
+    def wait(self) -> Optional[Dict[str, Any]]:
+        """The trial's outcome, or None if the process died first."""
+        while True:
+            try:
+                if self.connection.poll(0.2):
+                    return self.connection.recv()
+            except (EOFError, OSError):
+                return None
+            if not self.process.is_alive():
+                try:
+                    return self.connection.recv() if self.connection.poll(0) else None
+                except (EOFError, OSError):
+                    return None
+
+    def stop(self, now: bool = False) -> None:
+        if now:
+            self.process.kill()
+        try:
+            self.connection.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.connection.close()
+
+
+def trial_process_main(connection: Any) -> None:
+    """A trial worker: receives data sets and trial tasks, sends back outcomes, until told to stop."""
+    import logging
+    import signal
+
+    # Ctrl-C reaches the whole process group: the sweep decides, and stops this worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "retracing" warnings: expected in a sweep
+    datasets: Dict[str, Any] = {}
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return  # the sweep is gone
+        if message[0] == "stop":
+            return
+        if message[0] == "data":
+            datasets[message[1]] = message[2]
+            continue
+        task = message[1]
+        outcome = run_trial_task(task, datasets[task["data_key"]])
+        sys.stdout.flush()
+        try:
+            connection.send(outcome)
+        except (BrokenPipeError, OSError):
+            return  # the sweep is gone
