@@ -120,12 +120,12 @@ def test_csv_missing_target_column(tmp_path):
     pd.DataFrame({"a": [1, 2], "b": [0, 1]}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(UserError) as info:
         load_data(config({"source": "csv", "path": "d.csv", "target": "lable"}, source_dir=tmp_path))
-    assert str(info.value) == "data.target: column not found; received 'lable'. Valid choices: a, b."
+    assert str(info.value) == "data.target: column not found in d.csv; received 'lable'. Valid choices: a, b."
 
 
 def test_csv_missing_values_are_reported(tmp_path):
     pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(UserError, match=r"missing values in column\(s\) 'a' \(1 rows\)"):
+    with pytest.raises(UserError, match=r"^data.path: missing values in column\(s\) 'a' \(data row 2\) of d.csv;"):
         load_data(config({"source": "csv", "path": "d.csv", "target": "y"}, source_dir=tmp_path))
 
 
@@ -135,7 +135,7 @@ def test_csv_non_numeric_value_in_numeric_column(tmp_path):
     pd.DataFrame({"a": values, "y": [0, 1] * 10}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(UserError) as info:
         load_data(config({"source": "csv", "path": "d.csv", "target": "y"}, source_dir=tmp_path))
-    assert str(info.value) == ("data.path: non-numeric value in numeric column 'a' at data row 8; "
+    assert str(info.value) == ("data.path: non-numeric value in numeric feature column 'a' of d.csv at data row 8; "
                                "expected a number; received 'abc'.")
 
 
