@@ -762,17 +762,18 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
         try:
             archive = np.load(handle, allow_pickle=False)  # unpickling would run code from the file
         except Exception as error:  # a damaged archive: one message, whatever the zip reader says
-            raise UserError(f"could not read the npz file ({_first_line(error)})", where=where, received=name) from None
+            raise UserError(f"could not read the npz file ({_first_line(error)})", where=where,
+                            received=str(path)) from None
         with archive:
             for key in ("x", "y"):
                 if key not in archive.files:
-                    raise UserError(f"array {key!r} not found in the npz file {name}", where=where, received=name,
+                    raise UserError(f"array {key!r} not found in the npz file {name}", where=where,
                                     choices=archive.files)
                 member = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
                 size = archive.zip.getinfo(member).file_size  # what the zip reader will give at most
                 if size > MAX_DATA_BYTES:
                     raise UserError(f"array {key!r} of {name} is {size / 2**30:.1f} GiB uncompressed, more than ktk "
-                                    f"loads into memory ({MAX_DATA_BYTES / 2**30:.0f} GiB)", where=where, received=name)
+                                    f"loads into memory ({MAX_DATA_BYTES / 2**30:.0f} GiB)", where=where)
                 try:
                     arrays[key] = np.asarray(archive[key])
                 except ValueError as error:
@@ -781,10 +782,10 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
                                         "(unpickling runs code)", where=where,
                                         expected="an array of numbers (or of text labels for y)") from None
                     raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
-                                    received=name) from None
+                                    received=str(path)) from None
                 except Exception as error:  # a damaged member
                     raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
-                                    received=name) from None
+                                    received=str(path)) from None
     x, y = arrays["x"], arrays["y"]
     x = _check_array(x, f"array 'x' of {name}", where, row_base=0)
     if y.ndim == 0 or y.ndim > 2:
