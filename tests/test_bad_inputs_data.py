@@ -2,14 +2,15 @@
 refused with exit status 2 and one message naming the file, the column or array and the rows, never a
 traceback, and never a change to the user's files. Nothing here trains or imports TensorFlow."""
 
+import gzip
 import os
 import pickle
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import toolkit.data
 from toolkit.cli import main
 
 RNG = np.random.default_rng(0)
@@ -333,3 +334,30 @@ def test_source_options_are_checked_before_anything_is_allocated(tmp_path, capsy
     status, err = validate(config, capsys)
     assert_refused(status, err, config, message)
 
+
+
+@pytest.mark.parametrize("name, write", [
+    ("big.csv", csv()),
+    ("bomb.csv.gz", lambda path: path.write_bytes(gzip.compress(b"a,y\n" + b"1,0\n" * 100_000))),
+    ("bomb.parquet", parquet(pd.DataFrame({"a": np.zeros(100_000), "y": np.zeros(100_000)}))),
+    ("bomb.npz", lambda path: np.savez_compressed(path, x=np.zeros((100_000, 2)), y=np.zeros(100_000))),
+])
+def test_sizes_are_capped_before_reading_everything(tmp_path, monkeypatch, capsys, name, write):
+    monkeypatch.setattr(toolkit.data, "MAX_DATA_BYTES", 2_000)  # smaller than each file, once expanded
+    write(tmp_path / name)
+    config = tmp_path / "config.yaml"
+    source = name.split(".")[-1].replace("gz", "csv")
+    config.write_text(f"data: {{source: {source}, path: {name}" + (", target: y}\n" if source != "npz" else "}\n"))
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, None)
+    assert "more than ktk loads into memory (1.95 KiB)" in err
+
+
+def test_compressed_csv_files_are_read(tmp_path, capsys):
+    TABLE.to_csv(tmp_path / "d.csv.gz", index=False)
+    TABLE.to_csv(tmp_path / "d.csv.zip", index=False)
+    for name in ("d.csv.gz", "d.csv.zip"):
+        config = tmp_path / "config.yaml"
+        config.write_text(f"data: {{source: csv, path: {name}, target: y}}\n")
+        assert main(["validate", str(config)]) == 0
+        assert "# data: 44 train / 8 validation / 8 test examples, 2 inputs, binary" in capsys.readouterr().out

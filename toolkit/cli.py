@@ -8,7 +8,6 @@ becomes one message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from typing import List, Optional, Sequence

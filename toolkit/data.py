@@ -459,8 +459,8 @@ def _open_data_file(path: Path, where: str) -> BinaryIO:
         raise UserError("the file is empty", where=where, received=str(path))
     if info.st_size > MAX_DATA_BYTES:
         os.close(fd)
-        raise UserError(f"the file is {info.st_size / 2**30:.1f} GiB, more than ktk loads into memory "
-                        f"({MAX_DATA_BYTES / 2**30:.0f} GiB)", where=where, received=str(path))
+        raise UserError(f"the file is {_size_text(info.st_size)}, more than ktk loads into memory "
+                        f"({_size_text(MAX_DATA_BYTES)})", where=where, received=str(path))
     return os.fdopen(fd, "rb")
 
 
@@ -469,13 +469,79 @@ def _read_frame(kind: str, path: Path, where: str) -> Any:
 
     with _open_data_file(path, where) as handle:
         try:
-            frame = pd.read_parquet(handle) if kind == "parquet" else pd.read_csv(handle, low_memory=False)
+            if kind == "parquet":
+                _check_parquet_size(handle, path, where)
+                frame = pd.read_parquet(handle)
+            else:
+                with _decompressed(handle, path, where) as text:
+                    frame = pd.read_csv(text, low_memory=False)
+        except UserError:
+            raise
         except Exception as error:  # an unreadable file is the user's to fix: one message, whatever the parser says
             raise UserError(f"could not read the {kind} file ({_first_line(error)})", where=where,
                             received=str(path)) from None
     frame = frame.reset_index(drop=True)  # row numbers in messages are positions in the file
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def _check_parquet_size(handle: BinaryIO, path: Path, where: str) -> None:
+    """Parquet is compressed: its own metadata says how large the table is, before reading it."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(handle).metadata
+    # Encoded sizes can be tiny (a column of zeros is one dictionary entry): count 8 bytes a cell at least.
+    size = max(sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+               metadata.num_rows * metadata.num_columns * 8)
+    handle.seek(0)
+    if size > MAX_DATA_BYTES:
+        raise UserError(f"the table is {_size_text(size)} uncompressed, more than ktk loads into memory "
+                        f"({_size_text(MAX_DATA_BYTES)})", where=where, received=str(path))
+
+
+def _decompressed(handle: BinaryIO, path: Path, where: str) -> Any:
+    """The file's bytes, decompressed when its name says so (.gz, .bz2, .xz, .zip, as pandas infers from a
+    name), and never more than MAX_DATA_BYTES of them: a small compressed file can expand without end."""
+    import bz2
+    import lzma
+    import zipfile
+
+    openers = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
+    suffix = path.suffix.lower()
+    if suffix in openers:
+        return _Capped(openers[suffix](fileobj=handle) if suffix == ".gz" else openers[suffix](handle), path, where)
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(handle)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise UserError(f"the zip archive holds {len(members)} files", where=where,
+                            expected="exactly one csv file in it", received=str(path))
+        return _Capped(archive.open(members[0]), path, where)
+    return _Capped(handle, path, where)
+
+
+class _Capped:
+    """A binary reader that refuses to give more than MAX_DATA_BYTES."""
+
+    def __init__(self, stream: Any, path: Path, where: str):
+        self.stream, self.path, self.where, self.total = stream, path, where, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(MAX_DATA_BYTES + 1 - self.total if size is None or size < 0 else size)
+        self.total += len(chunk)
+        if self.total > MAX_DATA_BYTES:
+            raise UserError(f"the file decompresses to more than ktk loads into memory "
+                            f"({_size_text(MAX_DATA_BYTES)})", where=self.where, received=str(self.path))
+        return chunk
+
+    def __iter__(self) -> Any:  # pandas takes only iterable readers for files
+        return iter(self.read().splitlines(keepends=True))
+
+    def __enter__(self) -> "_Capped":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stream.close()
 
 
 @dataclass
@@ -772,8 +838,8 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
                 member = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
                 size = archive.zip.getinfo(member).file_size  # what the zip reader will give at most
                 if size > MAX_DATA_BYTES:
-                    raise UserError(f"array {key!r} of {name} is {size / 2**30:.1f} GiB uncompressed, more than ktk "
-                                    f"loads into memory ({MAX_DATA_BYTES / 2**30:.0f} GiB)", where=where)
+                    raise UserError(f"array {key!r} of {name} is {_size_text(size)} uncompressed, more than ktk "
+                                    f"loads into memory ({_size_text(MAX_DATA_BYTES)})", where=where)
                 try:
                     arrays[key] = np.asarray(archive[key])
                 except ValueError as error:
@@ -853,6 +919,14 @@ def _check_finite(values: np.ndarray, label: str, where: str, rows: Callable[[Se
             first = flat[bad[0]][mask[bad[0]]][0]
             raise UserError(f"{label} has {what} in {rows(bad)}", where=where, expected=expected,
                             received=float(first))
+
+
+def _size_text(size: float) -> str:
+    """A byte count for a message: "4 GiB", "1.5 MiB", "20 kB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} bytes"
 
 
 def _rows_text(rows: np.ndarray, limit: int = 5) -> str:

@@ -18,12 +18,9 @@ command line, sweep trial workers and distributed workers.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import os
 import re
 import sys
-import tempfile
 from typing import Any, Iterator, Optional
 
 # The lines TensorFlow writes while it starts: absl's notice, absl/glog-formatted log lines
@@ -59,13 +56,16 @@ def without_startup_lines(text: bytes) -> bytes:
     return b"".join(kept)
 
 
-class _QuietImportFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the import of ``tensorflow``, wraps the real loader so that its
-    ``exec_module`` runs with the start-up lines hidden. Removes itself after that one import."""
+class _QuietImportFinder:
+    """A meta path finder that finds nothing itself: on the import of ``tensorflow``, wraps the real loader
+    so that its ``exec_module`` runs with the start-up lines hidden. Removes itself after that one import.
+    (Duck-typed rather than an ``importlib.abc`` subclass: importing that costs ``ktk --help`` 8 ms.)"""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Optional[Any]:
         if name != "tensorflow":
             return None
+        import importlib.util
+
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
@@ -73,7 +73,7 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _QuietLoader(importlib.abc.Loader):
+class _QuietLoader:
     def __init__(self, loader: Any):
         self.loader = loader
 
@@ -89,6 +89,8 @@ class _QuietLoader(importlib.abc.Loader):
 @contextlib.contextmanager
 def _startup_lines_hidden() -> Iterator[None]:
     """fd 2 goes to a temporary file (a pipe could fill up and block) and is replayed, filtered, after."""
+    import tempfile
+
     try:
         sys.stderr.flush()
         saved = os.dup(2)
