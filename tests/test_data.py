@@ -235,3 +235,12 @@ def test_keras_dataset_offline_gives_clear_message(monkeypatch):
         load_data(config({"source": "keras.mnist"}))
     assert str(info.value) == ("data.source: could not load keras.mnist (OSError: network is unreachable); "
                                "it is downloaded on first use, so this needs network access once.")
+
+
+def test_rows_named_in_messages_are_rows_of_the_file_after_dropping_missing_ones(tmp_path):
+    pd.DataFrame({"a": [1.0, None, 2.0, None, float("inf")] * 4, "y": [0, 1] * 10}).to_csv(tmp_path / "d.csv",
+                                                                                          index=False)
+    with pytest.raises(UserError) as info:
+        load_data(config({"source": "csv", "path": "d.csv", "target": "y", "missing": "drop"}, source_dir=tmp_path))
+    assert str(info.value) == ("data.path: column 'a' of d.csv has infinite values in data rows 5, 10, 15, 20; "
+                               "expected finite numbers; received inf.")

@@ -552,9 +552,17 @@ class _Table:
     name: str  # the path as the config gives it
     where: str  # data.path or data.test_path
 
-    def rows(self, positions: Sequence[int]) -> str:
-        """ "data row 8" / "data rows 3, 9 and 2 more" (1-based, the header not counted), by position."""
-        return "data " + _rows_text(np.asarray(positions) + 1)
+    def rows(self, positions: Sequence[int], series: Any = None) -> str:
+        """ "data row 8" / "data rows 3, 9 and 2 more": 1-based rows of the file, the header not counted.
+
+        Args:
+            positions: positions in `series` (rows of the file when None).
+            series: a column of the file, perhaps without some rows (dropped for missing values).
+        """
+        rows = np.asarray(positions, dtype=np.int64)
+        if series is not None:
+            rows = series.index.to_numpy()[rows]  # the frame's index is the row's position in the file
+        return "data " + _rows_text(rows + 1)
 
 
 def _load_table(data: Any, base_dir: Path) -> _Raw:
@@ -710,7 +718,7 @@ def _scalars_only(table: _Table, column: str, series: Any) -> None:
     scalar = series.map(lambda v: v is None or isinstance(v, (str, int, float, np.number, np.bool_))).to_numpy(bool)
     if not scalar.all():
         rows = np.flatnonzero(~scalar)
-        raise UserError(f"column {column!r} of {table.name} holds lists or other objects in {table.rows(rows)}",
+        raise UserError(f"column {column!r} of {table.name} holds lists or other objects in {table.rows(rows, series)}",
                         where=table.where, expected="one number or text value per cell",
                         received=type(series.iloc[rows[0]]).__name__)
 
@@ -753,10 +761,12 @@ def _numeric_column(table: _Table, column: str, series: Any, role: str) -> Any:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise UserError(f"non-numeric value in numeric {role} column {column!r} of {table.name} at "
-                            f"{table.rows([row])}", where=table.where, expected="a number", received=series.iloc[row])
+                            f"{table.rows([row], series)}", where=table.where, expected="a number",
+                            received=series.iloc[row])
         series = numbers
     values = series.astype(np.float64)
-    _check_finite(values.to_numpy(), f"column {column!r} of {table.name}", table.where, table.rows)
+    _check_finite(values.to_numpy(), f"column {column!r} of {table.name}", table.where,
+                  lambda rows: table.rows(rows, values))
     return values
 
 
