@@ -241,6 +241,9 @@ def test_a_run_directory_is_claimed_by_one_run_only(tmp_path):
                                f"directory; received '{tmp_path / 'out'}'.")
     first.release()
     assert not (tmp_path / "out").exists()
+    nested = claim_run_dir(tmp_path / "new" / "deeper" / "out")
+    nested.release()  # the folders it made go too, the ones that were there stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_an_empty_directory_given_by_the_user_is_claimed_and_kept(tmp_path):
@@ -266,6 +269,11 @@ def test_default_run_directories_started_in_the_same_second_differ(tmp_path, mon
     stamp = first.path.name
     assert first.path.parent == Path("runs") / "exp"
     assert [second.path.name, third.path.name] == [f"{stamp}-2", f"{stamp}-3"]
+    for claim in (third, second):
+        claim.release()
+    assert sorted(p.name for p in (tmp_path / "runs" / "exp").iterdir()) == [stamp]
+    first.release()  # it made runs/exp: a refused run leaves no empty runs/<name>/ behind
+    assert not (tmp_path / "runs").exists()
 
 
 def two_runs(config, *, out=None, cwd):
@@ -319,7 +327,7 @@ def test_a_run_refused_before_its_first_epoch_leaves_nothing(tmp_path, capsys):
     config = tmp_path / "weights.yaml"
     config.write_text("data: {source: sklearn.diabetes}\nmodel: {hidden: [4]}\n"
                       "training: {epochs: 1, class_weight: {0: 2.0}}\n")
-    assert run_cli("run", config, "--out", tmp_path / "new") == 2
+    assert run_cli("run", config, "--out", tmp_path / "new" / "run") == 2
     assert not (tmp_path / "new").exists()
     (tmp_path / "empty").mkdir()
     assert run_cli("run", config, "--out", tmp_path / "empty") == 2

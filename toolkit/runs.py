@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from toolkit.config import Config, dump_yaml
 from toolkit.errors import UserError
@@ -151,22 +151,23 @@ class RunDirClaim:
 
     path: Path
     created: bool  # this run made the directory (so it may remove it again)
+    parents_made: Tuple[Path, ...] = ()  # folders above it that this run made, deepest first
 
     def release(self) -> None:
-        """Removes what this run wrote before its first epoch, and the directory if this run made it."""
+        """Removes what this run wrote before its first epoch, and the folders this run made if still empty."""
         for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
-        if self.created:
-            with contextlib.suppress(OSError):  # not empty: someone put a file there; it stays
-                self.path.rmdir()
+        for folder in ((self.path,) if self.created else ()) + self.parents_made:
+            with contextlib.suppress(OSError):  # not empty: someone else's files or runs; they stay
+                folder.rmdir()
 
 
 def claim_run_dir(path: Union[str, Path]) -> RunDirClaim:
     """Claims `path` (new, or an empty directory) for one run, atomically: of two runs given the same
     directory, one gets it and the other a UserError (exit status 2), even when they start together."""
     path = Path(path)
-    make_dir(path.parent)
+    parents = _make_parents(path)
     created = False
     try:
         path.mkdir()
@@ -182,7 +183,7 @@ def claim_run_dir(path: Union[str, Path]) -> RunDirClaim:
     if not _take_marker(path):
         raise UserError("another ktk run has claimed this directory", where="--out",
                         expected="a new or empty directory", received=str(path))
-    claim = RunDirClaim(path, created)
+    claim = RunDirClaim(path, created, parents)
     if any(entry.name != RUN_MARKER for entry in path.iterdir()):  # filled since it was checked
         claim.release()
         raise UserError("the run directory already exists and is not empty; results are never overwritten",
@@ -194,20 +195,31 @@ def claim_default_run_dir(name: str, started: float) -> RunDirClaim:
     """Claims ``runs/<name>/<timestamp>`` of the start time; a folder already there (another run started in
     the same second) makes it ``<timestamp>-2``, ``-3``... The claim is an exclusive mkdir, then the marker."""
     stamp = _dt.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
-    parent = make_dir(DEFAULT_RUNS_DIR / name, where="--out")
+    parents: Tuple[Path, ...] = ()
     n = 1
     while True:
-        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
-        n += 1
+        path = DEFAULT_RUNS_DIR / name / (stamp if n == 1 else f"{stamp}-{n}")
+        parents += _make_parents(path)  # again when a failed run removed them meanwhile
         try:
             path.mkdir()
         except FileExistsError:
+            n += 1
+            continue
+        except FileNotFoundError:  # the parent went between the two calls (a refused run tidying up): again
             continue
         except OSError as error:
             raise UserError(f"cannot create the run directory ({error.strerror or error}); choose one with --out",
                             where="--out", received=str(path)) from None
         if _take_marker(path):
-            return RunDirClaim(path, created=True)
+            return RunDirClaim(path, created=True, parents_made=parents)
+        n += 1
+
+
+def _make_parents(path: Path) -> Tuple[Path, ...]:
+    """Creates the folders above `path` that are missing; returns them, deepest first."""
+    missing = tuple(folder for folder in path.parents if not folder.exists())
+    make_dir(path.parent, where="--out")
+    return missing
 
 
 def _take_marker(directory: Path) -> bool:
