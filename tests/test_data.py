@@ -120,12 +120,12 @@ def test_csv_missing_target_column(tmp_path):
     pd.DataFrame({"a": [1, 2], "b": [0, 1]}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(UserError) as info:
         load_data(config({"source": "csv", "path": "d.csv", "target": "lable"}, source_dir=tmp_path))
-    assert str(info.value) == "data.target: column not found; received 'lable'. Valid choices: a, b."
+    assert str(info.value) == "data.target: column not found in d.csv; received 'lable'. Valid choices: a, b."
 
 
 def test_csv_missing_values_are_reported(tmp_path):
     pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "y": [0, 1, 0, 1]}).to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(UserError, match=r"missing values in column\(s\) 'a' \(1 rows\)"):
+    with pytest.raises(UserError, match=r"^data.path: missing values in column\(s\) 'a' \(data row 2\) of d.csv;"):
         load_data(config({"source": "csv", "path": "d.csv", "target": "y"}, source_dir=tmp_path))
 
 
@@ -135,7 +135,7 @@ def test_csv_non_numeric_value_in_numeric_column(tmp_path):
     pd.DataFrame({"a": values, "y": [0, 1] * 10}).to_csv(tmp_path / "d.csv", index=False)
     with pytest.raises(UserError) as info:
         load_data(config({"source": "csv", "path": "d.csv", "target": "y"}, source_dir=tmp_path))
-    assert str(info.value) == ("data.path: non-numeric value in numeric column 'a' at data row 8; "
+    assert str(info.value) == ("data.path: non-numeric value in numeric feature column 'a' of d.csv at data row 8; "
                                "expected a number; received 'abc'.")
 
 
@@ -185,6 +185,45 @@ def test_empty_split_is_an_error():
     assert "split is empty (4 examples in all)" in str(info.value)
 
 
+def test_statistics_of_large_values_do_not_overflow(tmp_path):
+    # 1e20 squared overflows float32: the statistics are computed before the cast
+    np.savez(tmp_path / "d.npz", x=np.arange(60.0).reshape(30, 2) * 1e20, y=np.arange(30.0) + 0.5)
+    data = load_data(config({"source": "npz", "path": "d.npz"}, source_dir=tmp_path))
+    assert np.isfinite(data.x_train).all() and np.isfinite(data.normalization["scale"]).all()
+    np.testing.assert_allclose(data.x_train.std(axis=0), 1, atol=1e-4)
+
+
+def test_generator_option_lists_are_tuples_and_sizes_bounded():
+    data = load_data(config({"source": "synthetic.moons", "options": {"n_samples": [40, 60]}}))
+    assert sum(data.sizes().values()) == 100
+    with pytest.raises(UserError) as info:
+        load_data(config({"source": "synthetic.regression", "options": {"n_samples": 2_000_000}}))
+    assert str(info.value) == ("data.options.n_samples: make_regression would generate 202,000,000 values, more "
+                               "than ktk holds in memory (100,000,000); expected fewer samples or features; "
+                               "received 2000000.")
+
+
+def test_text_and_numeric_columns_of_a_test_file_are_encoded_like_the_training_file(tmp_path):
+    train = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0] * 10, "color": ["red", "blue"] * 20, "y": ["no", "yes"] * 20})
+    test = pd.DataFrame({"color": ["green", "red"], "a": [5.0, 6.0], "y": ["yes", "no"], "extra": [0, 0]})
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    data = load_data(config({"source": "csv", "path": "train.csv", "test_path": "test.csv", "target": "y",
+                             "normalize": "none"}, source_dir=tmp_path))
+    assert data.feature_names == ["a", "color_blue", "color_green", "color_red"]
+    np.testing.assert_array_equal(data.x_test, [[5, 0, 1, 0], [6, 0, 0, 1]])
+    assert list(data.y_test) == [1, 0] and data.class_names == ["no", "yes"]
+
+
+@pytest.mark.slow
+def test_keras_dataset_options_are_checked_by_its_signature():
+    with pytest.raises(UserError) as info:
+        load_data(config({"source": "keras.mnist", "options": {"pth": "mnist.npz"}}))
+    assert str(info.value) == ("data.options.pth: expected an option of keras.datasets.mnist.load_data; received "
+                               "'pth'. Valid choices: path. Did you mean 'path'?")
+
+
+@pytest.mark.slow
 def test_keras_dataset_offline_gives_clear_message(monkeypatch):
     import keras
 
@@ -196,3 +235,12 @@ def test_keras_dataset_offline_gives_clear_message(monkeypatch):
         load_data(config({"source": "keras.mnist"}))
     assert str(info.value) == ("data.source: could not load keras.mnist (OSError: network is unreachable); "
                                "it is downloaded on first use, so this needs network access once.")
+
+
+def test_rows_named_in_messages_are_rows_of_the_file_after_dropping_missing_ones(tmp_path):
+    pd.DataFrame({"a": [1.0, None, 2.0, None, float("inf")] * 4, "y": [0, 1] * 10}).to_csv(tmp_path / "d.csv",
+                                                                                          index=False)
+    with pytest.raises(UserError) as info:
+        load_data(config({"source": "csv", "path": "d.csv", "target": "y", "missing": "drop"}, source_dir=tmp_path))
+    assert str(info.value) == ("data.path: column 'a' of d.csv has infinite values in data rows 5, 10, 15, 20; "
+                               "expected finite numbers; received inf.")

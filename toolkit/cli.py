@@ -8,14 +8,12 @@ becomes one message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from typing import List, Optional, Sequence
 
 from toolkit.errors import UserError, did_you_mean
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # silence TensorFlow's C++ logging for users
+from toolkit.quiet import quiet_tensorflow
 
 EXIT_USER_ERROR = 2
 
@@ -23,7 +21,7 @@ EXIT_USER_ERROR = 2
 class _Parser(argparse.ArgumentParser):
     """argparse with ktk's exit status and a "did you mean" for mistyped commands and choices."""
 
-    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+    def error(self, message: str) -> None:
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:
             choices = [c.strip().strip("'") for c in match.group(2).split(",")]
@@ -46,6 +44,10 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_verbose(parser: argparse.ArgumentParser, help: str = "show TensorFlow's start-up and C++ log lines") -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ktk",
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>/<timestamp>)")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    _add_verbose(p)
 
     p = commands.add_parser("validate", help="check a config and that its data loads, without training")
     p.add_argument("config", metavar="CONFIG", help="YAML config file")
@@ -73,13 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also build the model and optimizer with Keras (checks layer, initializer and optimizer "
         "names; imports TensorFlow, so it takes a few seconds)",
     )
+    _add_verbose(p, help="with --deep: show TensorFlow's start-up and C++ log lines")
 
     p = commands.add_parser("tune", help="run the config's search: section as a keras-tuner sweep")
     p.add_argument("config", metavar="CONFIG", help="YAML config file with a search: section")
     p.add_argument("--out", metavar="DIR", help="sweep directory (default: sweeps/<name>)")
     p.add_argument("--overwrite", action="store_true", help="delete the sweep directory and start over")
     _add_set(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="show Keras' per-epoch progress")
+    _add_verbose(p, help="show Keras' per-epoch progress, and TensorFlow's start-up and C++ log lines")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run N worker processes on this machine (chief/worker on loopback)")
     p.add_argument("--role", choices=["chief", "worker"], help="multi-machine mode: this process's role")
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare at most N randomly chosen parameters per layer (default: every parameter)")
     p.add_argument("--format", default="text", choices=["text", "json"])
     _add_set(p)
+    _add_verbose(p)
 
     p = commands.add_parser("experiment", help="run a ready-made experiment suite and compare its runs")
     p.add_argument("suite", metavar="SUITE", help="a folder of configs, e.g. experiments/initialization")
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME", help="run only this config of the suite (repeatable)")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    _add_verbose(p)
     return parser
 
 
@@ -143,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(_join_descending_sort(argv) if argv[:1] == ["compare"] else argv)
     handler = globals()[f"_cmd_{args.command}"]
+    quiet_tensorflow(verbose=getattr(args, "verbose", False))  # imports nothing: commands that never train stay fast
     try:
         return int(handler(args) or 0)
     except UserError as error:
@@ -179,9 +186,10 @@ def _load(args: argparse.Namespace):
 def _cmd_run(args: argparse.Namespace) -> int:
     from toolkit.runs import run
     from toolkit.summary import format_run_summary
+    from toolkit.training import progress_verbosity
 
     config = _load(args)
-    result = run(config, out_dir=args.out, verbose=0 if args.quiet else 1)
+    result = run(config, out_dir=args.out, verbose=progress_verbosity(not args.quiet))
     print(format_run_summary(result))
     return 0
 

@@ -11,6 +11,12 @@ Sources (``data.source``):
 - ``npz``: a NumPy archive with arrays ``x`` and ``y``.
 - ``keras.<name>``: the Keras data sets (mnist, fashion_mnist, cifar10, cifar100, boston_housing),
   which download when online.
+
+Nothing is trusted before it is checked, because bad data otherwise trains and reports success: only
+regular files are read (a FIFO or a device would block or never end), at most :data:`MAX_DATA_BYTES`
+each; features must be real numbers, finite and within float32 (what Keras trains in); labels must be
+present and finite; x and y have one row per example each. A mistake is one :class:`UserError` naming
+the file, the column or array, and the rows.
 """
 
 from __future__ import annotations
@@ -18,16 +24,27 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import inspect
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.results import SPLITS
 
-SPLITS = ("train", "validation", "test")
 MAX_CLASSES_FOR_INFERENCE = 50
+# ktk holds a data set in memory: a file (or an npz array, uncompressed) larger than this is refused.
+MAX_DATA_BYTES = 4 * 2**30
+# A generator's options may ask for at most this many values (samples times features): 0.8 GB as float64.
+MAX_GENERATED_VALUES = 10**8
+# A text feature with more distinct values than this (or one value per row) is an ID or free text, not a
+# category: one-hot encoding it would add that many features.
+MAX_CATEGORIES = 1000
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -90,10 +107,11 @@ class _Raw:
     task_hint: Optional[str] = None
     split_of_row: Optional[np.ndarray] = None  # "train"/"validation"/"test" per row, when predefined
     test: Optional[Tuple[np.ndarray, np.ndarray]] = None  # a separate test set
+    target_name: str = "y"  # how messages name the target: a column or an array
 
 
 def load_data(config: Any) -> Dataset:
-    """Loads, splits and normalizes the data a config describes.
+    """Loads, checks, splits and normalizes the data a config describes.
 
     Args:
         config: a :class:`toolkit.config.Config`.
@@ -102,7 +120,8 @@ def load_data(config: Any) -> Dataset:
         A :class:`Dataset` whose inputs are float32 and normalized with training-split statistics.
 
     Raises:
-        UserError: unknown source, missing file or column, non-numeric data, missing values, empty split.
+        UserError: unknown source or option, missing or unreadable file, missing column, non-numeric,
+            missing or non-finite values, x and y of different lengths, an empty split.
     """
     data = config.data
     raw = _load_source(data, config.seed, config.base_dir)
@@ -110,16 +129,24 @@ def load_data(config: Any) -> Dataset:
     y_all = raw.y
     class_names = raw.class_names
     if task in ("binary", "multiclass"):
-        y_all, class_names = _encode_labels(raw.y, class_names)
+        y_all, class_names = _encode_labels(_one_label_per_example(raw.y, raw.target_name), class_names)
         if raw.test is not None:
-            raw.test = (raw.test[0], _encode_like(raw.test[1], class_names, where="data.test_path"))
+            test_y = _one_label_per_example(raw.test[1], raw.target_name)
+            raw.test = (raw.test[0], _encode_like(test_y, class_names, where="data.test_path"))
+        if len(class_names) < 2 and config.task == "auto":
+            raise UserError(f"the target {raw.target_name!r} has a single value, {class_names[0]!r}", where="data.target"
+                            if data.target else "data", expected="at least two classes to learn from")
+    elif y_all.dtype.kind not in "biuf":
+        raise UserError(f"a regression target must be numbers; {raw.target_name!r} holds text "
+                        f"(first value {_first(y_all)!r})", where="task",
+                        expected="binary or multiclass for text labels", received=config.task)
     num_classes = len(class_names) if class_names is not None else None
     if task == "binary" and num_classes is not None and num_classes > 2:
         raise UserError(
             where="task", expected="at most 2 classes for a binary task",
             received=f"{num_classes} classes", choices=["multiclass", "regression"],
         )
-    parts = _split(raw, y_all, data.split, task, config.seed)
+    parts = _split(raw, y_all, data.split, task, config.seed, class_names)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
     x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
     y_type = np.int32 if task == "multiclass" else np.float32
@@ -146,6 +173,9 @@ def _load_source(data: Any, seed: int, base_dir: Path) -> _Raw:
                             "(it is only for csv, parquet and npz files)", received=data.test_path)
         return raw
     if data.source in files:
+        if data.options:
+            raise UserError(f"data.options are for the sklearn., synthetic. and keras. sources, not {data.source}",
+                            where=f"data.options.{next(iter(data.options))}", expected="no options")
         return files[data.source](data, base_dir)
     choices = ([f"sklearn.{n}" for n in SKLEARN_DATASETS] + [f"synthetic.{n}" for n in SYNTHETIC]
                + [f"keras.{n}" for n in KERAS_DATASETS] + list(files))
@@ -170,10 +200,13 @@ def _read_sklearn_csv(filename: str) -> Tuple[np.ndarray, np.ndarray, List[str]]
 
 
 def _digits(options: Dict[str, Any]) -> _Raw:
+    n_class = options.get("n_class", 10)
+    if isinstance(n_class, bool) or not isinstance(n_class, int) or not 2 <= n_class <= 10:
+        raise UserError(where="data.options.n_class", expected="an integer from 2 to 10 (the digits kept)",
+                        received=n_class)
     with gzip.open(_sklearn_file("digits.csv.gz"), "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     x, y = table[:, :-1], table[:, -1].astype(np.int64)
-    n_class = int(options.pop("n_class", 10))
     keep = y < n_class
     names = [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
     return _Raw(x[keep], y[keep], names, [str(i) for i in range(n_class)], "multiclass")
@@ -197,7 +230,7 @@ def _via_sklearn(loader_name: str, task: str) -> Callable[[Dict[str, Any]], _Raw
     def load(options: Dict[str, Any]) -> _Raw:
         import sklearn.datasets
 
-        bunch = _call_with_options(getattr(sklearn.datasets, loader_name), options, "data.options")
+        bunch = getattr(sklearn.datasets, loader_name)()
         names = list(getattr(bunch, "target_names", [])) or None
         return _Raw(np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target),
                     list(bunch.feature_names), [str(n) for n in names] if names and task != "regression" else None,
@@ -223,19 +256,18 @@ SKLEARN_DATASETS: Dict[str, Callable[[Dict[str, Any]], _Raw]] = {
     "diabetes": _diabetes,
     "linnerud": _via_sklearn("load_linnerud", "regression"),
 }
-
-
+_SKLEARN_OPTIONS = {"digits": ["n_class"]}  # the bundled sets take no other option
 
 
 def _load_sklearn(name: str, options: Dict[str, Any], seed: int) -> _Raw:
     if name not in SKLEARN_DATASETS:
         raise UserError(where="data.source", expected="a bundled scikit-learn data set",
                         received=f"sklearn.{name}", choices=[f"sklearn.{n}" for n in SKLEARN_DATASETS])
-    allowed = {"digits": {"n_class"}}.get(name, set())
-    unknown = sorted(set(options) - allowed) if name != "linnerud" else []
-    if unknown:
-        raise UserError(where=f"data.options.{unknown[0]}", expected=f"an option of sklearn.{name}",
-                        received=unknown[0], choices=sorted(allowed))
+    allowed = _SKLEARN_OPTIONS.get(name, [])
+    for key in options:
+        if key not in allowed:
+            raise UserError(where=f"data.options.{key}", expected=f"an option of sklearn.{name}", received=key,
+                            choices=allowed)
     return SKLEARN_DATASETS[name](options)
 
 
@@ -248,6 +280,8 @@ SYNTHETIC = {
     "regression": ("make_regression", "regression"),
     "friedman1": ("make_friedman1", "regression"),
 }
+# Arguments that change what a generator returns (not what it generates): not options.
+_NOT_OPTIONS = ("return_X_y", "as_frame", "return_centers", "coef")
 
 
 def _load_synthetic(name: str, options: Dict[str, Any], seed: int) -> _Raw:
@@ -257,23 +291,88 @@ def _load_synthetic(name: str, options: Dict[str, Any], seed: int) -> _Raw:
     import sklearn.datasets
 
     function_name, task = SYNTHETIC[name]
+    function = getattr(sklearn.datasets, function_name)
+    options = _generator_options(function, options)
     options.setdefault("random_state", seed)
-    x, y = _call_with_options(getattr(sklearn.datasets, function_name), options, "data.options")[:2]
-    x = np.asarray(x, dtype=np.float64)
-    return _Raw(x, np.asarray(y), [f"x{i}" for i in range(x.shape[1])], None, task)
+    x, y = _call_generator(function, options)[:2]
+    x = _check_array(np.asarray(x), f"the data {function_name} generated", "data.options", row_base=0)
+    y = _check_labels(np.asarray(y), f"the target {function_name} generated", "data.options")
+    return _Raw(x, y, [f"x{i}" for i in range(x.shape[1])], None, task)
 
 
-def _call_with_options(function: Callable[..., Any], options: Dict[str, Any], where: str) -> Any:
+def _generator_options(function: Callable[..., Any], options: Dict[str, Any]) -> Dict[str, Any]:
+    """The options checked by the generator's signature, with sizes bounded before anything is allocated.
+
+    Type and range checks of each value are scikit-learn's own (see :func:`_call_generator`); this adds
+    what it does not check: names (with "did you mean"), true/false given for a number, and sizes that
+    would not fit in memory.
+    """
     params = inspect.signature(function).parameters
+    choices = [p for p in params if p not in _NOT_OPTIONS]
+    checked: Dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in choices:
+            raise UserError(where=f"data.options.{key}", expected=f"an option of {function.__name__}",
+                            received=key, choices=choices)
+        if isinstance(value, bool) and not isinstance(params[key].default, bool):
+            raise UserError(where=f"data.options.{key}", expected="a number, not true/false", received=value)
+        checked[key] = tuple(value) if isinstance(value, list) else value  # YAML has lists, sklearn wants tuples
+    _check_sizes(function.__name__, checked, params)
+    return checked
+
+
+def _check_sizes(function_name: str, options: Dict[str, Any], params: Any) -> None:
+    """Refuses options that would make the generator allocate more than MAX_GENERATED_VALUES values."""
+
+    def size(key: str) -> int:
+        return _count(options[key] if key in options else params[key].default if key in params else 0)
+
     for key in options:
-        if key not in params:
-            raise UserError(where=f"{where}.{key}", expected=f"an option of {function.__name__}",
-                            received=key, choices=[p for p in params if p not in ("return_X_y", "as_frame")])
+        if size(key) > MAX_GENERATED_VALUES:
+            raise UserError(where=f"data.options.{key}", expected=f"at most {MAX_GENERATED_VALUES:,}",
+                            received=options[key])
+    n_features = size("n_features") or size("mean") or 2  # moons and circles: 2; gaussian_quantiles: len(mean)
+    totals = {  # what the generator allocates, by the option that drives it
+        "n_samples": size("n_samples") * (n_features + max(size("n_targets"), 1)),
+        "centers": size("centers") * n_features,
+        "n_classes": size("n_classes") * max(size("n_clusters_per_class"), 1) * max(size("n_informative"), 1),
+    }
+    for key, total in totals.items():
+        if total > MAX_GENERATED_VALUES:
+            culprit = key if key in options or key != "n_samples" or "n_features" not in options else "n_features"
+            raise UserError(f"{function_name} would generate {total:,} values, more than ktk holds in memory "
+                            f"({MAX_GENERATED_VALUES:,})", where=f"data.options.{culprit}",
+                            expected="fewer samples or features", received=options.get(culprit, size(culprit)))
+
+
+def _count(value: Any) -> int:
+    """A size option as a count: an int, or the sum of a tuple of ints (per-class sample counts); else 0
+    (scikit-learn then says what is wrong with it)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, (int, np.integer)):
+        return max(int(value), 0)
+    if isinstance(value, tuple) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        return sum(max(int(v), 0) for v in value)
+    return len(value) if isinstance(value, tuple) else 0
+
+
+def _call_generator(function: Callable[..., Any], options: Dict[str, Any]) -> Any:
     try:
         return function(**options)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{function.__name__} rejected the options: {error}", where=where,
-                        received=options) from None
+    except MemoryError:
+        raise UserError(f"{function.__name__} ran out of memory", where="data.options",
+                        expected="fewer samples or features", received=options) from None
+    except (TypeError, ValueError, OverflowError) as error:
+        # scikit-learn's own check: "The 'noise' parameter of make_moons must be a float in the range
+        # [0.0, inf) or None. Got 'x' instead."
+        match = re.match(r"The '(\w+)' parameter of \w+ must be (.*?)\. Got .* instead\.", str(error), re.S)
+        if match and match.group(1) in options:
+            raise UserError(where=f"data.options.{match.group(1)}", expected=match.group(2),
+                            received=options[match.group(1)]) from None
+        shown = {k: v for k, v in options.items() if k != "random_state"} or options
+        raise UserError(f"{function.__name__} rejected the options ({_first_line(error)})", where="data.options",
+                        received=shown) from None
 
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "boston_housing")
@@ -286,9 +385,17 @@ def _load_keras(name: str, options: Dict[str, Any], seed: int) -> _Raw:
     import keras
 
     module = getattr(keras.datasets, name)
+    choices = list(inspect.signature(module.load_data).parameters)
+    for key in options:
+        if key not in choices:
+            raise UserError(where=f"data.options.{key}", expected=f"an option of keras.datasets.{name}.load_data",
+                            received=key, choices=choices)
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data(**options)
-    except Exception as error:  # noqa: BLE001 - any failure to fetch is reported as one message
+    except (TypeError, ValueError) as error:
+        raise UserError(f"keras.datasets.{name}.load_data rejected the options ({_first_line(error)})",
+                        where="data.options", received=options) from None
+    except Exception as error:  # any failure to fetch is reported as one message
         raise UserError(
             f"could not load keras.{name} ({type(error).__name__}: {error}); it is downloaded on first use, "
             "so this needs network access once",
@@ -314,107 +421,381 @@ def _images(x: np.ndarray) -> np.ndarray:
 def _resolve(path: Optional[str], base_dir: Path, where: str) -> Path:
     if not path:
         raise UserError("required key is missing", where=where, expected="the path of the data file")
-    resolved = Path(path) if Path(path).is_absolute() else base_dir / path
-    if not resolved.exists():
-        resolved_cwd = Path(path)
-        if resolved_cwd.exists():
-            return resolved_cwd
-        raise UserError("file not found", where=where, received=str(path))
-    return resolved
+    try:
+        resolved = Path(path) if Path(path).is_absolute() else base_dir / path
+        if resolved.exists():
+            return resolved
+        if Path(path).exists():  # relative to the current folder, when not to the config's
+            return Path(path)
+        os.stat(resolved)  # says why: too long a name, a loop of links...
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot use this path ({getattr(error, 'strerror', None) or error})", where=where,
+                        received=str(path)) from None
+    raise UserError("file not found", where=where, received=str(path))
+
+
+def _open_data_file(path: Path, where: str) -> BinaryIO:
+    """The file opened for reading, if it is a regular file of at most MAX_DATA_BYTES.
+
+    Opened without blocking and checked on the open descriptor: a FIFO would wait for a writer forever,
+    and a device such as /dev/zero never ends.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise UserError(f"cannot open the file ({error.strerror})", where=where, received=str(path)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise UserError(f"this is {kind}, not a data file", where=where, expected="a regular file",
+                        received=str(path))
+    if info.st_size == 0:
+        os.close(fd)
+        raise UserError("the file is empty", where=where, received=str(path))
+    if info.st_size > MAX_DATA_BYTES:
+        os.close(fd)
+        raise UserError(f"the file is {_size_text(info.st_size)}, more than ktk loads into memory "
+                        f"({_size_text(MAX_DATA_BYTES)})", where=where, received=str(path))
+    return os.fdopen(fd, "rb")
 
 
 def _read_frame(kind: str, path: Path, where: str) -> Any:
     import pandas as pd
 
-    try:
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except Exception as error:  # noqa: BLE001 - unreadable files are a user mistake, reported once
-        raise UserError(f"could not read the {kind} file: {error}", where=where, received=str(path)) from None
+    with _open_data_file(path, where) as handle:
+        try:
+            if kind == "parquet":
+                _check_parquet_size(handle, path, where)
+                frame = pd.read_parquet(handle)
+            else:
+                with _decompressed(handle, path, where) as text:
+                    frame = pd.read_csv(text, low_memory=False)
+        except UserError:
+            raise
+        except Exception as error:  # an unreadable file is the user's to fix: one message, whatever the parser says
+            raise UserError(f"could not read the {kind} file ({_first_line(error)})", where=where,
+                            received=str(path)) from None
+    frame = frame.reset_index(drop=True)  # row numbers in messages are positions in the file
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _check_parquet_size(handle: BinaryIO, path: Path, where: str) -> None:
+    """Parquet is compressed: its own metadata says how large the table is, before reading it."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(handle).metadata
+    # Encoded sizes can be tiny (a column of zeros is one dictionary entry): count 8 bytes a cell at least.
+    size = max(sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
+               metadata.num_rows * metadata.num_columns * 8)
+    handle.seek(0)
+    if size > MAX_DATA_BYTES:
+        raise UserError(f"the table is {_size_text(size)} uncompressed, more than ktk loads into memory "
+                        f"({_size_text(MAX_DATA_BYTES)})", where=where, received=str(path))
+
+
+def _decompressed(handle: BinaryIO, path: Path, where: str) -> Any:
+    """The file's bytes, decompressed when its name says so (.gz, .bz2, .xz, .zip, as pandas infers from a
+    name), and never more than MAX_DATA_BYTES of them: a small compressed file can expand without end."""
+    import bz2
+    import lzma
+    import zipfile
+
+    openers = {".gz": gzip.GzipFile, ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
+    suffix = path.suffix.lower()
+    if suffix in openers:
+        return _Capped(openers[suffix](fileobj=handle) if suffix == ".gz" else openers[suffix](handle), path, where)
+    if suffix == ".zip":
+        archive = zipfile.ZipFile(handle)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise UserError(f"the zip archive holds {len(members)} files", where=where,
+                            expected="exactly one csv file in it", received=str(path))
+        return _Capped(archive.open(members[0]), path, where)
+    return _Capped(handle, path, where)
+
+
+class _Capped:
+    """A binary reader that refuses to give more than MAX_DATA_BYTES."""
+
+    def __init__(self, stream: Any, path: Path, where: str):
+        self.stream, self.path, self.where, self.total = stream, path, where, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(MAX_DATA_BYTES + 1 - self.total if size is None or size < 0 else size)
+        self.total += len(chunk)
+        if self.total > MAX_DATA_BYTES:
+            raise UserError(f"the file decompresses to more than ktk loads into memory "
+                            f"({_size_text(MAX_DATA_BYTES)})", where=self.where, received=str(self.path))
+        return chunk
+
+    def __iter__(self) -> Any:  # pandas takes only iterable readers for files
+        return iter(self.read().splitlines(keepends=True))
+
+    def __enter__(self) -> "_Capped":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stream.close()
+
+
+@dataclass
+class _Table:
+    """One file of a csv/parquet source: its rows and how messages name it."""
+
+    frame: Any
+    name: str  # the path as the config gives it
+    where: str  # data.path or data.test_path
+
+    def rows(self, positions: Sequence[int], series: Any = None) -> str:
+        """ "data row 8" / "data rows 3, 9 and 2 more": 1-based rows of the file, the header not counted.
+
+        Args:
+            positions: positions in `series` (rows of the file when None).
+            series: a column of the file, perhaps without some rows (dropped for missing values).
+        """
+        rows = np.asarray(positions, dtype=np.int64)
+        if series is not None:
+            rows = series.index.to_numpy()[rows]  # the frame's index is the row's position in the file
+        return "data " + _rows_text(rows + 1)
 
 
 def _load_table(data: Any, base_dir: Path) -> _Raw:
-    path = _resolve(data.path, base_dir, "data.path")
-    frame = _read_frame(data.source, path, "data.path")
-    frames = [frame]
-    if data.test_path:
-        frames.append(_read_frame(data.source, _resolve(data.test_path, base_dir, "data.test_path"),
-                                  "data.test_path"))
+    train = _Table(_read_frame(data.source, _resolve(data.path, base_dir, "data.path"), "data.path"),
+                   data.path, "data.path")
+    columns = list(train.frame.columns)
     if data.target is None:
-        raise UserError("required key is missing", where="data.target",
-                        expected="the name of the target column", choices=list(frame.columns))
+        raise UserError("required key is missing", where="data.target", expected="the name of the target column",
+                        choices=columns)
     split_column = data.split.column
-    for i, table in enumerate(frames):
-        problem = "column not found" if i == 0 else f"column not found in the test file {data.test_path}"
-        for column, key in ((data.target, "data.target"), (split_column, "data.split.column")):
-            if column is not None and column not in table.columns and not (i == 1 and key == "data.split.column"):
-                raise UserError(problem, where=key, received=column, choices=list(table.columns))
-    import pandas as pd
-
-    combined = pd.concat(frames, keys=range(len(frames)), names=["_part", "_row"]) if len(frames) > 1 else frame
-    feature_columns = list(data.features) if data.features else [
-        c for c in frame.columns if c not in (data.target, split_column)]
-    for column in feature_columns:
-        if column not in combined.columns:
-            raise UserError("column not found", where="data.features", received=column,
-                            choices=[c for c in frame.columns if c != data.target])
-    used = combined[feature_columns + [data.target]]
-    missing = used.isna().sum()
-    missing = missing[missing > 0]
-    if len(missing):
-        if data.missing == "drop":
-            keep = ~used.isna().any(axis=1)
-            combined, used = combined[keep], used[keep]
-        else:
-            listing = ", ".join(f"{col!r} ({int(n)} rows)" for col, n in missing.items())
-            raise UserError(
-                f"missing values in column(s) {listing}", where="data.path",
-                expected="no missing values, or data.missing: drop to drop those rows", received=str(path),
-            )
-    features = _encode_features(used[feature_columns], str(path))
-    x_all = features.to_numpy(dtype=np.float64)
-    y_all = used[data.target].to_numpy()
+    for column, key in ((data.target, "data.target"), (split_column, "data.split.column")):
+        if column is not None and column not in columns:
+            raise UserError(f"column not found in {data.path}", where=key, received=column, choices=columns)
+    features = _feature_columns(data, columns)
+    tables = [train]
+    if data.test_path:
+        test = _Table(_read_frame(data.source, _resolve(data.test_path, base_dir, "data.test_path"),
+                                  "data.test_path"), data.test_path, "data.test_path")
+        for column in [*features, data.target]:
+            if column not in test.frame.columns:
+                raise UserError(f"column {column!r} of the training file is not in the test file {data.test_path}",
+                                where="data.test_path", expected="the training file's feature and target columns",
+                                received=column, choices=list(test.frame.columns))
+        tables.append(test)
+    used = []
+    for table in tables:
+        wanted = [*features, data.target] + ([split_column] if split_column and table is train else [])
+        used.append(_present_rows(table, table.frame[wanted], data.missing))
+    x_parts = _encode_features([(t, u[features]) for t, u in zip(tables, used)])
+    y_parts = _target_values([(t, u[data.target]) for t, u in zip(tables, used)], data.target)
+    feature_names = list(x_parts[0].columns)
+    x_train = x_parts[0].to_numpy(dtype=np.float64)
     split_of_row = None
     if split_column is not None:
-        split_of_row = _split_labels(combined[split_column].astype(str).to_numpy(), path)
-    if len(frames) > 1:
-        part = combined.index.get_level_values("_part").to_numpy()
-        main, test = part == 0, part == 1
-        return _Raw(x_all[main], y_all[main], list(features.columns), None, None,
-                    split_of_row=None if split_of_row is None else split_of_row[main],
-                    test=(x_all[test], y_all[test]))
-    return _Raw(x_all, y_all, list(features.columns), None, None, split_of_row=split_of_row)
+        split_of_row = _split_labels(used[0][split_column].astype(str).to_numpy())
+    test_part = None
+    if len(tables) > 1:
+        test_part = (x_parts[1].to_numpy(dtype=np.float64), y_parts[1])
+    return _Raw(x_train, y_parts[0], feature_names, None, None, split_of_row=split_of_row, test=test_part,
+                target_name=data.target)
 
 
-def _encode_features(frame: Any, source: str) -> Any:
-    """Numeric columns stay; text columns become one-hot columns; mostly-numeric text is an error."""
+def _feature_columns(data: Any, columns: List[str]) -> List[str]:
+    """The feature columns: data.features, or every column but the target and the split column."""
+    reserved = {data.target: "the target (data.target)", data.split.column: "the split column (data.split.column)"}
+    if data.features is not None and not data.features:
+        raise UserError(where="data.features", expected="at least one feature column (or no data.features: every "
+                        "column but the target)", received=[], choices=[c for c in columns if c not in reserved])
+    if not data.features:
+        features = [c for c in columns if c not in reserved]
+        if not features:
+            raise UserError(f"{data.path} has no column besides the target", where="data.path",
+                            expected="at least one feature column", received=columns)
+        return features
+    seen = set()
+    for i, column in enumerate(data.features):
+        where = f"data.features.{i}"
+        if column in reserved:
+            raise UserError(f"column {column!r} is {reserved[column]}, so it cannot be a feature", where=where,
+                            expected="a feature column", received=column,
+                            choices=[c for c in columns if c not in reserved])
+        if column in seen:
+            raise UserError(f"column {column!r} is listed twice", where=where, expected="each feature once",
+                            received=column)
+        if column not in columns:
+            raise UserError(f"column not found in {data.path}", where=where, received=column,
+                            choices=[c for c in columns if c not in reserved])
+        seen.add(column)
+    return list(data.features)
+
+
+def _present_rows(table: _Table, used: Any, missing: str) -> Any:
+    """The rows of `used` without missing values; with data.missing: error, missing values are refused."""
+    absent = used.isna()
+    counts = absent.sum()
+    counts = counts[counts > 0]
+    if not len(counts):
+        _nonempty(table, used)
+        return used
+    if missing == "drop":
+        kept = used[~absent.any(axis=1)]
+        if not len(kept):
+            raise UserError(f"every row of {table.name} has a missing value, so none is left to use",
+                            where=table.where, expected="some complete rows", received=f"{len(used)} rows")
+        return kept
+    listing = ", ".join(
+        f"{column!r} ({table.rows(np.flatnonzero(absent[column].to_numpy()))})" for column in counts.index)
+    raise UserError(f"missing values in column(s) {listing} of {table.name}", where=table.where,
+                    expected="no missing values, or data.missing: drop to drop those rows")
+
+
+def _nonempty(table: _Table, used: Any) -> None:
+    if not len(used):
+        raise UserError(f"{table.name} has no data rows (only a header)", where=table.where,
+                        expected="at least one row of data", received=table.name)
+
+
+def _encode_features(parts: List[Tuple[_Table, Any]]) -> List[Any]:
+    """Each file's feature columns as numbers: numeric columns checked (finite, within float32), text
+    columns one-hot encoded over the categories of every file. One frame per file, the same columns."""
     import pandas as pd
 
-    out = []
-    for column in frame.columns:
-        series = frame[column]
-        if pd.api.types.is_bool_dtype(series):
-            out.append(series.astype(np.float64).to_frame())
-        elif pd.api.types.is_numeric_dtype(series):
-            out.append(series.to_frame())
-        else:
-            numbers = pd.to_numeric(series, errors="coerce")
-            bad = numbers.isna() & series.notna()
-            if bad.any() and bad.mean() < 0.5:  # mostly numbers: a typo in a numeric column
-                row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(
-                    f"non-numeric value in numeric column {column!r} at data row {row + 1}",
-                    where="data.path", expected="a number", received=series.iloc[row],
-                )
-            if not bad.any():
-                out.append(numbers.to_frame())
-            else:
-                out.append(pd.get_dummies(series.astype(str), prefix=str(column), dtype=np.float64))
-    return pd.concat(out, axis=1)
+    frames = [frame for _, frame in parts]
+    encoded: List[List[Any]] = [[] for _ in parts]
+    for column in frames[0].columns:
+        kind = _column_kind(parts[0][0], column, frames[0][column])
+        if kind == "numeric":
+            for i, (table, frame) in enumerate(parts):
+                encoded[i].append(_numeric_column(table, column, frame[column], "feature").to_frame())
+            continue
+        categories = pd.concat([frame[column] for frame in frames]).astype(str)
+        distinct = categories.nunique()
+        if distinct > MAX_CATEGORIES or (distinct > 20 and distinct > len(categories) // 2):
+            raise UserError(
+                f"text column {column!r} has {distinct:,} distinct values in {len(categories):,} rows: an ID or "
+                f"free text, not a category (one-hot encoding it would add {distinct:,} features); list the "
+                "columns to use in data.features to leave it out, or encode it as numbers",
+                where="data.features", received=column)
+        dummies = pd.get_dummies(categories, prefix=str(column), dtype=np.float64)
+        start = 0
+        for i, frame in enumerate(frames):
+            encoded[i].append(dummies.iloc[start:start + len(frame)].set_axis(frame.index))
+            start += len(frame)
+    return [pd.concat(columns, axis=1) for columns in encoded]
 
 
-def _split_labels(values: np.ndarray, path: Path) -> np.ndarray:
+def _column_kind(table: _Table, column: str, series: Any) -> str:
+    """"numeric" or "text", by the training file; a mostly numeric column with a few words is a typo."""
+    import pandas as pd
+
+    _scalars_only(table, column, series)
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        raise UserError(f"column {column!r} of {table.name} holds dates or times, which are not features as they "
+                        "are", where=table.where, expected="numbers or text; derive numbers from it (e.g. day of "
+                        "year) or leave it out with data.features", received=str(series.dtype))
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return "numeric"
+    numbers = pd.to_numeric(series, errors="coerce")
+    bad = numbers.isna() & series.notna()
+    if not bad.any():
+        return "numeric"
+    if bad.mean() < 0.5:
+        return "numeric"  # _numeric_column names the first word in it
+    _refuse_complex_text(table, column, series)
+    return "text"
+
+
+def _scalars_only(table: _Table, column: str, series: Any) -> None:
+    import pandas as pd
+
+    if not pd.api.types.is_object_dtype(series):
+        return
+    scalar = series.map(lambda v: v is None or isinstance(v, (str, int, float, np.number, np.bool_))).to_numpy(bool)
+    if not scalar.all():
+        rows = np.flatnonzero(~scalar)
+        raise UserError(f"column {column!r} of {table.name} holds lists or other objects in {table.rows(rows, series)}",
+                        where=table.where, expected="one number or text value per cell",
+                        received=type(series.iloc[rows[0]]).__name__)
+
+
+def _refuse_complex_text(table: _Table, column: str, series: Any) -> None:
+    """Text such as "(1+2j)" is a complex number, not a category."""
+    values = series.dropna().astype(str).unique()[:1000]
+
+    def is_complex(text: str) -> bool:
+        try:
+            return complex(text.replace(" ", "")).imag != 0
+        except ValueError:
+            return False
+
+    if len(values) and all(is_complex(v) or _is_number(v) for v in values) and any(is_complex(v) for v in values):
+        raise UserError(f"column {column!r} of {table.name} holds complex numbers", where=table.where,
+                        expected="real numbers", received=next(v for v in values if is_complex(v)))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _numeric_column(table: _Table, column: str, series: Any, role: str) -> Any:
+    """The column as float64, refusing words, complex numbers, infinities and values beyond float32."""
+    import pandas as pd
+
+    if pd.api.types.is_complex_dtype(series):
+        raise UserError(f"column {column!r} of {table.name} holds complex numbers", where=table.where,
+                        expected="real numbers", received=str(series.dtype))
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(np.float64)
+    if not pd.api.types.is_numeric_dtype(series):
+        numbers = pd.to_numeric(series, errors="coerce")
+        bad = (numbers.isna() & series.notna()).to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise UserError(f"non-numeric value in numeric {role} column {column!r} of {table.name} at "
+                            f"{table.rows([row], series)}", where=table.where, expected="a number",
+                            received=series.iloc[row])
+        series = numbers
+    values = series.astype(np.float64)
+    _check_finite(values.to_numpy(), f"column {column!r} of {table.name}", table.where,
+                  lambda rows: table.rows(rows, values))
+    return values
+
+
+def _target_values(parts: List[Tuple[_Table, Any]], column: str) -> List[np.ndarray]:
+    """Each file's target column as an array: numbers (checked finite), or text class labels."""
+    import pandas as pd
+
+    table, series = parts[0]
+    _scalars_only(table, column, series)
+    kind = "numeric"
+    if not (pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series)):
+        numbers = pd.to_numeric(series, errors="coerce")
+        bad = numbers.isna() & series.notna()
+        if bad.any() and bad.mean() >= 0.5:
+            kind = "text"
+            _refuse_complex_text(table, column, series)
+    if kind == "numeric":
+        return [_numeric_column(t, column, s, "target").to_numpy() if not pd.api.types.is_bool_dtype(s)
+                else s.to_numpy() for t, s in parts]
+    labels = [s.astype(str).to_numpy(dtype=object) for _, s in parts]
+    distinct = len(set(labels[0]))
+    if distinct > MAX_CLASSES_FOR_INFERENCE and distinct > len(labels[0]) // 2:
+        raise UserError(f"the target column {column!r} has {distinct:,} distinct text values in {len(labels[0]):,} "
+                        "rows, so most classes would have a single example: an ID or free text, not a class label",
+                        where="data.target", expected="a column of class labels or numbers", received=column)
+    return labels
+
+
+def _split_labels(values: np.ndarray) -> np.ndarray:
     aliases = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
                "valid": "validation", "dev": "validation", "test": "test"}
     labels = np.array([aliases.get(v.strip().lower(), "") for v in values])
@@ -425,28 +806,153 @@ def _split_labels(values: np.ndarray, path: Path) -> np.ndarray:
     return labels
 
 
-def _load_npz(data: Any, base_dir: Path) -> _Raw:
-    def read(path_text: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
-        path = _resolve(path_text, base_dir, where)
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                keys = list(archive.keys())
-                for key in ("x", "y"):
-                    if key not in keys:
-                        raise UserError(f"array {key!r} not found in the npz file", where=where,
-                                        received=str(path), choices=keys)
-                return np.asarray(archive["x"]), np.asarray(archive["y"])
-        except UserError:
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise UserError(f"could not read the npz file: {error}", where=where, received=str(path)) from None
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (np.savez), possibly empty
 
-    x, y = read(data.path, "data.path")
-    if not np.issubdtype(x.dtype, np.number):
-        raise UserError("non-numeric features in the npz file", where="data.path", expected="a numeric array x",
-                        received=str(x.dtype))
-    test = read(data.test_path, "data.test_path") if data.test_path else None
-    return _Raw(x.astype(np.float64), y, None, None, None, test=test)
+
+def _load_npz(data: Any, base_dir: Path) -> _Raw:
+    x, y = _read_npz(_resolve(data.path, base_dir, "data.path"), data.path, "data.path")
+    test = None
+    if data.test_path:
+        test_x, test_y = _read_npz(_resolve(data.test_path, base_dir, "data.test_path"), data.test_path,
+                                   "data.test_path")
+        if test_x.shape[1:] != x.shape[1:]:
+            raise UserError(f"the test file's examples have another shape than the training file's ({data.path})",
+                            where="data.test_path", expected=f"x of shape (n, {', '.join(map(str, x.shape[1:]))})",
+                            received=f"shape {test_x.shape}")
+        test = (test_x, test_y)
+    return _Raw(x, y, None, None, None, test=test)
+
+
+def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Arrays x (features, as float64) and y (labels) of an npz file, checked."""
+    arrays: Dict[str, np.ndarray] = {}
+    with _open_data_file(path, where) as handle:
+        magic = handle.read(6)
+        handle.seek(0)
+        if magic.startswith(b"\x93NUMPY"):
+            raise UserError(f"{name} is a .npy file, which holds a single array", where=where,
+                            expected="an npz archive with arrays x and y, as np.savez(path, x=x, y=y) writes")
+        if not magic.startswith(_NPZ_MAGIC):
+            raise UserError(f"{name} is not an npz archive (npz files are zip archives)", where=where,
+                            expected="an npz archive with arrays x and y, as np.savez(path, x=x, y=y) writes")
+        try:
+            archive = np.load(handle, allow_pickle=False)  # unpickling would run code from the file
+        except Exception as error:  # a damaged archive: one message, whatever the zip reader says
+            raise UserError(f"could not read the npz file ({_first_line(error)})", where=where,
+                            received=str(path)) from None
+        with archive:
+            for key in ("x", "y"):
+                if key not in archive.files:
+                    raise UserError(f"array {key!r} not found in the npz file {name}", where=where,
+                                    choices=archive.files)
+                member = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
+                size = archive.zip.getinfo(member).file_size  # what the zip reader will give at most
+                if size > MAX_DATA_BYTES:
+                    raise UserError(f"array {key!r} of {name} is {_size_text(size)} uncompressed, more than ktk "
+                                    f"loads into memory ({_size_text(MAX_DATA_BYTES)})", where=where)
+                try:
+                    arrays[key] = np.asarray(archive[key])
+                except ValueError as error:
+                    if "allow_pickle" in str(error):
+                        raise UserError(f"array {key!r} of {name} holds Python objects, which ktk does not unpickle "
+                                        "(unpickling runs code)", where=where,
+                                        expected="an array of numbers (or of text labels for y)") from None
+                    raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
+                                    received=str(path)) from None
+                except Exception as error:  # a damaged member
+                    raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
+                                    received=str(path)) from None
+    x, y = arrays["x"], arrays["y"]
+    x = _check_array(x, f"array 'x' of {name}", where, row_base=0)
+    if y.ndim == 0 or y.ndim > 2:
+        raise UserError(f"array 'y' of {name} has shape {y.shape}", where=where,
+                        expected="one label (or one row of targets) per example: shape (n,) or (n, k)")
+    if len(x) != len(y):
+        raise UserError(f"array 'x' of {name} has {len(x):,} rows and 'y' has {len(y):,}", where=where,
+                        expected="one label per example: x and y with the same number of rows")
+    return x, _check_labels(y, f"array 'y' of {name}", where)
+
+
+def _check_array(x: np.ndarray, label: str, where: str, row_base: int) -> np.ndarray:
+    """Features as float64 after checking: real numbers, one row per example, finite, within float32."""
+    if x.dtype.kind == "c":
+        raise UserError(f"{label} holds complex numbers", where=where, expected="real numbers",
+                        received=f"dtype {x.dtype}")
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{label} is not numeric", where=where, expected="an array of numbers",
+                        received=f"dtype {x.dtype}")
+    if x.ndim < 2:
+        raise UserError(f"{label} has shape {x.shape}", where=where,
+                        expected="one row per example, shape (examples, features...); for one feature per example "
+                        "use x.reshape(-1, 1)")
+    if not len(x):
+        raise UserError(f"{label} has no examples", where=where, expected="at least one row",
+                        received=f"shape {x.shape}")
+    if x.size == 0:
+        raise UserError(f"{label} has no features", where=where, expected="at least one value per example",
+                        received=f"shape {x.shape}")
+    if x.dtype.kind == "f":
+        _check_finite(x.reshape(len(x), -1), label, where,
+                      lambda rows: _rows_text(np.asarray(rows) + row_base) + (" (counting from 0)" if row_base == 0
+                                                                              else ""))
+    return x.astype(np.float64, copy=False)
+
+
+def _check_labels(y: np.ndarray, label: str, where: str) -> np.ndarray:
+    """Labels or regression targets: numbers (finite) or text; never complex or objects."""
+    if y.dtype.kind == "c":
+        raise UserError(f"{label} holds complex numbers", where=where, expected="real numbers or text labels",
+                        received=f"dtype {y.dtype}")
+    if y.dtype.kind not in "biufUS":
+        raise UserError(f"{label} is neither numbers nor text", where=where, expected="numbers or text labels",
+                        received=f"dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        _check_finite(y.reshape(len(y), -1), label, where,
+                      lambda rows: _rows_text(np.asarray(rows)) + " (counting from 0)", missing="labels")
+    return y
+
+
+def _check_finite(values: np.ndarray, label: str, where: str, rows: Callable[[Sequence[int]], str],
+                  missing: str = "values") -> None:
+    """Refuses NaN, infinite and beyond-float32 values in a (rows, ...) array, naming the rows."""
+    flat = values.reshape(len(values), -1)
+    with np.errstate(invalid="ignore"):
+        problems = (
+            (np.isnan(flat), f"missing (NaN) {missing}", "finite numbers"),
+            (np.isinf(flat), "infinite values", "finite numbers"),
+            (np.abs(np.where(np.isfinite(flat), flat, 0)) > FLOAT32_MAX,
+             "values too large for float32 (the type Keras trains in)", f"numbers within ±{FLOAT32_MAX:.3g}"),
+        )
+    for mask, what, expected in problems:
+        bad = np.flatnonzero(mask.any(axis=1))
+        if len(bad):
+            first = flat[bad[0]][mask[bad[0]]][0]
+            raise UserError(f"{label} has {what} in {rows(bad)}", where=where, expected=expected,
+                            received=float(first))
+
+
+def _size_text(size: float) -> str:
+    """A byte count for a message: "4 GiB", "1.5 MiB", "20 kB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} bytes"
+
+
+def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    more = f" and {len(rows) - limit:,} more" if len(rows) > limit else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def _first(values: np.ndarray) -> Any:
+    value = values.flat[0] if values.size else None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------- task and labels
@@ -468,6 +974,15 @@ def _infer_task(raw: _Raw, declared: str) -> str:
     if integral and len(values) <= MAX_CLASSES_FOR_INFERENCE:
         return "binary" if len(values) <= 2 else "multiclass"
     return "regression"
+
+
+def _one_label_per_example(y: np.ndarray, name: str) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.ndim != 1:
+        raise UserError(f"the target {name!r} has shape {y.shape}", where="task",
+                        expected="one class label per example for a classification task (or task: regression)")
+    return y
 
 
 def _encode_labels(y: np.ndarray, class_names: Optional[List[str]]) -> Tuple[np.ndarray, List[str]]:
@@ -519,7 +1034,7 @@ def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,
     return tuple(rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
 
 
-def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int):
+def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_names: Optional[List[str]]):
     x = raw.x
     classification = task in ("binary", "multiclass")
     stratify = classification if split.stratify is None else split.stratify
@@ -529,6 +1044,11 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int):
         index = {name: np.flatnonzero(raw.split_of_row == name) for name in SPLITS}
         if raw.test is not None:
             index["test"] = np.array([], dtype=np.int64)
+        for name in SPLITS[:2] if raw.test is not None else SPLITS:
+            if not len(index[name]):
+                raise UserError(f"the split column {split.column!r} has no {name} rows", where="data.split.column",
+                                expected="rows of each split: train, validation and test (or a test_path)",
+                                received=split.column)
         parts = [(x[index[name]], y[index[name]]) for name in SPLITS]
     else:
         if raw.test is not None:
@@ -538,11 +1058,11 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int):
             fractions = (split.train, split.validation, split.test)
         train, val, test = split_indices(len(y), fractions, seed, y if stratify else None)
         parts = [(x[train], y[train]), (x[val], y[val]), (x[test], y[test])]
+        empty = [name for name, (_, part_y) in zip(SPLITS, parts) if not len(part_y) and fractions[SPLITS.index(name)]]
+        if empty and stratify and all(len(p) for p, f in zip(split_indices(len(y), fractions, seed), fractions) if f):
+            _explain_stratification(y, fractions, class_names, raw.target_name, empty[0])
     if raw.test is not None:
         parts[2] = (np.asarray(raw.test[0], dtype=np.float64), raw.test[1])
-        if parts[2][0].shape[1:] != x.shape[1:]:
-            raise UserError("the test file's features do not match the training file's", where="data.test_path",
-                            expected=f"inputs of shape {x.shape[1:]}", received=f"shape {parts[2][0].shape[1:]}")
     for name, (_, part_y) in zip(SPLITS, parts):
         if len(part_y) == 0:
             raise UserError(
@@ -553,21 +1073,40 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int):
     return parts
 
 
+def _explain_stratification(y: np.ndarray, fractions: Tuple[float, float, float],
+                            class_names: Optional[List[str]], target: str, empty: str) -> None:
+    """A stratified split left a split empty: the classes are too small, not the fractions too."""
+    counts = np.bincount(y.astype(np.int64))
+    smallest = min(f for f in fractions if f > 0)
+    needed = int(np.ceil(0.5 / smallest))  # rounding gives a class a member of that split from here on
+    small = int((counts < needed).sum())
+    names = class_names or [str(i) for i in range(len(counts))]
+    least = int(np.argmin(counts))
+    raise UserError(
+        f"a stratified split leaves the {empty} split empty: {small:,} of {len(counts):,} classes of {target!r} have "
+        f"fewer than {needed} examples (the smallest, {names[least]!r}, has {int(counts[least])}), so each is kept "
+        "whole in the training split", where="data.split.stratify",
+        expected="classes with enough examples (is data.target the right column?), or data.split.stratify: false",
+        received=True)
+
+
 # ---------------------------------------------------------------------------------- normalization
 
 
 def _normalize(method: str, x_train: np.ndarray, *others: np.ndarray):
-    """Scales every split with statistics of the training split only (per feature)."""
-    x_train = np.asarray(x_train, dtype=np.float32)
-    others = tuple(np.asarray(o, dtype=np.float32) for o in others)
+    """Scales every split with statistics of the training split only (per feature).
+
+    The statistics are computed in the inputs' own precision (float64 for tables), before the cast to
+    float32, so that large values do not overflow the sums of squares.
+    """
     if method == "none":
-        return (x_train, *others, {"method": "none"})
+        return (*(np.asarray(a, dtype=np.float32) for a in (x_train, *others)), {"method": "none"})
     if method == "standard":
         center = x_train.mean(axis=0)
         scale = x_train.std(axis=0)
     else:  # minmax
         center = x_train.min(axis=0)
         scale = x_train.max(axis=0) - center
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # constant features stay finite
-    scaled = [((a - center) / scale).astype(np.float32) for a in (x_train, *others)]
-    return (*scaled, {"method": method, "center": center, "scale": scale})
+    scale = np.where(scale > 0, scale, 1.0)  # constant features stay finite
+    scaled = [((np.asarray(a) - center) / scale).astype(np.float32) for a in (x_train, *others)]
+    return (*scaled, {"method": method, "center": center.astype(np.float32), "scale": scale.astype(np.float32)})

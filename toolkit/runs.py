@@ -1,12 +1,14 @@
 """One training run end to end: ``run(config)`` trains and evaluates into a run directory.
 
 The order matters for honesty and for never losing data: the data is loaded and the model built before
-anything is written (a bad name fails early, leaving nothing behind); the test split is evaluated exactly
-once, after training; ``metrics.json`` is written last, atomically.
+anything is written (a bad name fails early, leaving nothing behind); only then is the run directory
+claimed, atomically (two runs never share one); the test split is evaluated exactly once, after
+training; ``metrics.json`` is written last, atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -14,11 +16,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from toolkit.config import Config, dump_yaml
-from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
-                             MODEL_FILE, atomic_write_text, check_new_dir, history_logger, make_dir, write_json)
+from toolkit.errors import UserError
+from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
+                             RUN_MARKER, SPLITS, atomic_write_text, check_new_dir, history_logger, make_dir,
+                             write_json)
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -38,24 +42,42 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
 
     Args:
         config: the validated config.
-        out_dir: the run directory; default ``runs/<name>/<timestamp>``. It must not already hold results.
-        verbose: Keras' progress display (0 silent, 1 progress bar, 2 one line per epoch).
+        out_dir: the run directory; default ``runs/<name>/<timestamp>``. It must be new or empty.
+        verbose: Keras' progress display (0 silent, 1 progress bar, 2 one line per epoch; see
+            :func:`toolkit.training.progress_verbosity`).
         data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None.
 
     Returns:
         A :class:`RunResult` with the run directory and the metrics written to ``metrics.json``.
+
+    Raises:
+        UserError: a bad config or data (nothing is written then), or an `out_dir` that is not empty or
+            that another run claimed first.
     """
     from toolkit import training
     from toolkit.data import load_data
 
     started = time.time()
-    started_at = _now()
-    run_dir = _new_run_dir(config, out_dir)
+    started_at = utc_now()
+    if out_dir is not None:
+        check_new_dir(out_dir, "run directory")  # said now, not after seconds of importing TensorFlow
     if data is None:
         data = load_data(config)
     model = training.prepare_model(config, data)
+    claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
+    try:
+        metrics = _train_into(claim.path, config, data, model, started, started_at, verbose)
+    except BaseException:
+        if not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch: nothing worth keeping
+            claim.release()
+        raise
+    return RunResult(run_dir=claim.path, metrics=metrics, config=config)
 
-    make_dir(run_dir)
+
+def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: float, started_at: str,
+                verbose: int) -> Dict[str, Any]:
+    from toolkit import training
+
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     environment = _environment(config, started_at)
     write_json(run_dir / ENVIRONMENT_FILE, environment)
@@ -69,9 +91,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
 
     monitor = training.monitor_name(config)
     mode = training.monitor_mode(config)
-    metrics: Dict[str, Any] = {
-        split: training.evaluate(model, config, data, split) for split in ("train", "validation", "test")
-    }
+    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS}
     epochs_run = len(history.get("loss", []))
     metrics.update({
         "epochs_run": epochs_run,
@@ -85,10 +105,10 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         "sizes": data.sizes(),
     })
     model.save(run_dir / MODEL_FILE)
-    environment["finished"] = _now()
+    environment["finished"] = utc_now()
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
-    return RunResult(run_dir=run_dir, metrics=metrics, config=config)
+    return metrics
 
 
 def validate(config: Config, deep: bool = False) -> str:
@@ -124,19 +144,100 @@ def validate(config: Config, deep: bool = False) -> str:
     return "\n".join(lines) + "\n" + dump_yaml(config.to_dict())
 
 
-def _new_run_dir(config: Config, out_dir: Optional[Union[str, Path]]) -> Path:
-    if out_dir is not None:
-        return check_new_dir(out_dir, "run directory")
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = DEFAULT_RUNS_DIR / config.name / stamp
-    path, n = base, 1
-    while path.exists():
+@dataclass
+class RunDirClaim:
+    """A run directory held by one run: its marker (:data:`toolkit.results.RUN_MARKER`) was created here,
+    exclusively, so no other run writes into it."""
+
+    path: Path
+    created: bool  # this run made the directory (so it may remove it again)
+    parents_made: Tuple[Path, ...] = ()  # folders above it that this run made, deepest first
+
+    def release(self) -> None:
+        """Removes what this run wrote before its first epoch, and the folders this run made if still empty."""
+        for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+        for folder in ((self.path,) if self.created else ()) + self.parents_made:
+            with contextlib.suppress(OSError):  # not empty: someone else's files or runs; they stay
+                folder.rmdir()
+
+
+def claim_run_dir(path: Union[str, Path]) -> RunDirClaim:
+    """Claims `path` (new, or an empty directory) for one run, atomically: of two runs given the same
+    directory, one gets it and the other a UserError (exit status 2), even when they start together."""
+    path = Path(path)
+    parents = _make_parents(path)
+    created = False
+    try:
+        path.mkdir()
+        created = True
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise UserError(f"cannot create the directory ({error.strerror or error})", where="--out",
+                        received=str(path)) from None
+    if not path.is_dir():
+        raise UserError("this is a file, not a directory", where="--out", expected="a new or empty directory",
+                        received=str(path))
+    if not _take_marker(path):
+        raise UserError("another ktk run has claimed this directory", where="--out",
+                        expected="a new or empty directory", received=str(path))
+    claim = RunDirClaim(path, created, parents)
+    if any(entry.name != RUN_MARKER for entry in path.iterdir()):  # filled since it was checked
+        claim.release()
+        raise UserError("the run directory already exists and is not empty; results are never overwritten",
+                        where="--out", expected="a new or empty directory", received=str(path))
+    return claim
+
+
+def claim_default_run_dir(name: str, started: float) -> RunDirClaim:
+    """Claims ``runs/<name>/<timestamp>`` of the start time; a folder already there (another run started in
+    the same second) makes it ``<timestamp>-2``, ``-3``... The claim is an exclusive mkdir, then the marker."""
+    stamp = _dt.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
+    parents: Tuple[Path, ...] = ()
+    n = 1
+    while True:
+        path = DEFAULT_RUNS_DIR / name / (stamp if n == 1 else f"{stamp}-{n}")
+        parents += _make_parents(path)  # again when a failed run removed them meanwhile
+        try:
+            path.mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        except FileNotFoundError:  # the parent went between the two calls (a refused run tidying up): again
+            continue
+        except OSError as error:
+            raise UserError(f"cannot create the run directory ({error.strerror or error}); choose one with --out",
+                            where="--out", received=str(path)) from None
+        if _take_marker(path):
+            return RunDirClaim(path, created=True, parents_made=parents)
         n += 1
-        path = base.with_name(f"{stamp}-{n}")
-    return path
 
 
-def _now() -> str:
+def _make_parents(path: Path) -> Tuple[Path, ...]:
+    """Creates the folders above `path` that are missing; returns them, deepest first."""
+    missing = tuple(folder for folder in path.parents if not folder.exists())
+    make_dir(path.parent, where="--out")
+    return missing
+
+
+def _take_marker(directory: Path) -> bool:
+    """Creates the run marker with O_EXCL: True for the one process that made it."""
+    try:
+        fd = os.open(directory / RUN_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise UserError(f"cannot write into the run directory ({error.strerror or error})", where="--out",
+                        received=str(directory)) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"ktk run, process {os.getpid()}, started {utc_now()}\n")  # for a person wondering what it is
+    return True
+
+
+def utc_now() -> str:
+    """The time now, UTC, as ISO 8601 to the second: the one clock of result files (environment.json, records)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 

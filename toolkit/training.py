@@ -11,6 +11,7 @@ import copy
 import inspect
 import math
 import re
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -211,6 +212,21 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+
+
+def progress_verbosity(show: bool, stream: Any = None) -> int:
+    """Keras' ``verbose`` for fit: 0 without progress; a progress bar (1) on a terminal; one line per
+    epoch (2) when output goes to a file or pipe, where a bar's redraws would be ``\\r`` and ANSI codes.
+
+    Args:
+        show: whether to show progress at all.
+        stream: where Keras writes (default ``sys.stdout``).
+    """
+    if not show:
+        return 0
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
 
 
 def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
