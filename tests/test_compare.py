@@ -1,7 +1,9 @@
-"""`ktk compare` and `ktk plot` on real small runs and sweeps trained in this test session.
+"""`ktk compare` and `ktk plot` on real small runs and sweeps trained in this test session, and on result
+directories written by hand (the fast tests).
 
 The runs are trained once per session (three tiny MLPs on a noisy two-moons set, a few seconds each) by
-:func:`toolkit.runs.run`; the sweep by :func:`toolkit.sweeps.tune` when that module is present.
+:func:`toolkit.runs.run`; the sweep by :func:`toolkit.sweeps.tune` (tests/helpers.py, the `runs` and
+`sweep` fixtures of conftest.py).
 """
 
 import csv
@@ -11,96 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from toolkit.analysis.compare import (Parameter, _edge, compare, flatten, read_config, read_flat_config, read_sweep,
-                             render)
+from helpers import REPO, RUN_VARIANTS, assert_png, ktk, parse_html, subprocess_env, write_run, write_sweep
+from toolkit.analysis.compare import Parameter, compare, flatten, range_edge, read_config, read_sweep, render
 from toolkit.errors import UserError
-
-from helpers import REPO
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-BASE = {
-    "name": "moons",
-    "seed": 3,
-    "data": {"source": "synthetic.moons", "options": {"n_samples": 200, "noise": 0.45}},
-    "model": {"hidden": [64, 64]},
-    # patience above the epoch count: never stops, but restores the best epoch's weights at the end
-    "training": {"epochs": 8, "batch_size": 16, "optimizer": {"name": "adam", "learning_rate": 0.05},
-                 "early_stopping": {"patience": 20}},
-}
-# name -> values that differ from BASE: dropout and learning rate differ, nothing else
-VARIANTS = {
-    "plain": {"model.dropout": 0.0, "training.optimizer.learning_rate": 0.05},
-    "dropout": {"model.dropout": 0.3, "training.optimizer.learning_rate": 0.05},
-    "fast": {"model.dropout": 0.0, "training.optimizer.learning_rate": 0.2},
-}
-
-SWEEP = {
-    **BASE,
-    "name": "moons-sweep",
-    "model": {"hidden": [16]},
-    "training": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "adam", "learning_rate": 0.05}},
-    "search": {
-        "tuner": "quasi_random",
-        "objective": "val_loss",
-        "max_trials": 4,
-        "trials_per_process": "inline",
-        "space": {
-            "model.dropout": {"float": [0.0, 0.5]},
-            # 1e30 makes the loss overflow in the first epoch: that trial fails and is recorded as failed
-            "training.optimizer.learning_rate": {"choice": [0.01, 0.05, 1.0e30]},
-        },
-    },
-}
-
-
-def _built(tmp_path_factory, name, build):
-    """A data folder made once per session (shared by test_compare.py and test_report.py)."""
-    root = tmp_path_factory.getbasetemp() / "compare-data" / name
-    if not (root / ".done").exists():
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-        build(root)
-        (root / ".done").write_text("")
-    return root
-
-
-def build_runs(root):
-    from toolkit.config import parse_config
-    from toolkit.runs import run
-
-    base = parse_config(BASE)
-    for name, values in VARIANTS.items():
-        run(base.with_values(values), out_dir=root / name, verbose=0)
-
-
-def build_sweep(root):
-    from toolkit.config import parse_config
-    from toolkit.sweeps import tune
-
-    tune(parse_config(SWEEP), out_dir=root / "sweep")
-
-
-def runs_folder(tmp_path_factory):
-    return _built(tmp_path_factory, "runs", build_runs)
-
-
-def sweep_folder(tmp_path_factory):
-    return _built(tmp_path_factory, "sweep", build_sweep) / "sweep"
-
-
-def cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
-
 
 METRIC_PREFIXES = ("train.", "validation.", "test.", "gap.")
 NOT_CONFIG = {"run", "kind", "status", "verdict", "epochs", "best_epoch", "params", "duration_s", "message", "path",
@@ -207,43 +128,10 @@ def test_unknown_columns_and_bad_filters_are_user_errors(runs):
     with pytest.raises(UserError, match=r"^PATH: path not found; .*received '.*nowhere'\.$"):
         compare([runs / "nowhere"])
 
-    result = cli("compare", runs, "--sort=-validation.los")
+    result = ktk("compare", runs, "--sort=-validation.los")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("ktk: error: --sort: unknown column; received 'validation.los'.")
     assert result.stderr.rstrip().endswith("Did you mean 'validation.loss'?")
-
-
-class _Tables(HTMLParser):
-    """Collects the cells of every <table> (header and body) and the <img> sources of a page."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables, self.images, self._cell = [], [], None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = ""
-        elif tag == "img":
-            self.images.append(dict(attrs).get("src", ""))
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell += data
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.tables[-1][-1].append(self._cell)
-            self._cell = None
-
-
-def parse_html(text):
-    parser = _Tables()
-    parser.feed(text)
-    return parser
 
 
 @pytest.mark.slow
@@ -283,7 +171,7 @@ def test_every_format_parses_back(runs):
 
 @pytest.mark.slow
 def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
-    for name in VARIANTS:
+    for name in RUN_VARIANTS:
         shutil.copytree(runs / name, tmp_path / name)
     shutil.copytree(runs / "plain", tmp_path / "half-written")
     shutil.copytree(runs / "plain", tmp_path / "unfinished")
@@ -302,7 +190,7 @@ def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
     assert any(w.startswith(f"{tmp_path / 'bad-config'}: config.yaml cannot be read") for w in warnings)
     assert all(w.endswith("; skipped") for w in warnings)
 
-    result = cli("compare", tmp_path, "--format", "csv")
+    result = ktk("compare", tmp_path, "--format", "csv")
     assert result.returncode == 0
     assert len(pd.read_csv(io.StringIO(result.stdout))) == 3
     assert result.stderr.count("ktk: warning: ") == 3 and "half-written" in result.stderr
@@ -311,7 +199,7 @@ def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
 @pytest.mark.slow
 def test_cli_writes_files_and_plots_without_importing_tensorflow(runs, tmp_path):
     out = tmp_path / "table.csv"
-    result = cli("compare", runs, "--format", "csv", "--sort", "-validation.accuracy", "--top", "2",
+    result = ktk("compare", runs, "--format", "csv", "--sort", "-validation.accuracy", "--top", "2",
                  "--output", out, "--plot", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and f"wrote {out} (2 rows)" in result.stderr
@@ -323,26 +211,15 @@ def test_cli_writes_files_and_plots_without_importing_tensorflow(runs, tmp_path)
             f"code = main(['compare', {str(runs)!r}, '--format', 'json']); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'; "
             "sys.exit(code)")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    checked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    checked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                             timeout=60)
     assert checked.returncode == 0, checked.stderr
     assert len(json.loads(checked.stdout)) == 3
 
 
-def assert_png(path, min_bytes=5_000):
-    data = Path(path).read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG file"
-    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
-    from matplotlib.image import imread
-
-    pixels = imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
-    assert pixels[..., :3].std() > 0.05  # not a blank image
-
-
 @pytest.mark.slow
 def test_plot_writes_learning_curves(runs, tmp_path):
-    result = cli("plot", runs, "--out", tmp_path)
+    result = ktk("plot", runs, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "learning_curves.png")]
     assert_png(tmp_path / "learning_curves.png", min_bytes=20_000)
@@ -407,47 +284,19 @@ def test_sweep_plots_are_png_files(sweep, tmp_path):
 # ------------------------------------------------------------------------------------ unit checks
 
 
-def test_the_section_cache_reads_yaml_exactly_as_yaml_does(tmp_path):
-    cases = {
-        "plain": "name: x\nseed: 1\nmodel:\n  hidden: [64, 32]\n  dropout: 0.1\n",
-        "layers": "model:\n  layers:\n  - units: 64\n    dropout: 0.1\n  - class_name: Flatten\n  activation: relu\n",
-        "anchors": "a: &A\n  x: 1\nb: *A\n",
-        "merge keys": "model:\n  dropout: 0.1\n  <<: {dropout: 0.5, extra: 1}\n",
-        "flow over lines": "model: {hidden: [1,\n2], dropout: 0.1}\nseed: 1\n",
-        "comments": "# top\nname: x  # c\nmodel:\n  # inside\n  dropout: 0.1\n# end\n",
-        "comment at column 0 inside": "model:\n  dropout: 0.1\n# note\n  hidden: [3]\n",
-        "search dropped": "name: x\nsearch:\n  space:\n    model.dropout: {float: [0, 0.5]}\n",
-        "null section": "model:\ntraining:\n  epochs: 3\n",
-        "folded text": "name: >\n  hello\n  world\nseed: 1\n",
-        "quoted keys": "'name': x\n\"model\":\n  dropout: 0.1\n",
-        "deep": "a:\n  b:\n    c:\n      d: 1\n    e: [1, 2]\n  f: null\n",
-        "four spaces": "a:\n    b: 1\n    c:\n        d: 2\n",
-        "duplicate": "a:\n  b: 1\n  b: 2\n",
-        "unindented list": "a:\n- 1\n- 2\nb: 3\n",
-        "empty mapping": "data:\n  options: {}\n  x: 1\n",
-        "numbers": "lr: 1.0e-4\nother: 1e-4\nflag: yes\nn: 0x10\n",
-    }
-    for name, text in cases.items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text)
-        for _ in range(2):  # the second read comes from the cache
-            fast, slow = read_flat_config(path), flatten(read_config(path))
-            assert fast == slow and list(fast) == list(slow), name
-
-
 def test_edges_of_searched_ranges():
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.49)) == "high"
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.01)) == "low"
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.25)) is None
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.49)) == "high"
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.01)) == "low"
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.25)) is None
     # on a log scale the middle of [1e-4, 1e-1] is about 3e-3, and 2e-2 is not at the edge
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=2e-2)) is None
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=1.5e-4)) == "low"
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=False, best=1e-3)) == "low"
-    assert _edge(Parameter("p", "choice", choices=[32, 64, 128], best=128)) == "high"
-    assert _edge(Parameter("p", "choice", choices=[32, 64, 128], best=64)) is None
-    assert _edge(Parameter("p", "choice", choices=[32, 64], best=64)) is None  # two choices: both are edges
-    assert _edge(Parameter("p", "choice", choices=["sgd", "adam", "rmsprop"], best="sgd")) is None
-    assert _edge(Parameter("p", "unknown", low=1, high=5, best=5)) is None
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=2e-2)) is None
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=1.5e-4)) == "low"
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=False, best=1e-3)) == "low"
+    assert range_edge(Parameter("p", "choice", choices=[32, 64, 128], best=128)) == "high"
+    assert range_edge(Parameter("p", "choice", choices=[32, 64, 128], best=64)) is None
+    assert range_edge(Parameter("p", "choice", choices=[32, 64], best=64)) is None  # two choices: both are edges
+    assert range_edge(Parameter("p", "choice", choices=["sgd", "adam", "rmsprop"], best="sgd")) is None
+    assert range_edge(Parameter("p", "unknown", low=1, high=5, best=5)) is None
     message = Parameter("model.dropout", "float", low=0.0, high=0.5, best=0.49, edge="high").edge_message
     assert message == ("the best value 0.49 is at the high edge of the searched range (near 0.5): "
                        "consider widening the range")
