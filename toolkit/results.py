@@ -233,34 +233,34 @@ def check_small_file(path: PathLike, limit: int) -> None:
     """Checks that `path` is a regular file of at most `limit` bytes before a reader opens it.
 
     Raises:
-        OSError: the file is missing or cannot be reached.
-        ValueError: it is not a regular file (a folder, a FIFO, a device), or it is larger than `limit`.
+        OSError: the file is missing, cannot be reached, is not a regular file (a folder, a FIFO, a
+            device), or is larger than `limit`; its ``strerror`` says which in words.
     """
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{_kind(info.st_mode)}, not a file")
-    if info.st_size > limit:
-        raise ValueError(f"larger than {limit // 2**20} MiB: not a file ktk wrote")
+    _check_regular(os.stat(path), limit, path)
 
 
 def read_small_file(path: PathLike, limit: int) -> bytes:
     """The bytes of a regular file of at most `limit` bytes.
 
-    A FIFO or a device is never opened for reading in a way that could block or read forever.
+    A FIFO or a device is never opened in a way that could block, nor read from.
 
     Raises:
-        OSError: the file is missing or cannot be read.
-        ValueError: it is not a regular file (a folder, a FIFO, a device), or it is larger than `limit`.
+        OSError: as :func:`check_small_file`, or the file cannot be read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{_kind(info.st_mode)}, not a file")
+        _check_regular(os.fstat(fd), limit, path)
         data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit // 2**20} MiB: not a file ktk wrote")
+    if len(data) > limit:  # it grew after the check
+        raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MiB: not a file ktk wrote", str(path))
     return data
+
+
+def _check_regular(info: os.stat_result, limit: int, path: PathLike) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a file", str(path))
+    if info.st_size > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MiB: not a file ktk wrote", str(path))
 
 
 def parse_json(text: Union[str, bytes]) -> Any:
@@ -285,8 +285,8 @@ def read_json(path: PathLike) -> Any:
     """A result JSON file (metrics.json, records/<id>.json, sweep.json...) as Python data.
 
     Raises:
-        OSError: the file is missing or cannot be read.
-        ValueError: it is not a regular file, too large, or not valid JSON (see :func:`parse_json`).
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: it is not valid JSON (see :func:`parse_json`).
     """
     return parse_json(read_small_file(path, MAX_JSON_BYTES))
 
@@ -336,9 +336,9 @@ def read_history_csv(path: PathLike) -> Dict[str, List[float]]:
     Empty cells and ``nan`` are NaN. A file with no rows gives ``{}``.
 
     Raises:
-        OSError: the file is missing or cannot be read.
-        ValueError: it is damaged: not a regular file, not UTF-8 text, a header with empty or repeated
-            names, a row with more or fewer fields than the header, or a cell that is not a number.
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: it is damaged: not UTF-8 text, a header with empty or repeated names, a row with
+            more or fewer fields than the header, or a cell that is not a number.
     """
     header, body = read_csv_rows(path)
     if any(not name for name in header) or len(set(header)) != len(header):
@@ -359,8 +359,8 @@ def read_csv_rows(path: PathLike, limit: int = MAX_CSV_BYTES) -> Tuple[List[str]
     """A CSV result file as its header (empty for an empty file) and (line number, cells) of each non-empty row.
 
     Raises:
-        OSError: the file is missing or cannot be read.
-        ValueError: not a regular file, too large, not UTF-8, or not CSV.
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: not UTF-8, or not CSV.
     """
     text = read_small_file(path, limit).decode("utf-8")
     try:
@@ -384,7 +384,7 @@ def read_trials_csv(path: PathLike) -> Tuple[List[str], List[Dict[str, Any]], Li
     the line numbers of the rows skipped because their number of fields is wrong (half-written).
 
     Raises:
-        OSError: the file is missing or cannot be read.
+        OSError: as :func:`read_csv_rows`.
         ValueError: it is damaged (see :func:`read_csv_rows`) or its header has no ``trial_id``.
     """
     header, rows = read_csv_rows(path)

@@ -46,17 +46,51 @@ def is_finite(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def compact(value: Any) -> str:
-    """A value as short YAML-like text: ``[128, 64]``, ``{l2: 0.0001}``, ``true``, ``null``."""
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {compact(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(compact(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if _is_bool(value):
-        return "true" if value else "false"
-    return str(value)
+COMPACT_LIMIT = 10_000  # characters: a list or mapping longer than this as text is cut with "..."
+
+
+class _Literal(str):
+    """Text that :func:`compact` writes as it is (brackets and separators), as opposed to a value."""
+
+
+def compact(value: Any, limit: int = COMPACT_LIMIT) -> str:
+    """A value as short YAML-like text: ``[128, 64]``, ``{l2: 0.0001}``, ``true``, ``null``.
+
+    Text longer than `limit` is cut with "...": a YAML document of nested aliases (a few hundred bytes
+    that stand for billions of items) costs no more than `limit` characters of work. Nesting of any depth
+    is walked without recursion.
+    """
+    pieces: List[str] = []
+    size = 0
+    pending: List[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _Literal):
+            text = str(item)
+        elif isinstance(item, (dict, list, tuple)):
+            is_map = isinstance(item, dict)
+            entries = list(item.items()) if is_map else list(item)
+            pending.append(_Literal("}" if is_map else "]"))
+            for index in reversed(range(len(entries))):  # pushed last first, so they pop in order
+                if is_map:
+                    pending.extend([entries[index][1], _Literal(f"{entries[index][0]}: ")])
+                else:
+                    pending.append(entries[index])
+                if index:
+                    pending.append(_Literal(", "))
+            text = "{" if is_map else "["
+        elif item is None:
+            text = "null"
+        elif _is_bool(item):
+            text = "true" if item else "false"
+        else:
+            text = str(item)
+        if size + len(text) > limit:
+            pieces.append(text[: max(limit - size, 0)] + "...")
+            break
+        pieces.append(text)
+        size += len(text)
+    return "".join(pieces)
 
 
 def format_value(value: Any, missing: str = "") -> str:

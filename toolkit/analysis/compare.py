@@ -142,8 +142,8 @@ def read_config(path: Union[str, Path]) -> Dict[str, Any]:
     """A config.yaml as a plain dict.
 
     Raises:
-        OSError: the file is missing or cannot be read.
-        ValueError: it is not a regular file of sensible size, or does not hold a mapping.
+        OSError: the file is missing or cannot be read (a folder, a FIFO, too large...).
+        ValueError: it does not hold a mapping.
     """
     check_small_file(path, MAX_JSON_BYTES)  # never opens a FIFO or a device, which could block or never end
     data = read_yaml(path)
@@ -152,22 +152,35 @@ def read_config(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+MAX_KEYS = 100_000  # flattened keys of one config: far beyond a real one, short of what nested aliases expand to
+
+
+def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """Nested config dicts as dot paths (``model.dropout``); lists kept whole as compact text.
 
     The ``search`` section is left out: it describes how a sweep searched, not how a run trained.
+
+    Raises:
+        ValueError: more than :data:`MAX_KEYS` keys (a document of nested YAML aliases).
     """
     flat: Dict[str, Any] = {}
-    for key, value in config.items():
-        if not prefix and key == "search":
-            continue
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, path + "."))
-        elif isinstance(value, (list, tuple)):
-            flat[path] = compact(value)
+    stack = [(prefix, iter(config.items()))]
+    steps = 0
+    while stack:  # depth first without recursion: a document nested thousands deep is read like any other
+        path_prefix, items = stack[-1]
+        for key, value in items:
+            steps += 1
+            if steps > MAX_KEYS:  # counts mappings too: empty ones aliased a billion times add no key
+                raise ValueError(f"more than {MAX_KEYS} keys and mappings (nested YAML aliases?)")
+            if not path_prefix and key == "search":
+                continue
+            path = f"{path_prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((path + ".", iter(value.items())))
+                break  # the mapping first; this loop goes on where it stopped when the mapping is done
+            flat[path] = compact(value) if isinstance(value, (list, tuple)) else value
         else:
-            flat[path] = value
+            stack.pop()
     return flat
 
 

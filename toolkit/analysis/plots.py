@@ -23,11 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from toolkit.analysis.compare import Parameter, Sweep, history_file, parameters, read_sweep, row_kind
 from toolkit.results import make_dir, read_history_csv, save_output, trial_history_file
-from toolkit.tables import compact, format_value, is_finite, is_number
+from toolkit.tables import format_value, is_finite, is_number, shorten
 
 PathLike = Union[str, Path]
 MAX_LEGEND = 12  # more runs than this are still drawn, but a legend would hide the curves
 BEST_TRIALS = 5  # how many of a sweep's best trials get their learning curves drawn
+LABEL_WIDTH = 24  # characters of a choice shown under its tick
 _STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "invalid": "#ef6c00", "running": "#1565c0"}
 
 
@@ -296,9 +297,7 @@ def _epoch(value: Any) -> Optional[int]:
 
 def _label(value: Any) -> str:
     """A choice as a tick label; 64 and 64.0 (as trials.csv may read back) are the same choice."""
-    if is_number(value):
-        return format_value(value)
-    return compact(value)
+    return shorten(format_value(value), LABEL_WIDTH)
 
 
 def _safe(name: str) -> str:
