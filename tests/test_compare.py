@@ -356,3 +356,135 @@ def test_mixed_values_sort_and_unreadable_files_are_skipped(runs, tmp_path):
     df = compare(tmp_path)
     assert list(df["run"]) == ["b", "c"]
     assert any(w.startswith(f"{tmp_path / 'a'}: config.yaml cannot be read") for w in df.attrs["warnings"])
+
+
+# ------------------------------------------------------------------------------- hand-made sweeps
+
+HAND_TRIALS = ("trial_id,status,score,model.dropout,model.hidden.0,train.loss,validation.loss,epochs,best_epoch,"
+               "params,started,duration_s,message\n"
+               "0,completed,0.41,0.1,8,0.3,0.41,3,2,42,2026-01-01T00:00:00+00:00,1.5,\n"
+               "1,completed,0.39,0.3,32,0.35,0.39,3,3,80,2026-01-01T00:00:00+00:00,1.7,\n"
+               "2,failed,,0.2,16,,,1,,,2026-01-01T00:00:00+00:00,0.5,\"the loss became NaN or infinite at epoch 1 "
+               "(try a lower learning rate, gradient clipping or a normalizer)\"\n")
+
+
+def hand_sweep(tmp_path, trials=HAND_TRIALS, config=None):
+    sweep = write_sweep(tmp_path / "sweep", trials, config)
+    write_run(sweep / "best", {"name": "hand-sweep", "model": {"hidden": [32], "dropout": 0.3},
+                               "training": {"optimizer": {"name": "adam", "learning_rate": 0.01}}})
+    return sweep
+
+
+def test_a_searched_list_item_replaces_the_list_column_it_spells_out(tmp_path):
+    sweep = hand_sweep(tmp_path)
+    df = compare(sweep)
+    assert config_columns(df) == ["model.dropout", "model.hidden.0"]  # model.hidden says nothing more
+    assert list(df["model.hidden.0"]) == [8, 32, 16, 32]  # best/ gets its item from its list
+    assert list(compare(sweep, filters=["model.hidden.0>=32"])["run"]) == ["sweep#1", "sweep/best"]
+    every = compare(sweep, all_params=True)
+    assert list(every["model.hidden"]) == ["[8]", "[32]", "[16]", "[32]"]
+    assert "model.hidden" in compare(sweep, sort="model.hidden").columns  # a column asked for is shown
+
+    # when the list has items no column shows (its depth searched too), it says more: both are kept
+    deeper = HAND_TRIALS.replace("model.hidden.0,", "model.hidden.0,model.depth,").replace(",8,", ",8,2,").replace(
+        ",32,", ",32,1,").replace(",16,", ",16,3,")
+    df = compare(hand_sweep(tmp_path / "deeper", deeper))
+    assert {"model.hidden", "model.hidden.0", "model.depth"} <= set(config_columns(df))
+    assert list(df["model.hidden"])[:3] == ["[8, 16]", "[32]", "[16, 16, 16]"]  # the base [16] resized, item 0 set
+
+
+def test_the_terminal_table_fits_the_width_and_files_stay_whole(tmp_path, capsys, monkeypatch):
+    sweep = hand_sweep(tmp_path)
+    df = compare(sweep, all_params=True)
+    whole = render(df, "table")
+    assert len(whole.splitlines()) == 2 + len(df) and max(map(len, whole.splitlines())) > 200
+    fitted = render(df, "table", width=80)
+    blocks = fitted.split("\n\n")
+    assert len(blocks) > 2 and max(map(len, fitted.splitlines())) <= 80
+    for block in blocks:  # each block: a header, a rule and every row, led by the run names
+        lines = block.strip("\n").splitlines()
+        assert len(lines) == 2 + len(df) and lines[0].startswith("run ")
+        assert [line.split()[0] for line in lines[2:]] == list(df["run"])
+    headers = [word for block in blocks for word in block.splitlines()[0].split()[1:]]
+    assert "t.optimizer.learning_rate" in headers or "training.optimizer.learning_rate" in headers
+    assert "the loss became NaN or infinite at ep..." in fitted  # a long value is cut
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    from toolkit.cli import main
+
+    assert main(["compare", str(sweep)]) == 0
+    shown = sys.stdout.getvalue()
+    monkeypatch.undo()
+    assert max(map(len, shown.splitlines())) <= 100 and "\n\n" in shown
+    assert main(["compare", str(sweep)]) == 0  # to a pipe: whole
+    assert capsys.readouterr().out == render(compare(sweep), "table")
+
+
+def test_terminal_tables_show_control_characters_escaped():
+    from toolkit.tables import text_table
+
+    text = text_table(["run", "note"], [["a\x1b[31mred", "two\nlines"]], width=80)
+    assert "\x1b" not in text and "\\x1b[31mred" in text and "two\\nlines" in text
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def test_values_for_reading():
+    from toolkit.tables import compact, format_metric, format_value, json_value, shorten
+
+    assert [format_value(v) for v in (None, float("nan"), True, 3, 3.0, 0.123456, 1e30, "x", [1, [2]])] == [
+        "", "", "true", "3", "3", "0.1235", "1e+30", "x", "[1, [2]]"]
+    assert format_value(None, missing="-") == "-"
+    assert [format_metric(v) for v in (None, 0.5, 3)] == ["-", "0.5000", "3"]
+    assert compact({"a": [1, None, True], "b": {"c": "x"}}) == "{a: [1, null, true], b: {c: x}}"
+    assert compact(list(range(10_000))).endswith("...") and len(compact(list(range(10_000)))) == 10_003
+    assert shorten("a  b\nc", 10) == "a b c" and shorten("abcdefghijk", 8) == "abcde..."
+    assert [json_value(v) for v in (float("inf"), float("nan"), 2.5, True, None, "x", [1])] == [
+        None, None, 2.5, True, None, "x", "[1]"]
+
+
+def test_markdown_text_and_code_blocks():
+    from toolkit.tables import markdown_code, markdown_table, markdown_text
+
+    assert markdown_text("<b>x</b> & [a](b) `c` *d* | e\nf") == (
+        "&lt;b&gt;x&lt;/b&gt; &amp; \\[a\\](b) \\`c\\` \\*d\\* \\| e f")
+    assert [markdown_text(t) for t in ("# h", "- i", "1. j", "-0.5", "0.3", "#tag")] == [
+        "\\# h", "\\- i", "1\\. j", "-0.5", "0.3", "#tag"]
+    assert markdown_code("ktk run x") == "```\nktk run x\n```"
+    assert markdown_code("a ``` b") == "````\na ``` b\n````"  # the fence outlasts any run of backticks inside
+    assert markdown_table(["a|b", "n"], [["<i>", "1"]], [False, True]) == (
+        "| a\\|b | n |\n| --- | ---: |\n| &lt;i&gt; | 1 |\n")
+
+
+def test_text_tables_and_abbreviations():
+    from toolkit.tables import abbreviate, rows_table, text_table
+
+    assert abbreviate("training.optimizer.learning_rate", 30) == "t.optimizer.learning_rate"
+    assert abbreviate("training.optimizer.learning_rate", 20) == "t.o.learning_rate"
+    assert abbreviate("a_very_long_single_name_without_dots", 12) == "a_very_lo..."
+    assert text_table(["x", "n"], [["a", "1"], ["bb", "22"]], [False, True]) == "x    n\n--  --\na    1\nbb  22\n"
+    assert text_table(["", "loss"], [["train", "0.5000"]], [False, True], rule=False, indent="  ", min_width=10) == (
+        " " * 20 + "loss\n  train           0.5000\n")  # the run summary's layout
+    assert rows_table([{"run": "a", "loss": 0.5, "note": None}, {"run": "bb", "loss": float("nan"), "note": "x"}]) == (
+        "run  loss  note\n---  ----  ----\na     0.5  -\nbb      -  x\n")
+
+
+def test_the_run_summary_reads_as_the_readme_shows():
+    from types import SimpleNamespace
+
+    from toolkit.summary import format_run_summary
+
+    metrics = {"train": {"accuracy": 0.99761, "loss": 0.0605}, "validation": {"accuracy": 0.9777, "loss": 0.1741},
+               "test": {"accuracy": 0.9777, "loss": 0.1629}, "epochs_run": 30, "best_epoch": 30,
+               "monitor": "val_loss", "params": 17802, "wall_time_s": 9.5,
+               "sizes": {"train": 1259, "validation": 269, "test": 269}}
+    result = SimpleNamespace(metrics=metrics, config=SimpleNamespace(name="digits-mlp"),
+                             run_dir="runs/digits-mlp/20261122-032000")
+    readme = (REPO / "README.md").read_text()
+    assert format_run_summary(result).strip("\n") + "\n```" in readme

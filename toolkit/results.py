@@ -248,8 +248,12 @@ def read_small_file(path: PathLike, limit: int) -> bytes:
         OSError: as :func:`check_small_file`, or the file cannot be read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    with os.fdopen(fd, "rb") as handle:
+    try:
         _check_regular(os.fstat(fd), limit, path)
+    except OSError:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:  # it grew after the check
         raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MiB: not a file ktk wrote", str(path))
@@ -288,7 +292,7 @@ def read_json(path: PathLike) -> Any:
         OSError: the file is missing, cannot be read, is not a regular file or is too large.
         ValueError: it is not valid JSON (see :func:`parse_json`).
     """
-    return parse_json(read_small_file(path, MAX_JSON_BYTES))
+    return parse_json(read_small_file(path, MAX_JSON_BYTES).decode("utf-8"))  # ktk writes UTF-8, nothing else
 
 
 def _finite(value: Any) -> Any:

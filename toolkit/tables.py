@@ -148,7 +148,7 @@ def is_numeric_column(values: Iterable[Any]) -> bool:
 # ------------------------------------------------------------------------------------ text tables
 
 GAP = "  "  # between two columns
-CELL_LIMIT = 30  # the widest column a terminal table shows (names abbreviated, values cut beyond it)
+CELL_LIMIT = 40  # the widest column a terminal table shows (names abbreviated, values cut beyond it)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
