@@ -37,6 +37,8 @@ from toolkit.search import DEPTH_PATH, resize_hidden
 from toolkit.tables import compact, is_finite, is_missing, is_number
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
+# What a row is (its `kind` column): a run, a sweep's trial, a sweep's best/ or one of its top/trial_<id>/.
+RUN, TRIAL, BEST, TOP = KINDS = ("run", "trial", "best", "top")
 
 # Columns describing the row itself; like config keys they are shown only when they differ.
 META_COLUMNS = ("kind", "status")
@@ -54,7 +56,7 @@ class Entry:
     """One row before it becomes a DataFrame row: a run, a sweep trial, or a sweep's best run."""
 
     label: str
-    kind: str  # "run" | "trial" | "best" (a sweep's best/) | "top" (a sweep's top/trial_<id>/)
+    kind: str  # one of KINDS
     path: Path  # the run directory; for a trial, its sweep directory
     config: Dict[str, Any]  # flattened: dot path -> scalar (lists shown compactly)
     metrics: Dict[str, Dict[str, float]]  # split -> metric name -> value, at the best epoch
@@ -80,7 +82,7 @@ def history_file(path: Path, kind: str, trial_id: str = "") -> Path:
     Raises:
         ValueError: a trial id that is not a plain file name.
     """
-    return trial_history_file(path, trial_id) if kind == "trial" else path / HISTORY_FILE
+    return trial_history_file(path, trial_id) if kind == TRIAL else path / HISTORY_FILE
 
 
 def row_kind(row: Mapping[str, Any]) -> str:
@@ -91,13 +93,13 @@ def row_kind(row: Mapping[str, Any]) -> str:
         return kind
     trial_id = row.get("trial_id")
     if isinstance(trial_id, str) and trial_id:
-        return "trial"
+        return TRIAL
     path = Path(row["path"])
     if path.name == BEST_DIR and (path.parent / TRIALS_FILE).is_file():
-        return "best"
+        return BEST
     if path.parent.name == TOP_DIR and (path.parent.parent / TRIALS_FILE).is_file():
-        return "top"
-    return "run"
+        return TOP
+    return RUN
 
 
 def main_metric(metric_names: Iterable[str]) -> str:
@@ -122,7 +124,7 @@ def row(entry: Entry) -> Dict[str, Any]:
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
     if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
-    if entry.kind != "trial":  # a trial's train.* are the epoch's running means with dropout on: not judged
+    if entry.kind != TRIAL:  # a trial's train.* are the epoch's running means with dropout on: not judged
         out["verdict"] = verdict_of(entry.metrics, entry.task, entry.config.get("diagnose.baseline_error")) or None
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
@@ -184,7 +186,7 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
-def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
+def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
     """Reads one run directory (metrics.json and config.yaml only).
 
     Raises:
@@ -423,7 +425,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
                 metrics.setdefault(split, {})[name] = value
         entries.append(Entry(
             label=f"{label}#{trial['trial_id']}",
-            kind="trial",
+            kind=TRIAL,
             path=sweep.path,
             config=flat,
             metrics=metrics,
@@ -556,10 +558,10 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
 
 def _retrained(sweep_dir: Path) -> Dict[Path, str]:
     """The run directories a sweep retrained, by kind: best/ and each top/trial_<id>/ (those that exist)."""
-    runs = {sweep_dir / BEST_DIR: "best"}
+    runs = {sweep_dir / BEST_DIR: BEST}
     try:
         with os.scandir(sweep_dir / TOP_DIR) as scan:
-            runs.update({Path(item.path): "top" for item in sorted(scan, key=lambda i: i.name) if _is_dir(item)})
+            runs.update({Path(item.path): TOP for item in sorted(scan, key=lambda i: i.name) if _is_dir(item)})
     except OSError:  # no top/ (retrain_top 1), or not a readable folder
         pass
     return runs

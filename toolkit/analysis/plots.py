@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from toolkit.analysis.compare import Parameter, Sweep, history_file, parameters, read_sweep, row_kind
+from toolkit.analysis.compare import BEST, TRIAL, Parameter, Sweep, history_file, parameters, read_sweep, row_kind
 from toolkit.results import make_dir, read_history_csv, save_output, trial_history_file
 from toolkit.tables import format_value, is_finite, is_number, shorten
 
@@ -262,7 +262,7 @@ def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
             curves.append(Curve(str(row["run"]), history_file(path, kind, trial_id), _epoch(row.get("best_epoch"))))
         except ValueError as error:
             result.warnings.append(f"{path}: {error}; no learning curve")
-        sweep_dir = path if kind == "trial" else path.parent if kind == "best" else None
+        sweep_dir = path if kind == TRIAL else path.parent if kind == BEST else None
         if sweep_dir is not None and sweep_dir not in sweeps:
             sweeps.append(sweep_dir)
     drawn = learning_curves(curves, out_dir / "learning_curves.png")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from toolkit import tables
-from toolkit.analysis.compare import (Sweep, compare, main_metric, parameters, read_sweep, row_kind,
+from toolkit.analysis.compare import (TRIAL, Sweep, compare, main_metric, parameters, read_sweep, row_kind,
                                       table_cells)
 from toolkit.errors import UserError
 from toolkit.metrics import direction_of
@@ -221,7 +221,7 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
     table = compare(path)
     warnings = list(table.attrs.get("warnings", []))
     document = _Document(f"Runs report: {path.resolve().name}")
-    runs = table[[row_kind(row) != "trial" for row in table.to_dict(orient="records")]]
+    runs = table[[row_kind(row) != TRIAL for row in table.to_dict(orient="records")]]
     metric_columns = [c for c in table.columns if c.startswith("validation.")]
     metric = main_metric(c.split(".", 1)[1] for c in metric_columns) if metric_columns else None
     column = f"validation.{metric}" if metric else None
