@@ -382,3 +382,23 @@ def test_markup_in_a_sweep_report(tmp_path, capsys):
         assert attack not in markdown
     html = (sweep / "report" / "report.html").read_text()
     assert "<script" not in html and "<img src=x" not in html and "<svg" not in html
+
+
+def test_odd_folders_are_walked_and_named_on_one_line(runs, tmp_path, capsys):
+    deep = runs
+    for _ in range(1200):  # deeper than Python's recursion limit (made one by one: makedirs recurses)
+        deep = deep / "d"
+        deep.mkdir()
+    write_run(deep / "bottom")
+    damage(write_run(runs / "two\nlines\x1b[31m") / "metrics.json", "{")
+    (runs / "loop").symlink_to(runs)  # a folder that holds itself
+    many = write_run(runs / "many-metrics")
+    (many / "metrics.json").write_text(json.dumps({"train": {f"m{i}": 0.5 for i in range(20_000)}}))
+    code, out, err = cli(capsys, "compare", runs, "--format", "csv")
+    assert code == 0, err
+    assert [line.split(",")[0] for line in out.splitlines()[1:]] == ["a", "b", "/".join(["d"] * 1200) + "/bottom"]
+    warnings = warnings_of(err)
+    assert len(err.splitlines()) == len(warnings) == 2, err  # each warning on its own line
+    assert f"ktk: warning: {runs}/two\\nlines\\x1b[31m: metrics.json is not valid JSON (" in warnings[1]
+    assert warnings[0] == (f"ktk: warning: {many}: metrics.json has more than 10000 metrics: not a file ktk "
+                           f"wrote; skipped")

@@ -267,8 +267,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _warn(warnings: Sequence[str]) -> None:
-    for warning in warnings:
-        print(f"ktk: warning: {warning}", file=sys.stderr)
+    from toolkit.tables import terminal_text
+
+    for warning in warnings:  # one line each, whatever a path or message holds (newlines, escape sequences)
+        print(f"ktk: warning: {terminal_text(warning)}", file=sys.stderr)
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:

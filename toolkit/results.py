@@ -226,7 +226,8 @@ def read_yaml(path: PathLike) -> Any:
 # The most a result file may hold before it is taken for damaged: far beyond what ktk writes (a metrics.json
 # is a few hundred bytes, a history of 10,000 epochs about a megabyte), and small enough to read at once.
 MAX_JSON_BYTES = 16 * 2**20
-MAX_CSV_BYTES = 256 * 2**20
+MAX_CSV_BYTES = 64 * 2**20
+MAX_COLUMNS = 10_000  # of a CSV result file: a history or trials.csv has tens
 
 
 def check_small_file(path: PathLike, limit: int) -> None:
@@ -370,6 +371,8 @@ def read_csv_rows(path: PathLike, limit: int = MAX_CSV_BYTES) -> Tuple[List[str]
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, [])
+        if len(header) > MAX_COLUMNS:
+            raise ValueError(f"more than {MAX_COLUMNS} columns: not a file ktk wrote")
         rows = [(reader.line_num, cells) for cells in reader if cells]
     except csv.Error as error:
         raise ValueError(f"not CSV ({error})") from None

@@ -154,7 +154,7 @@ def read_config(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
-MAX_KEYS = 100_000  # flattened keys of one config: far beyond a real one, short of what nested aliases expand to
+MAX_KEYS = 10_000  # flattened keys of one config: far beyond a real one (~100), short of what aliases expand to
 
 
 def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -202,6 +202,8 @@ def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
         raise ValueError(f"{METRICS_FILE} cannot be read ({error.strerror or error})") from None
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(s), dict) for s in SPLITS):
         raise ValueError(f"{METRICS_FILE} has no train/validation/test results")
+    if sum(len(metrics[s]) for s in SPLITS if isinstance(metrics.get(s), dict)) > MAX_KEYS:
+        raise ValueError(f"{METRICS_FILE} has more than {MAX_KEYS} metrics: not a file ktk wrote")
     nested, config = _config_of(run_dir)
     results = {s: {str(k): v for k, v in metrics[s].items() if is_number(v)}
                for s in SPLITS if isinstance(metrics.get(s), dict)}
@@ -473,31 +475,33 @@ def find(paths: Sequence[Union[str, Path]]) -> Found:
     return found
 
 
-def _walk(directory: Path, found: Found, seen: set) -> None:
-    try:
-        info = os.stat(directory)
-        if (info.st_dev, info.st_ino) in seen:  # the same folder given twice, or reached through a link
-            return
-        seen.add((info.st_dev, info.st_ino))
-        with os.scandir(directory) as scan:
-            items = list(scan)
-    except OSError as error:
-        found.warnings.append(f"{directory}: cannot be read ({error.strerror}); skipped")
-        return
-    names = {item.name for item in items}
-    if TRIALS_FILE in names and CONFIG_FILE in names:
-        found.sweeps.append(directory)
-        return
-    if METRICS_FILE in names:
-        found.runs.append(directory)
-        return
-    if CONFIG_FILE in names and names & {HISTORY_FILE, ENVIRONMENT_FILE, MODEL_FILE}:
-        found.warnings.append(f"{directory}: no {METRICS_FILE} (unfinished or failed run); skipped")
-        return
-    subdirs = sorted(item.name for item in items
-                     if not item.name.startswith(".") and item.name not in _SKIP_DIRS and _is_dir(item))
-    for name in subdirs:
-        _walk(directory / name, found, seen)
+def _walk(top: Path, found: Found, seen: set) -> None:
+    """Adds the run and sweep directories at or below `top`, depth first in name order (no recursion: a tree of
+    any depth is walked)."""
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:  # the same folder given twice, or reached through a link
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(directory) as scan:
+                items = list(scan)
+        except OSError as error:
+            found.warnings.append(f"{directory}: cannot be read ({error.strerror}); skipped")
+            continue
+        names = {item.name for item in items}
+        if TRIALS_FILE in names and CONFIG_FILE in names:
+            found.sweeps.append(directory)
+        elif METRICS_FILE in names:
+            found.runs.append(directory)
+        elif CONFIG_FILE in names and names & {HISTORY_FILE, ENVIRONMENT_FILE, MODEL_FILE}:
+            found.warnings.append(f"{directory}: no {METRICS_FILE} (unfinished or failed run); skipped")
+        else:
+            subdirs = sorted((item.name for item in items if not item.name.startswith(".")
+                              and item.name not in _SKIP_DIRS and _is_dir(item)), reverse=True)
+            pending.extend(directory / name for name in subdirs)  # reversed: popped in name order
 
 
 def _is_dir(item: os.DirEntry) -> bool:
