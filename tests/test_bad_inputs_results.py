@@ -15,7 +15,6 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 
 import pytest
 

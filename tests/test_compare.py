@@ -9,7 +9,6 @@ The runs are trained once per session (three tiny MLPs on a noisy two-moons set,
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import yaml
 
 from helpers import REPO, RUN_VARIANTS, assert_png, ktk, parse_html, subprocess_env, write_run, write_sweep
-from toolkit.analysis.compare import Parameter, compare, flatten, range_edge, read_config, read_sweep, render
+from toolkit.analysis.compare import Parameter, compare, range_edge, read_sweep, render
 from toolkit.errors import UserError
 
 METRIC_PREFIXES = ("train.", "validation.", "test.", "gap.")

@@ -189,6 +189,8 @@ def text_table(header: Sequence[str], cells: Sequence[Sequence[str]], numeric: O
     """
     numeric = list(numeric) if numeric is not None else [False] * len(header)
     header, cells = [str(h) for h in header], [[str(c) for c in row] for row in cells]
+    if not header:
+        return ""
     if width is None:
         return _block(header, cells, numeric, range(len(header)), rule, indent, min_width)
     header = _unique_abbreviations([terminal_text(h) for h in header])
