@@ -4,21 +4,19 @@ import os
 
 import pytest
 
+from helpers import built_once, train_runs, train_sweep
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 # Real runs and a real sweep, trained once per session and read by test_compare.py and test_report.py
-# (built by test_compare's helpers).
+# (built by tests/helpers.py).
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    from test_compare import runs_folder
-
-    return runs_folder(tmp_path_factory)
+    return built_once(tmp_path_factory, "runs", train_runs)
 
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
-    from test_compare import sweep_folder
-
-    return sweep_folder(tmp_path_factory)
+    return built_once(tmp_path_factory, "sweep", train_sweep) / "sweep"

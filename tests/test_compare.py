@@ -1,106 +1,26 @@
-"""`ktk compare` and `ktk plot` on real small runs and sweeps trained in this test session.
+"""`ktk compare` and `ktk plot` on real small runs and sweeps trained in this test session, and on result
+directories written by hand (the fast tests).
 
 The runs are trained once per session (three tiny MLPs on a noisy two-moons set, a few seconds each) by
-:func:`toolkit.runs.run`; the sweep by :func:`toolkit.sweeps.tune` when that module is present.
+:func:`toolkit.runs.run`; the sweep by :func:`toolkit.sweeps.tune` (tests/helpers.py, the `runs` and
+`sweep` fixtures of conftest.py).
 """
 
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from toolkit.analysis.compare import (Parameter, _edge, compare, flatten, read_config, read_flat_config, read_sweep,
-                             render)
+from helpers import REPO, RUN_VARIANTS, assert_png, ktk, parse_html, subprocess_env, write_run, write_sweep
+from toolkit.analysis.compare import Parameter, compare, range_edge, read_sweep, render
 from toolkit.errors import UserError
-
-from helpers import REPO
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-BASE = {
-    "name": "moons",
-    "seed": 3,
-    "data": {"source": "synthetic.moons", "options": {"n_samples": 200, "noise": 0.45}},
-    "model": {"hidden": [64, 64]},
-    # patience above the epoch count: never stops, but restores the best epoch's weights at the end
-    "training": {"epochs": 8, "batch_size": 16, "optimizer": {"name": "adam", "learning_rate": 0.05},
-                 "early_stopping": {"patience": 20}},
-}
-# name -> values that differ from BASE: dropout and learning rate differ, nothing else
-VARIANTS = {
-    "plain": {"model.dropout": 0.0, "training.optimizer.learning_rate": 0.05},
-    "dropout": {"model.dropout": 0.3, "training.optimizer.learning_rate": 0.05},
-    "fast": {"model.dropout": 0.0, "training.optimizer.learning_rate": 0.2},
-}
-
-SWEEP = {
-    **BASE,
-    "name": "moons-sweep",
-    "model": {"hidden": [16]},
-    "training": {"epochs": 3, "batch_size": 32, "optimizer": {"name": "adam", "learning_rate": 0.05}},
-    "search": {
-        "tuner": "quasi_random",
-        "objective": "val_loss",
-        "max_trials": 4,
-        "trials_per_process": "inline",
-        "space": {
-            "model.dropout": {"float": [0.0, 0.5]},
-            # 1e30 makes the loss overflow in the first epoch: that trial fails and is recorded as failed
-            "training.optimizer.learning_rate": {"choice": [0.01, 0.05, 1.0e30]},
-        },
-    },
-}
-
-
-def _built(tmp_path_factory, name, build):
-    """A data folder made once per session (shared by test_compare.py and test_report.py)."""
-    root = tmp_path_factory.getbasetemp() / "compare-data" / name
-    if not (root / ".done").exists():
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
-        build(root)
-        (root / ".done").write_text("")
-    return root
-
-
-def build_runs(root):
-    from toolkit.config import parse_config
-    from toolkit.runs import run
-
-    base = parse_config(BASE)
-    for name, values in VARIANTS.items():
-        run(base.with_values(values), out_dir=root / name, verbose=0)
-
-
-def build_sweep(root):
-    from toolkit.config import parse_config
-    from toolkit.sweeps import tune
-
-    tune(parse_config(SWEEP), out_dir=root / "sweep")
-
-
-def runs_folder(tmp_path_factory):
-    return _built(tmp_path_factory, "runs", build_runs)
-
-
-def sweep_folder(tmp_path_factory):
-    return _built(tmp_path_factory, "sweep", build_sweep) / "sweep"
-
-
-def cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "toolkit", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
-
 
 METRIC_PREFIXES = ("train.", "validation.", "test.", "gap.")
 NOT_CONFIG = {"run", "kind", "status", "verdict", "epochs", "best_epoch", "params", "duration_s", "message", "path",
@@ -207,43 +127,10 @@ def test_unknown_columns_and_bad_filters_are_user_errors(runs):
     with pytest.raises(UserError, match=r"^PATH: path not found; .*received '.*nowhere'\.$"):
         compare([runs / "nowhere"])
 
-    result = cli("compare", runs, "--sort=-validation.los")
+    result = ktk("compare", runs, "--sort=-validation.los")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("ktk: error: --sort: unknown column; received 'validation.los'.")
     assert result.stderr.rstrip().endswith("Did you mean 'validation.loss'?")
-
-
-class _Tables(HTMLParser):
-    """Collects the cells of every <table> (header and body) and the <img> sources of a page."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables, self.images, self._cell = [], [], None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = ""
-        elif tag == "img":
-            self.images.append(dict(attrs).get("src", ""))
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell += data
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.tables[-1][-1].append(self._cell)
-            self._cell = None
-
-
-def parse_html(text):
-    parser = _Tables()
-    parser.feed(text)
-    return parser
 
 
 @pytest.mark.slow
@@ -283,7 +170,7 @@ def test_every_format_parses_back(runs):
 
 @pytest.mark.slow
 def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
-    for name in VARIANTS:
+    for name in RUN_VARIANTS:
         shutil.copytree(runs / name, tmp_path / name)
     shutil.copytree(runs / "plain", tmp_path / "half-written")
     shutil.copytree(runs / "plain", tmp_path / "unfinished")
@@ -302,7 +189,7 @@ def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
     assert any(w.startswith(f"{tmp_path / 'bad-config'}: config.yaml cannot be read") for w in warnings)
     assert all(w.endswith("; skipped") for w in warnings)
 
-    result = cli("compare", tmp_path, "--format", "csv")
+    result = ktk("compare", tmp_path, "--format", "csv")
     assert result.returncode == 0
     assert len(pd.read_csv(io.StringIO(result.stdout))) == 3
     assert result.stderr.count("ktk: warning: ") == 3 and "half-written" in result.stderr
@@ -311,7 +198,7 @@ def test_a_damaged_run_is_skipped_with_a_warning(runs, tmp_path):
 @pytest.mark.slow
 def test_cli_writes_files_and_plots_without_importing_tensorflow(runs, tmp_path):
     out = tmp_path / "table.csv"
-    result = cli("compare", runs, "--format", "csv", "--sort", "-validation.accuracy", "--top", "2",
+    result = ktk("compare", runs, "--format", "csv", "--sort", "-validation.accuracy", "--top", "2",
                  "--output", out, "--plot", tmp_path / "plots")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and f"wrote {out} (2 rows)" in result.stderr
@@ -323,26 +210,15 @@ def test_cli_writes_files_and_plots_without_importing_tensorflow(runs, tmp_path)
             f"code = main(['compare', {str(runs)!r}, '--format', 'json']); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'; "
             "sys.exit(code)")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    checked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    checked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(),
+                             timeout=60)
     assert checked.returncode == 0, checked.stderr
     assert len(json.loads(checked.stdout)) == 3
 
 
-def assert_png(path, min_bytes=5_000):
-    data = Path(path).read_bytes()
-    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG file"
-    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
-    from matplotlib.image import imread
-
-    pixels = imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
-    assert pixels[..., :3].std() > 0.05  # not a blank image
-
-
 @pytest.mark.slow
 def test_plot_writes_learning_curves(runs, tmp_path):
-    result = cli("plot", runs, "--out", tmp_path)
+    result = ktk("plot", runs, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "learning_curves.png")]
     assert_png(tmp_path / "learning_curves.png", min_bytes=20_000)
@@ -407,47 +283,19 @@ def test_sweep_plots_are_png_files(sweep, tmp_path):
 # ------------------------------------------------------------------------------------ unit checks
 
 
-def test_the_section_cache_reads_yaml_exactly_as_yaml_does(tmp_path):
-    cases = {
-        "plain": "name: x\nseed: 1\nmodel:\n  hidden: [64, 32]\n  dropout: 0.1\n",
-        "layers": "model:\n  layers:\n  - units: 64\n    dropout: 0.1\n  - class_name: Flatten\n  activation: relu\n",
-        "anchors": "a: &A\n  x: 1\nb: *A\n",
-        "merge keys": "model:\n  dropout: 0.1\n  <<: {dropout: 0.5, extra: 1}\n",
-        "flow over lines": "model: {hidden: [1,\n2], dropout: 0.1}\nseed: 1\n",
-        "comments": "# top\nname: x  # c\nmodel:\n  # inside\n  dropout: 0.1\n# end\n",
-        "comment at column 0 inside": "model:\n  dropout: 0.1\n# note\n  hidden: [3]\n",
-        "search dropped": "name: x\nsearch:\n  space:\n    model.dropout: {float: [0, 0.5]}\n",
-        "null section": "model:\ntraining:\n  epochs: 3\n",
-        "folded text": "name: >\n  hello\n  world\nseed: 1\n",
-        "quoted keys": "'name': x\n\"model\":\n  dropout: 0.1\n",
-        "deep": "a:\n  b:\n    c:\n      d: 1\n    e: [1, 2]\n  f: null\n",
-        "four spaces": "a:\n    b: 1\n    c:\n        d: 2\n",
-        "duplicate": "a:\n  b: 1\n  b: 2\n",
-        "unindented list": "a:\n- 1\n- 2\nb: 3\n",
-        "empty mapping": "data:\n  options: {}\n  x: 1\n",
-        "numbers": "lr: 1.0e-4\nother: 1e-4\nflag: yes\nn: 0x10\n",
-    }
-    for name, text in cases.items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(text)
-        for _ in range(2):  # the second read comes from the cache
-            fast, slow = read_flat_config(path), flatten(read_config(path))
-            assert fast == slow and list(fast) == list(slow), name
-
-
 def test_edges_of_searched_ranges():
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.49)) == "high"
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.01)) == "low"
-    assert _edge(Parameter("p", "float", low=0.0, high=0.5, best=0.25)) is None
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.49)) == "high"
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.01)) == "low"
+    assert range_edge(Parameter("p", "float", low=0.0, high=0.5, best=0.25)) is None
     # on a log scale the middle of [1e-4, 1e-1] is about 3e-3, and 2e-2 is not at the edge
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=2e-2)) is None
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=1.5e-4)) == "low"
-    assert _edge(Parameter("p", "float", low=1e-4, high=1e-1, log=False, best=1e-3)) == "low"
-    assert _edge(Parameter("p", "choice", choices=[32, 64, 128], best=128)) == "high"
-    assert _edge(Parameter("p", "choice", choices=[32, 64, 128], best=64)) is None
-    assert _edge(Parameter("p", "choice", choices=[32, 64], best=64)) is None  # two choices: both are edges
-    assert _edge(Parameter("p", "choice", choices=["sgd", "adam", "rmsprop"], best="sgd")) is None
-    assert _edge(Parameter("p", "unknown", low=1, high=5, best=5)) is None
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=2e-2)) is None
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=True, best=1.5e-4)) == "low"
+    assert range_edge(Parameter("p", "float", low=1e-4, high=1e-1, log=False, best=1e-3)) == "low"
+    assert range_edge(Parameter("p", "choice", choices=[32, 64, 128], best=128)) == "high"
+    assert range_edge(Parameter("p", "choice", choices=[32, 64, 128], best=64)) is None
+    assert range_edge(Parameter("p", "choice", choices=[32, 64], best=64)) is None  # two choices: both are edges
+    assert range_edge(Parameter("p", "choice", choices=["sgd", "adam", "rmsprop"], best="sgd")) is None
+    assert range_edge(Parameter("p", "unknown", low=1, high=5, best=5)) is None
     message = Parameter("model.dropout", "float", low=0.0, high=0.5, best=0.49, edge="high").edge_message
     assert message == ("the best value 0.49 is at the high edge of the searched range (near 0.5): "
                        "consider widening the range")
@@ -507,3 +355,135 @@ def test_mixed_values_sort_and_unreadable_files_are_skipped(runs, tmp_path):
     df = compare(tmp_path)
     assert list(df["run"]) == ["b", "c"]
     assert any(w.startswith(f"{tmp_path / 'a'}: config.yaml cannot be read") for w in df.attrs["warnings"])
+
+
+# ------------------------------------------------------------------------------- hand-made sweeps
+
+HAND_TRIALS = ("trial_id,status,score,model.dropout,model.hidden.0,train.loss,validation.loss,epochs,best_epoch,"
+               "params,started,duration_s,message\n"
+               "0,completed,0.41,0.1,8,0.3,0.41,3,2,42,2026-01-01T00:00:00+00:00,1.5,\n"
+               "1,completed,0.39,0.3,32,0.35,0.39,3,3,80,2026-01-01T00:00:00+00:00,1.7,\n"
+               "2,failed,,0.2,16,,,1,,,2026-01-01T00:00:00+00:00,0.5,\"the loss became NaN or infinite at epoch 1 "
+               "(try a lower learning rate, gradient clipping or a normalizer)\"\n")
+
+
+def hand_sweep(tmp_path, trials=HAND_TRIALS, config=None):
+    sweep = write_sweep(tmp_path / "sweep", trials, config)
+    write_run(sweep / "best", {"name": "hand-sweep", "model": {"hidden": [32], "dropout": 0.3},
+                               "training": {"optimizer": {"name": "adam", "learning_rate": 0.01}}})
+    return sweep
+
+
+def test_a_searched_list_item_replaces_the_list_column_it_spells_out(tmp_path):
+    sweep = hand_sweep(tmp_path)
+    df = compare(sweep)
+    assert config_columns(df) == ["model.dropout", "model.hidden.0"]  # model.hidden says nothing more
+    assert list(df["model.hidden.0"]) == [8, 32, 16, 32]  # best/ gets its item from its list
+    assert list(compare(sweep, filters=["model.hidden.0>=32"])["run"]) == ["sweep#1", "sweep/best"]
+    every = compare(sweep, all_params=True)
+    assert list(every["model.hidden"]) == ["[8]", "[32]", "[16]", "[32]"]
+    assert "model.hidden" in compare(sweep, sort="model.hidden").columns  # a column asked for is shown
+
+    # when the list has items no column shows (its depth searched too), it says more: both are kept
+    deeper = HAND_TRIALS.replace("model.hidden.0,", "model.hidden.0,model.depth,").replace(",8,", ",8,2,").replace(
+        ",32,", ",32,1,").replace(",16,", ",16,3,")
+    df = compare(hand_sweep(tmp_path / "deeper", deeper))
+    assert {"model.hidden", "model.hidden.0", "model.depth"} <= set(config_columns(df))
+    assert list(df["model.hidden"])[:3] == ["[8, 16]", "[32]", "[16, 16, 16]"]  # the base [16] resized, item 0 set
+
+
+def test_the_terminal_table_fits_the_width_and_files_stay_whole(tmp_path, capsys, monkeypatch):
+    sweep = hand_sweep(tmp_path)
+    df = compare(sweep, all_params=True)
+    whole = render(df, "table")
+    assert len(whole.splitlines()) == 2 + len(df) and max(map(len, whole.splitlines())) > 200
+    fitted = render(df, "table", width=80)
+    blocks = fitted.split("\n\n")
+    assert len(blocks) > 2 and max(map(len, fitted.splitlines())) <= 80
+    for block in blocks:  # each block: a header, a rule and every row, led by the run names
+        lines = block.strip("\n").splitlines()
+        assert len(lines) == 2 + len(df) and lines[0].startswith("run ")
+        assert [line.split()[0] for line in lines[2:]] == list(df["run"])
+    headers = [word for block in blocks for word in block.splitlines()[0].split()[1:]]
+    assert "t.optimizer.learning_rate" in headers or "training.optimizer.learning_rate" in headers
+    assert "the loss became NaN or infinite at ep..." in fitted  # a long value is cut
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    from toolkit.cli import main
+
+    assert main(["compare", str(sweep)]) == 0
+    shown = sys.stdout.getvalue()
+    monkeypatch.undo()
+    assert max(map(len, shown.splitlines())) <= 100 and "\n\n" in shown
+    assert main(["compare", str(sweep)]) == 0  # to a pipe: whole
+    assert capsys.readouterr().out == render(compare(sweep), "table")
+
+
+def test_terminal_tables_show_control_characters_escaped():
+    from toolkit.tables import text_table
+
+    text = text_table(["run", "note"], [["a\x1b[31mred", "two\nlines"]], width=80)
+    assert "\x1b" not in text and "\\x1b[31mred" in text and "two\\nlines" in text
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def test_values_for_reading():
+    from toolkit.tables import compact, format_metric, format_value, json_value, shorten
+
+    assert [format_value(v) for v in (None, float("nan"), True, 3, 3.0, 0.123456, 1e30, "x", [1, [2]])] == [
+        "", "", "true", "3", "3", "0.1235", "1e+30", "x", "[1, [2]]"]
+    assert format_value(None, missing="-") == "-"
+    assert [format_metric(v) for v in (None, 0.5, 3)] == ["-", "0.5000", "3"]
+    assert compact({"a": [1, None, True], "b": {"c": "x"}}) == "{a: [1, null, true], b: {c: x}}"
+    assert compact(list(range(10_000))).endswith("...") and len(compact(list(range(10_000)))) == 10_003
+    assert shorten("a  b\nc", 10) == "a b c" and shorten("abcdefghijk", 8) == "abcde..."
+    assert [json_value(v) for v in (float("inf"), float("nan"), 2.5, True, None, "x", [1])] == [
+        None, None, 2.5, True, None, "x", "[1]"]
+
+
+def test_markdown_text_and_code_blocks():
+    from toolkit.tables import markdown_code, markdown_table, markdown_text
+
+    assert markdown_text("<b>x</b> & [a](b) `c` *d* | e\nf") == (
+        "&lt;b&gt;x&lt;/b&gt; &amp; \\[a\\](b) \\`c\\` \\*d\\* \\| e f")
+    assert [markdown_text(t) for t in ("# h", "- i", "1. j", "-0.5", "0.3", "#tag")] == [
+        "\\# h", "\\- i", "1\\. j", "-0.5", "0.3", "#tag"]
+    assert markdown_code("ktk run x") == "```\nktk run x\n```"
+    assert markdown_code("a ``` b") == "````\na ``` b\n````"  # the fence outlasts any run of backticks inside
+    assert markdown_table(["a|b", "n"], [["<i>", "1"]], [False, True]) == (
+        "| a\\|b | n |\n| --- | ---: |\n| &lt;i&gt; | 1 |\n")
+
+
+def test_text_tables_and_abbreviations():
+    from toolkit.tables import abbreviate, rows_table, text_table
+
+    assert abbreviate("training.optimizer.learning_rate", 30) == "t.optimizer.learning_rate"
+    assert abbreviate("training.optimizer.learning_rate", 20) == "t.o.learning_rate"
+    assert abbreviate("a_very_long_single_name_without_dots", 12) == "a_very_lo..."
+    assert text_table(["x", "n"], [["a", "1"], ["bb", "22"]], [False, True]) == "x    n\n--  --\na    1\nbb  22\n"
+    assert text_table(["", "loss"], [["train", "0.5000"]], [False, True], rule=False, indent="  ", min_width=10) == (
+        " " * 20 + "loss\n  train           0.5000\n")  # the run summary's layout
+    assert rows_table([{"run": "a", "loss": 0.5, "note": None}, {"run": "bb", "loss": float("nan"), "note": "x"}]) == (
+        "run  loss  note\n---  ----  ----\na     0.5  -\nbb      -  x\n")
+
+
+def test_the_run_summary_reads_as_the_readme_shows():
+    from types import SimpleNamespace
+
+    from toolkit.summary import format_run_summary
+
+    metrics = {"train": {"accuracy": 0.99761, "loss": 0.0605}, "validation": {"accuracy": 0.9777, "loss": 0.1741},
+               "test": {"accuracy": 0.9777, "loss": 0.1629}, "epochs_run": 30, "best_epoch": 30,
+               "monitor": "val_loss", "params": 17802, "wall_time_s": 9.5,
+               "sizes": {"train": 1259, "validation": 269, "test": 269}}
+    result = SimpleNamespace(metrics=metrics, config=SimpleNamespace(name="digits-mlp"),
+                             run_dir="runs/digits-mlp/20261122-032000")
+    readme = (REPO / "README.md").read_text()
+    assert format_run_summary(result).strip("\n") + "\n```" in readme

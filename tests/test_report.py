@@ -2,15 +2,16 @@
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
 
 import pytest
 
-from test_compare import PNG_SIGNATURE, assert_png, cli, parse_html
-from toolkit.errors import UserError
+from helpers import PNG_SIGNATURE, assert_png, ktk, parse_html
 from toolkit.analysis.report import report
+from toolkit.errors import UserError
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,7 @@ def test_sweep_report_holds_space_best_plots_and_trials(sweep, sweep_report):
 
 @pytest.mark.slow
 def test_report_of_a_folder_of_runs(runs, tmp_path):
-    result = cli("report", runs, "--out", tmp_path)
+    result = ktk("report", runs, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["wrote", str(tmp_path / "report.html"), "wrote", str(tmp_path / "report.md")]
     text = (tmp_path / "report.html").read_text()
@@ -90,12 +91,18 @@ def test_report_of_a_missing_folder_is_a_user_error(tmp_path):
         report(tmp_path / "nothing")
     assert str(error.value) == (f"SWEEP_OR_DIR: not found; expected a sweep directory or a folder of runs; "
                                 f"received '{tmp_path / 'nothing'}'.")
-    result = cli("report", tmp_path)
+    result = ktk("report", tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("ktk: error: PATH: no run or sweep directories found")
 
 
 def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    """The headless browser; in CI (CI=true) its absence fails the test, since .ci/run installs it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, but CI=true: .ci/run must install it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
 
 
 # Counts, once the page has loaded, the images the browser decoded and the tables it laid out.
@@ -111,11 +118,11 @@ window.addEventListener("load", function () {
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
 def test_the_report_renders_in_headless_chromium(sweep_report, tmp_path):
+    chromium = _chromium()
     probed = tmp_path / "probed.html"
     probed.write_text(sweep_report.html.read_text().replace("</body>", _PROBE + "\n</body>"))
-    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
     dom = subprocess.run([*browser, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=90)
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -225,18 +225,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from toolkit.analysis.compare import compare, render
-    from toolkit.results import make_dir
+    import shutil
 
+    from toolkit.analysis.compare import compare, render
+    from toolkit.results import check_output_path, make_dir, save_output
+
+    if args.output:
+        check_output_path(args.output, where="--output")  # before the work, not after
     if args.plot:
-        make_dir(args.plot, where="--plot")  # before the work, not after
+        make_dir(args.plot, where="--plot")
     table = compare(args.paths, all_params=args.all_params, sort=args.sort, top=args.top, filters=args.filters)
     _warn(table.attrs.get("warnings", []))
     if table.empty:
         print("ktk: no rows match the filters", file=sys.stderr)
-    text = render(table, args.format)
+    to_terminal = args.format == "table" and not args.output and sys.stdout.isatty()
+    text = render(table, args.format, width=shutil.get_terminal_size().columns if to_terminal else None)
     if args.output:
-        _write_output(args.output, text)
+        save_output(args.output, text, where="--output")
         print(f"wrote {args.output} ({len(table)} rows)", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -270,17 +275,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _warn(warnings: Sequence[str]) -> None:
-    for warning in warnings:
-        print(f"ktk: warning: {warning}", file=sys.stderr)
+    from toolkit.tables import terminal_text
 
-
-def _write_output(path: str, text: str) -> None:
-    from toolkit.results import atomic_write_text
-
-    try:
-        atomic_write_text(path, text)
-    except OSError as error:
-        raise UserError(f"cannot write the file ({error.strerror})", where="--output", received=path) from None
+    for warning in warnings:  # one line each, whatever a path or message holds (newlines, escape sequences)
+        print(f"ktk: warning: {terminal_text(warning)}", file=sys.stderr)
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:

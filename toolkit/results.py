@@ -1,18 +1,25 @@
-"""Result files: atomic writes, the per-epoch history log, and the run directory's names.
+"""Result files: the on-disk layout's names, atomic writes, and readers that never hang or crash.
 
 Every result file is written to a temporary name and renamed into place, so an interrupted process
-never leaves a half-written ``metrics.json`` behind.
+never leaves a half-written ``metrics.json`` behind; a path that is not a regular file (a link, a FIFO,
+a device) is never replaced (:func:`atomic_write_bytes`). The readers read only regular files of bounded
+size and raise OSError (cannot be read) or ValueError (damaged) for everything else, so a caller can
+skip a damaged file with one warning.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
@@ -47,22 +54,116 @@ SPLITS = ("train", "validation", "test")
 PathLike = Union[str, Path]
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Writes `text` to `path` so that readers see either the old file or the whole new one."""
+def atomic_write_text(path: PathLike, text: str, make_parents: bool = True) -> None:
+    """Writes `text` to `path` (UTF-8) so that readers see either the old file or the whole new one.
+
+    See :func:`atomic_write_bytes` for what happens when `path` is a link, a FIFO or a device.
+    """
+    atomic_write_bytes(path, text.encode("utf-8"), make_parents=make_parents)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, make_parents: bool = True) -> None:
+    """Writes `data` to `path` so that readers see either the old file or the whole new one.
+
+    A regular file is replaced atomically (a temporary file renamed over it, keeping the old file's
+    permissions). What is not a regular file is never replaced:
+
+    - a symbolic link is followed: its target is written (atomically, as a regular file), the link stays;
+    - a FIFO or a character device (``/dev/stdout``, ``/dev/null``) is written through, as a shell's ``>``
+      would; a FIFO that no process reads is refused rather than waited for;
+    - a directory, a block device or a socket is refused.
+
+    Args:
+        path: the file to write.
+        data: its new content.
+        make_parents: create missing parent folders (False: a missing folder is an error).
+
+    Raises:
+        OSError: the file cannot be written (its ``strerror`` says why in words).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it owner-only; results are for anyone to read
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        info: Optional[os.stat_result] = os.stat(path)  # follows links: what a write would reach
+    except FileNotFoundError:
+        info = None  # absent, or a link to something absent: created where the link points
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        _write_through(path, data, info)
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if make_parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(info.st_mode) if info is not None else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)  # mkstemp makes it owner-only; results are for anyone to read
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_through(path: Path, data: bytes, info: os.stat_result) -> None:
+    """Writes into an existing FIFO or character device; refuses what cannot take a file's content."""
+    kind = _kind(info.st_mode)
+    if kind not in ("a FIFO", "a character device"):
+        raise OSError(errno.EISDIR if kind == "a directory" else errno.EINVAL, f"{kind}, not a file", str(path))
+    try:  # O_NONBLOCK: a FIFO with no reader fails at once (ENXIO) instead of blocking forever
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as error:
+        if error.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "a FIFO that no process is reading", str(path)) from None
+        raise
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output_path(path: PathLike, where: Optional[str] = None) -> Path:
+    """`path` if a file can be written there: not a folder, and in a folder that exists.
+
+    Raises:
+        UserError: naming `where` and the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError("this is a folder, not a file", where=where, expected="a file to write", received=str(path))
+    if not path.parent.is_dir():
+        problem = "does not exist" if not path.parent.exists() else "is not a folder"
+        raise UserError(f"cannot write the file: {path.parent} {problem}", where=where, received=str(path))
+    return path
+
+
+def save_output(path: PathLike, content: Union[str, bytes], where: Optional[str] = None) -> Path:
+    """Writes a file the user named (``--output``, a report, a plot) with :func:`atomic_write_bytes`.
+
+    Its folder must exist. Every failure is the user's to fix: one :class:`UserError` naming `where`
+    and the path, never a traceback.
+    """
+    path = check_output_path(path, where)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    try:
+        atomic_write_bytes(path, data, make_parents=False)
+    except OSError as error:
+        raise UserError(f"cannot write the file ({error.strerror or error})", where=where,
+                        received=str(path)) from None
+    return path
 
 
 def check_new_dir(path: PathLike, what: str = "directory") -> Path:
@@ -77,7 +178,7 @@ def check_new_dir(path: PathLike, what: str = "directory") -> Path:
     return path
 
 
-def make_dir(path: PathLike, where: str = "--out") -> Path:
+def make_dir(path: PathLike, where: Optional[str] = "--out") -> Path:
     """Creates a result directory (and its parents); an impossible place is the user's mistake in `where`."""
     path = Path(path)
     try:
@@ -122,9 +223,77 @@ def read_yaml(path: PathLike) -> Any:
         return yaml.load(handle, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
 
 
+# The most a result file may hold before it is taken for damaged: far beyond what ktk writes (a metrics.json
+# is a few hundred bytes, a history of 10,000 epochs about a megabyte), and small enough to read at once.
+MAX_JSON_BYTES = 16 * 2**20
+MAX_CSV_BYTES = 64 * 2**20
+MAX_COLUMNS = 10_000  # of a CSV result file: a history or trials.csv has tens
+
+
+def check_small_file(path: PathLike, limit: int) -> None:
+    """Checks that `path` is a regular file of at most `limit` bytes before a reader opens it.
+
+    Raises:
+        OSError: the file is missing, cannot be reached, is not a regular file (a folder, a FIFO, a
+            device), or is larger than `limit`; its ``strerror`` says which in words.
+    """
+    _check_regular(os.stat(path), limit, path)
+
+
+def read_small_file(path: PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
+
+    A FIFO or a device is never opened in a way that could block, nor read from.
+
+    Raises:
+        OSError: as :func:`check_small_file`, or the file cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        _check_regular(os.fstat(fd), limit, path)
+    except OSError:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew after the check
+        raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MiB: not a file ktk wrote", str(path))
+    return data
+
+
+def _check_regular(info: os.stat_result, limit: int, path: PathLike) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, f"{_kind(info.st_mode)}, not a file", str(path))
+    if info.st_size > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 2**20} MiB: not a file ktk wrote", str(path))
+
+
+def parse_json(text: Union[str, bytes]) -> Any:
+    """JSON text as Python data. NaN and infinities (not JSON, though Python writes them) are read as None,
+    as :func:`write_json` writes them.
+
+    Raises:
+        ValueError: invalid JSON, bytes that are not UTF-8, or nesting too deep to read.
+    """
+    try:
+        return json.loads(text, parse_constant=lambda name: None, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _finite_float(text: str) -> Optional[float]:
+    value = float(text)
+    return value if math.isfinite(value) else None  # 1e999 overflows to infinity
+
+
 def read_json(path: PathLike) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    """A result JSON file (metrics.json, records/<id>.json, sweep.json...) as Python data.
+
+    Raises:
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: it is not valid JSON (see :func:`parse_json`).
+    """
+    return parse_json(read_small_file(path, MAX_JSON_BYTES).decode("utf-8"))  # ktk writes UTF-8, nothing else
 
 
 def _finite(value: Any) -> Any:
@@ -167,11 +336,120 @@ def _cell(value: Any) -> str:
 
 
 def read_history_csv(path: PathLike) -> Dict[str, List[float]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    return {key: [float(r[key]) if r[key] not in ("", None) else math.nan for r in rows] for key in rows[0]}
+    """A per-epoch history (history.csv, histories/<id>.csv) as {column: one float per epoch}.
+
+    Empty cells and ``nan`` are NaN. A file with no rows gives ``{}``.
+
+    Raises:
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: it is damaged: not UTF-8 text, a header with empty or repeated names, a row with
+            more or fewer fields than the header, or a cell that is not a number.
+    """
+    header, body = read_csv_rows(path)
+    if any(not name for name in header) or len(set(header)) != len(header):
+        raise ValueError(f"the header {','.join(header)!r} has an empty or repeated column name")
+    columns: Dict[str, List[float]] = {name: [] for name in header}
+    for number, cells in body:
+        if len(cells) != len(header):
+            raise ValueError(f"line {number} has {len(cells)} fields, expected {len(header)}")
+        for name, text in zip(header, cells):
+            try:
+                columns[name].append(float(text) if text.strip() else math.nan)
+            except ValueError:
+                raise ValueError(f"line {number}, column {name}: {text[:40]!r} is not a number") from None
+    return columns if body else {}
+
+
+def read_csv_rows(path: PathLike, limit: int = MAX_CSV_BYTES) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
+    """A CSV result file as its header (empty for an empty file) and (line number, cells) of each non-empty row.
+
+    Raises:
+        OSError: the file is missing, cannot be read, is not a regular file or is too large.
+        ValueError: not UTF-8, or not CSV.
+    """
+    text = read_small_file(path, limit).decode("utf-8")
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, [])
+        if len(header) > MAX_COLUMNS:
+            raise ValueError(f"more than {MAX_COLUMNS} columns: not a file ktk wrote")
+        rows = [(reader.line_num, cells) for cells in reader if cells]
+    except csv.Error as error:
+        raise ValueError(f"not CSV ({error})") from None
+    return header, rows
+
+
+# trials.csv (docs/ARCHITECTURE.md): these columns, then one per searched parameter, train.* and validation.*
+TRIAL_COLUMNS = ("trial_id", "status", "score", "epochs", "best_epoch", "params", "started", "duration_s",
+                 "message", "worker")
+TRIAL_TEXT_COLUMNS = ("trial_id", "status", "message", "worker", "started")  # kept as written ("03" stays "03")
+MAX_CELL_JSON = 10_000  # characters: a searched list or mapping is short; longer text stays text
+
+
+def read_trials_csv(path: PathLike) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
+    """A sweep's trials.csv: its header, one dict per trial with typed values (see :func:`parse_cell`), and
+    the line numbers of the rows skipped because their number of fields is wrong (half-written).
+
+    Raises:
+        OSError: as :func:`read_csv_rows`.
+        ValueError: it is damaged (see :func:`read_csv_rows`) or its header has no ``trial_id``.
+    """
+    header, rows = read_csv_rows(path)
+    if "trial_id" not in header:
+        raise ValueError("no header with trial_id")
+    trials, skipped = [], []
+    for number, cells in rows:
+        if len(cells) != len(header):
+            skipped.append(number)
+            continue
+        trials.append({name: text if name in TRIAL_TEXT_COLUMNS
+                       else parse_cell(text, structured=name not in TRIAL_COLUMNS)
+                       for name, text in zip(header, cells)})
+    return header, trials, skipped
+
+
+def parse_cell(text: str, structured: bool = False, words: bool = False) -> Any:
+    """A CSV cell or a filter value as the type it spells: int, float, bool, None (empty) or str.
+
+    Never YAML, so no cell can expand into more than its own text.
+
+    Args:
+        text: the cell.
+        structured: read ``[128, 64]`` or ``{"name": "adam"}`` (how trials.csv writes list and mapping
+            values: JSON) back as a list or dict; text that is not such JSON stays text.
+        words: read ``none``/``null`` as None too (filters); trials.csv writes None as an empty cell, so
+            there a searched choice ``"none"`` stays the text it was.
+    """
+    if text == "":
+        return None
+    if structured and text[:1] in "[{" and len(text) <= MAX_CELL_JSON:
+        try:
+            return parse_json(text)
+        except ValueError:
+            return text
+    if re.fullmatch(r"[-+]?\d{1,4300}", text):  # Python refuses to convert longer digit strings
+        return int(text)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if words and lowered in ("none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def trial_history_file(sweep_dir: PathLike, trial_id: str) -> Path:
+    """Where a sweep trial's per-epoch history is: ``histories/<trial_id>.csv``.
+
+    Raises:
+        ValueError: `trial_id` is not a plain file name (it would lead outside ``histories/``).
+    """
+    name = f"{trial_id}.csv"
+    if not trial_id or Path(name).name != name or "\\" in name or trial_id in (".", ".."):
+        raise ValueError(f"trial id {trial_id!r} is not a plain name")
+    return Path(sweep_dir) / HISTORIES_DIR / name
 
 
 def history_logger(path: PathLike) -> Any:

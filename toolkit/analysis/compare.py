@@ -3,19 +3,17 @@
 :func:`compare` finds run directories (``metrics.json`` + ``config.yaml``) and sweep directories
 (``trials.csv`` + ``config.yaml``, each trial a row plus the sweep's ``best/`` run) under the given paths
 and returns one pandas DataFrame row per run or trial. :func:`render` turns it into a terminal table,
-Markdown, CSV, JSON or a self-contained HTML page.
+Markdown, CSV, JSON or a self-contained HTML page (drawn by :mod:`toolkit.tables`).
 
-Only the small result files are read (never ``model.keras``), with the C YAML parser when available, and
-TensorFlow is never imported, so a thousand runs compare in about a second. A damaged or half-written
-directory is skipped and reported in ``df.attrs["warnings"]``; the library never prints.
+Only the small result files are read (never ``model.keras``), through the bounded readers of
+:mod:`toolkit.results`, and TensorFlow is never imported. A damaged or half-written directory is skipped
+and reported in ``df.attrs["warnings"]``; the library never prints.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import csv
-import html
 import json
 import math
 import numbers
@@ -23,29 +21,29 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import yaml
 
-from toolkit.lessons.diagnosis import verdict_of
-from toolkit.dotpath import set_path
+from toolkit import tables
+from toolkit.dotpath import get_path, set_path
 from toolkit.errors import UserError
-from toolkit.results import YAML_LOADER as _YamlLoader
-from toolkit.results import read_yaml
+from toolkit.lessons.diagnosis import verdict_of
 from toolkit.metrics import direction_of
+from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MAX_JSON_BYTES, METRICS_FILE,
+                             MODEL_FILE, SPLITS, TOP_DIR, TRIAL_COLUMNS, TRIALS_FILE, check_small_file, parse_cell,
+                             read_json, read_trials_csv, read_yaml, trial_history_file)
 from toolkit.search import DEPTH_PATH, resize_hidden
+from toolkit.tables import compact, is_finite, is_missing, is_number
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
+# What a row is (its `kind` column): a run, a sweep's trial, a sweep's best/ or one of its top/trial_<id>/.
+RUN, TRIAL, BEST, TOP = KINDS = ("run", "trial", "best", "top")
 
 # Columns describing the row itself; like config keys they are shown only when they differ.
 META_COLUMNS = ("kind", "status")
 # Columns that locate a row's files; kept in CSV/JSON (for scripts) but not shown in the tables.
 LOCATION_COLUMNS = ("path", "trial_id")
-SPLITS = ("train", "validation", "test")
-# trials.csv columns that are not searched parameters (see docs/ARCHITECTURE.md, sweep directory).
-_TEXT_COLUMNS = ("trial_id", "status", "message", "worker", "started")  # kept as written ("03" stays "03")
-_TRIAL_FIXED = {"trial_id", "status", "score", "epochs", "best_epoch", "params", "started", "duration_s",
-                "message", "worker"}
 # Folders never searched for runs: hidden folders, caches, and keras-tuner's own project.
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -58,7 +56,7 @@ class Entry:
     """One row before it becomes a DataFrame row: a run, a sweep trial, or a sweep's best run."""
 
     label: str
-    kind: str  # "run" | "trial" | "best" (a sweep's best/) | "top" (a sweep's top/trial_<id>/)
+    kind: str  # one of KINDS
     path: Path  # the run directory; for a trial, its sweep directory
     config: Dict[str, Any]  # flattened: dot path -> scalar (lists shown compactly)
     metrics: Dict[str, Dict[str, float]]  # split -> metric name -> value, at the best epoch
@@ -70,6 +68,7 @@ class Entry:
     duration_s: Optional[float] = None
     message: str = ""
     task: str = "unknown"  # metrics.json's task (trials do not record it)
+    nested: Dict[str, Any] = field(default_factory=dict, repr=False)  # the config before flattening
 
     @property
     def history_path(self) -> Path:
@@ -78,8 +77,12 @@ class Entry:
 
 
 def history_file(path: Path, kind: str, trial_id: str = "") -> Path:
-    """Where the per-epoch history of a row is: a trial's in its sweep's histories/, a run's beside it."""
-    return path / "histories" / f"{trial_id}.csv" if kind == "trial" else path / "history.csv"
+    """Where the per-epoch history of a row is: a trial's in its sweep's histories/, a run's beside it.
+
+    Raises:
+        ValueError: a trial id that is not a plain file name.
+    """
+    return trial_history_file(path, trial_id) if kind == TRIAL else path / HISTORY_FILE
 
 
 def row_kind(row: Mapping[str, Any]) -> str:
@@ -90,13 +93,13 @@ def row_kind(row: Mapping[str, Any]) -> str:
         return kind
     trial_id = row.get("trial_id")
     if isinstance(trial_id, str) and trial_id:
-        return "trial"
+        return TRIAL
     path = Path(row["path"])
-    if path.name == "best" and (path.parent / "trials.csv").is_file():
-        return "best"
-    if path.parent.name == "top" and (path.parent.parent / "trials.csv").is_file():
-        return "top"
-    return "run"
+    if path.name == BEST_DIR and (path.parent / TRIALS_FILE).is_file():
+        return BEST
+    if path.parent.name == TOP_DIR and (path.parent.parent / TRIALS_FILE).is_file():
+        return TOP
+    return RUN
 
 
 def main_metric(metric_names: Iterable[str]) -> str:
@@ -105,10 +108,15 @@ def main_metric(metric_names: Iterable[str]) -> str:
     return names[0] if names else "loss"
 
 
+# The columns row() makes besides the config keys (a config key of the same name is left out).
+ROW_COLUMNS = ("run", *META_COLUMNS, "verdict", "epochs", "best_epoch", "params", "duration_s", "message",
+               *LOCATION_COLUMNS)
+
+
 def row(entry: Entry) -> Dict[str, Any]:
     """The table row of one entry. Every column is added here, so a new column is one line."""
     out: Dict[str, Any] = {"run": entry.label, "kind": entry.kind, "status": entry.status}
-    out.update(entry.config)
+    out.update((k, v) for k, v in entry.config.items() if k not in ROW_COLUMNS)
     for split in SPLITS:
         for name, value in entry.metrics.get(split, {}).items():
             out[f"{split}.{name}"] = value
@@ -116,7 +124,7 @@ def row(entry: Entry) -> Dict[str, Any]:
     train, validation = entry.metrics.get("train", {}).get(metric), entry.metrics.get("validation", {}).get(metric)
     if is_number(train) and is_number(validation):
         out[f"gap.{metric}"] = train - validation  # train minus validation of the main metric
-    if entry.kind != "trial":  # a trial's train.* are the epoch's running means with dropout on: not judged
+    if entry.kind != TRIAL:  # a trial's train.* are the epoch's running means with dropout on: not judged
         out["verdict"] = verdict_of(entry.metrics, entry.task, entry.config.get("diagnose.baseline_error")) or None
     out["epochs"] = entry.epochs
     out["best_epoch"] = entry.best_epoch
@@ -133,161 +141,71 @@ def row(entry: Entry) -> Dict[str, Any]:
 
 
 def read_config(path: Union[str, Path]) -> Dict[str, Any]:
-    """A config.yaml as a plain dict (raises ValueError when it is not a mapping)."""
+    """A config.yaml as a plain dict.
+
+    Raises:
+        OSError: the file is missing or cannot be read (a folder, a FIFO, too large...).
+        ValueError: it does not hold a mapping.
+    """
+    check_small_file(path, MAX_JSON_BYTES)  # never opens a FIFO or a device, which could block or never end
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ValueError("config.yaml does not hold a mapping")
+        raise ValueError(f"{CONFIG_FILE} does not hold a mapping")
     return data
 
 
-# Flattened config sections by their exact text. Runs of one experiment share most of their config
-# word for word, so each distinct section (a top-level key, or below it a nested key) is parsed once. YAML
-# parsing is most of the time of a large comparison: this makes a thousand runs about four times faster.
-_SECTION_CACHE: Dict[Tuple[str, str], Any] = {}
-_UNSURE = object()
-_BLOCK_KEY = re.compile(r"([A-Za-z_][\w-]*):[ \t]*\r?\n")  # "model:" opening a nested block
+MAX_KEYS = 10_000  # flattened keys of one config: far beyond a real one (~100), short of what aliases expand to
 
 
-def read_flat_config(path: Union[str, Path]) -> Dict[str, Any]:
-    """A config.yaml flattened to dot paths (see :func:`flatten`), parsing each distinct section once.
-
-    Text the section split cannot be sure about (anchors used across sections, merge keys, flow text
-    continued at column 0, several documents, ...) is parsed whole, so the result always equals
-    ``flatten(read_config(path))``.
-    """
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    flat = _flat_text(text, "")
-    if flat is _UNSURE:
-        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
-        if not isinstance(data, dict):
-            raise ValueError("config.yaml does not hold a mapping")
-        return flatten(data)
-    if not flat and not text.strip():
-        raise ValueError("config.yaml is empty")
-    return flat
-
-
-def _flat_text(text: str, prefix: str) -> Any:
-    flat: Dict[str, Any] = {}
-    for section in _sections(text):
-        key = (prefix, section)
-        cached = _SECTION_CACHE.get(key)
-        if cached is None:
-            cached = _flat_section(section, prefix)
-            if len(_SECTION_CACHE) < 100_000:
-                _SECTION_CACHE[key] = cached
-        if cached is _UNSURE:
-            return _UNSURE
-        flat.update(cached)
-    return flat
-
-
-def _sections(text: str) -> List[str]:
-    """The text split before each line that starts a key at column 0 (not a comment, not indented)."""
-    sections: List[str] = []
-    current: List[str] = []
-    has_key = False
-    for line in text.splitlines(keepends=True):
-        starts_key = line[:1] not in ("", " ", "\t", "#", "\n", "\r")
-        if starts_key and has_key:
-            sections.append("".join(current))
-            current, has_key = [], False
-        current.append(line)
-        has_key = has_key or starts_key
-    if current:
-        sections.append("".join(current))
-    return sections
-
-
-def _flat_section(section: str, prefix: str) -> Any:
-    """One section (a single key and its value) flattened, or _UNSURE when it cannot stand alone."""
-    if section.startswith(("---", "...", "%", "<<", "- ", "? ")):
-        return _UNSURE
-    opening = _BLOCK_KEY.match(section)
-    if opening:  # "key:" then an indented block: split that block into its own sections
-        if not prefix and opening.group(1) == "search":
-            return {}
-        body = section[opening.end():]
-        lines = [line for line in body.splitlines(keepends=True)]
-        content = [line for line in lines if line.strip()]
-        indent = content[0][: len(content[0]) - len(content[0].lstrip(" "))] if content else ""
-        if indent and all(line.startswith(indent) or not line.strip() for line in lines):
-            nested = _flat_text("".join(line[len(indent):] if line.strip() else line for line in lines),
-                                f"{prefix}{opening.group(1)}.")
-            if nested is not _UNSURE and nested:
-                return nested
-    try:
-        data = yaml.load(section, Loader=_YamlLoader)  # noqa: S506 - a safe loader
-    except yaml.YAMLError:
-        return _UNSURE
-    if data is None:
-        return {}  # only comments
-    if not isinstance(data, dict) or len(data) != 1:
-        return _UNSURE
-    key = next(iter(data))
-    if not isinstance(key, str):
-        return _UNSURE
-    if not prefix:
-        return flatten(data)
-    value = data[key]
-    if isinstance(value, Mapping):
-        return flatten(value, f"{prefix}{key}.")
-    return {f"{prefix}{key}": compact(value) if isinstance(value, (list, tuple)) else value}
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """Nested config dicts as dot paths (``model.dropout``); lists kept whole as compact text.
 
     The ``search`` section is left out: it describes how a sweep searched, not how a run trained.
+
+    Raises:
+        ValueError: more than :data:`MAX_KEYS` keys (a document of nested YAML aliases).
     """
     flat: Dict[str, Any] = {}
-    for key, value in config.items():
-        if not prefix and key == "search":
-            continue
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, path + "."))
-        elif isinstance(value, (list, tuple)):
-            flat[path] = compact(value)
+    stack = [(prefix, iter(config.items()))]
+    steps = 0
+    while stack:  # depth first without recursion: a document nested thousands deep is read like any other
+        path_prefix, items = stack[-1]
+        for key, value in items:
+            steps += 1
+            if steps > MAX_KEYS:  # counts mappings too: empty ones aliased a billion times add no key
+                raise ValueError(f"more than {MAX_KEYS} keys and mappings (nested YAML aliases?)")
+            if not path_prefix and key == "search":
+                continue
+            path = f"{path_prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((path + ".", iter(value.items())))
+                break  # the mapping first; this loop goes on where it stopped when the mapping is done
+            flat[path] = compact(value) if isinstance(value, (list, tuple)) else value
         else:
-            flat[path] = value
+            stack.pop()
     return flat
 
 
-def compact(value: Any) -> str:
-    """A value as short YAML-like text: ``[128, 64]``, ``{l2: 0.0001}``, ``true``, ``null``."""
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {compact(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(compact(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return "true" if value else "false"
-    return str(value)
-
-
-def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
+def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
     """Reads one run directory (metrics.json and config.yaml only).
 
     Raises:
-        ValueError: when a file is missing, malformed or lacks the contract's keys.
+        ValueError: when a file is missing, damaged or lacks the contract's keys.
     """
-    metrics_path = run_dir / "metrics.json"
     try:
-        with open(metrics_path, "rb") as handle:
-            metrics = json.load(handle)
+        metrics = read_json(run_dir / METRICS_FILE)
     except FileNotFoundError:
-        raise ValueError("no metrics.json (the run did not finish)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"metrics.json is not valid JSON ({error})") from None
-    except OSError as error:  # a folder or an unreadable file by that name
-        raise ValueError(f"metrics.json cannot be read ({error.strerror or error})") from None
+        raise ValueError(f"no {METRICS_FILE} (the run did not finish)") from None
+    except ValueError as error:
+        raise ValueError(f"{METRICS_FILE} is not valid JSON ({error})") from None
+    except OSError as error:  # an unreadable file by that name
+        raise ValueError(f"{METRICS_FILE} cannot be read ({error.strerror or error})") from None
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(s), dict) for s in SPLITS):
-        raise ValueError("metrics.json has no train/validation/test results")
-    config = _config_of(run_dir, read_flat_config)
-    results = {s: {k: v for k, v in metrics[s].items() if is_number(v)}
+        raise ValueError(f"{METRICS_FILE} has no train/validation/test results")
+    if sum(len(metrics[s]) for s in SPLITS if isinstance(metrics.get(s), dict)) > MAX_KEYS:
+        raise ValueError(f"{METRICS_FILE} has more than {MAX_KEYS} metrics: not a file ktk wrote")
+    nested, config = _config_of(run_dir)
+    results = {s: {str(k): v for k, v in metrics[s].items() if is_number(v)}
                for s in SPLITS if isinstance(metrics.get(s), dict)}
     return Entry(
         label=label,
@@ -300,6 +218,7 @@ def read_run(run_dir: Path, label: str, kind: str = "run") -> Entry:
         params=_int_or_none(metrics.get("params")),
         duration_s=_float_or_none(metrics.get("wall_time_s")),
         task=str(metrics.get("task") or "unknown"),
+        nested=nested,
     )
 
 
@@ -339,7 +258,7 @@ class Sweep:
     def ranked(self) -> List[Dict[str, Any]]:
         """The completed trials with a score, best first (ties keep trial order)."""
         _, direction = self.objective
-        scored = [t for t in self.trials if t.get("status") == "completed" and is_number(t.get("score"))]
+        scored = [t for t in self.trials if t.get("status") == "completed" and is_finite(t.get("score"))]
         return sorted(scored, key=lambda t: -t["score"] if direction == "max" else t["score"])
 
     def best_trial(self) -> Optional[Dict[str, Any]]:
@@ -369,7 +288,7 @@ class Parameter:
     def describe(self) -> str:
         """The range in words: ``float in [0.0001, 0.1], log scale`` or ``one of sgd, adam``."""
         if self.kind in ("int", "float"):
-            text = f"{self.kind} in [{format_value(self.low)}, {format_value(self.high)}]"
+            text = f"{self.kind} in [{tables.format_value(self.low)}, {tables.format_value(self.high)}]"
             return text + (", log scale" if self.log else "")
         if self.kind == "choice":
             return "one of " + ", ".join(compact(c) for c in self.choices or [])
@@ -383,8 +302,8 @@ class Parameter:
         if self.kind == "choice":
             return (f"the best value {compact(self.best)} is the {'lowest' if self.edge == 'low' else 'highest'}"
                     f" choice: consider extending the choices beyond it")
-        return (f"the best value {format_value(self.best)} is at the {self.edge} edge of the searched range "
-                f"(near {format_value(bound)}): consider widening the range")
+        return (f"the best value {tables.format_value(self.best)} is at the {self.edge} edge of the searched range "
+                f"(near {tables.format_value(bound)}): consider widening the range")
 
 
 EDGE_FRACTION = 0.1  # the outer tenth of a range (of its logarithm for log-scale parameters) is its edge
@@ -408,7 +327,7 @@ def parameters(sweep: "Sweep") -> List[Parameter]:
             if tried:
                 parameter.low, parameter.high = min(tried), max(tried)
         parameter.best = best.get(name) if best else None
-        parameter.edge = _edge(parameter)
+        parameter.edge = range_edge(parameter)
         result.append(parameter)
     return result
 
@@ -426,7 +345,8 @@ def _parameter_from_spec(name: str, spec: Any) -> Parameter:
     return Parameter(name, "unknown", when=when)
 
 
-def _edge(parameter: Parameter) -> Optional[str]:
+def range_edge(parameter: Parameter) -> Optional[str]:
+    """"low" or "high" when the parameter's best value sits at that edge of its searched range, else None."""
     value = parameter.best
     if parameter.kind == "choice":
         numeric = [c for c in parameter.choices or [] if is_number(c)]
@@ -436,7 +356,7 @@ def _edge(parameter: Parameter) -> Optional[str]:
     if parameter.kind == "unknown":
         return None  # without the searched range there is no edge to speak of
     low, high = parameter.low, parameter.high
-    if not (is_number(value) and is_number(low) and is_number(high)) or high <= low:
+    if not all(is_number(v) and math.isfinite(v) for v in (value, low, high)) or high <= low:
         return None
     if parameter.log and low > 0 and value > 0:
         low, high, value = math.log(low), math.log(high), math.log(value)
@@ -448,41 +368,33 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
     """Reads a sweep directory's config.yaml and trials.csv.
 
     Raises:
-        ValueError: when config.yaml or trials.csv is missing or malformed.
+        ValueError: when config.yaml or trials.csv is missing or damaged.
     """
     sweep_dir = Path(sweep_dir)
-    config = _config_of(sweep_dir, read_config)
-    warnings: List[str] = []
+    config, _ = _config_of(sweep_dir)
+    path = sweep_dir / TRIALS_FILE
     try:
-        with open(sweep_dir / "trials.csv", newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header or "trial_id" not in header:
-                raise ValueError("trials.csv has no header with trial_id")
-            trials = []
-            for number, cells in enumerate(reader, start=2):
-                if not cells:
-                    continue
-                if len(cells) != len(header):
-                    warnings.append(f"{sweep_dir / 'trials.csv'}: line {number} has {len(cells)} fields, "
-                                    f"expected {len(header)} (half-written?); skipped")
-                    continue
-                trials.append({name: text if name in _TEXT_COLUMNS
-                               else _typed(text, flow=name not in _TRIAL_FIXED, words=False)
-                               for name, text in zip(header, cells)})
+        header, trials, skipped = read_trials_csv(path)
     except FileNotFoundError:
-        raise ValueError("no trials.csv") from None
-    except (csv.Error, UnicodeDecodeError) as error:
-        raise ValueError(f"trials.csv cannot be read ({error})") from None
+        raise ValueError(f"no {TRIALS_FILE}") from None
+    except ValueError as error:
+        raise ValueError(f"{TRIALS_FILE} cannot be read ({error})") from None
     except OSError as error:
-        raise ValueError(f"trials.csv cannot be read ({error.strerror or error})") from None
+        raise ValueError(f"{TRIALS_FILE} cannot be read ({error.strerror or error})") from None
+    warnings = []
+    if skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.append(f"{path}: {len(skipped)} line(s) with a wrong number of fields (half-written?) skipped: "
+                        f"line {lines}")
     for trial in trials:
         trial.setdefault("status", "")
-    parameters = [c for c in header if c not in _TRIAL_FIXED and not c.startswith(tuple(s + "." for s in SPLITS))]
+    metric_prefixes = tuple(s + "." for s in SPLITS)
+    parameters = [c for c in header if c not in TRIAL_COLUMNS and not c.startswith(metric_prefixes)]
     return Sweep(sweep_dir, config, trials, parameters, warnings)
 
 
 DEPTH_PARAMETER = DEPTH_PATH  # a sweep helper, not a config key: model.hidden cut or extended to it
+MAX_DEPTH = 10_000
 
 
 def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
@@ -493,7 +405,8 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
         config = copy.deepcopy(base)
         depth = trial.get(DEPTH_PARAMETER)
         hidden = config.get("model", {}).get("hidden") if isinstance(config.get("model"), dict) else None
-        if isinstance(depth, int) and isinstance(hidden, list) and hidden:  # as toolkit.search applies it
+        # as toolkit.search applies it (a depth beyond any real network is a damaged cell, not a list to build)
+        if isinstance(depth, int) and 0 <= depth <= MAX_DEPTH and isinstance(hidden, list) and hidden:
             config["model"]["hidden"] = resize_hidden(hidden, depth)
         for parameter in sweep.parameters:
             value = trial.get(parameter)
@@ -514,7 +427,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
                 metrics.setdefault(split, {})[name] = value
         entries.append(Entry(
             label=f"{label}#{trial['trial_id']}",
-            kind="trial",
+            kind=TRIAL,
             path=sweep.path,
             config=flat,
             metrics=metrics,
@@ -525,6 +438,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
             params=_int_or_none(trial.get("params")),
             duration_s=_float_or_none(trial.get("duration_s")),
             message=str(trial.get("message") or ""),
+            nested=config,
         ))
     return entries
 
@@ -549,8 +463,8 @@ def find(paths: Sequence[Union[str, Path]]) -> Found:
     seen: set = set()
     for given in paths:
         path = Path(given)
-        if path.is_file():
-            if path.name not in ("metrics.json", "config.yaml", "trials.csv"):
+        if not path.is_dir() and path.exists():
+            if path.name not in (METRICS_FILE, CONFIG_FILE, TRIALS_FILE):
                 raise UserError("not a run or sweep directory", where="PATH", received=str(path),
                                 expected="a run directory, a sweep directory or a folder holding them")
             path = path.parent
@@ -561,31 +475,33 @@ def find(paths: Sequence[Union[str, Path]]) -> Found:
     return found
 
 
-def _walk(directory: Path, found: Found, seen: set) -> None:
-    try:
-        info = os.stat(directory)
-        if (info.st_dev, info.st_ino) in seen:  # the same folder given twice, or reached through a link
-            return
-        seen.add((info.st_dev, info.st_ino))
-        with os.scandir(directory) as scan:
-            items = list(scan)
-    except OSError as error:
-        found.warnings.append(f"{directory}: cannot be read ({error.strerror}); skipped")
-        return
-    names = {item.name for item in items}
-    if "trials.csv" in names and "config.yaml" in names:
-        found.sweeps.append(directory)
-        return
-    if "metrics.json" in names:
-        found.runs.append(directory)
-        return
-    if "config.yaml" in names and names & {"history.csv", "environment.json", "model.keras"}:
-        found.warnings.append(f"{directory}: no metrics.json (unfinished or failed run); skipped")
-        return
-    subdirs = sorted(item.name for item in items
-                     if not item.name.startswith(".") and item.name not in _SKIP_DIRS and _is_dir(item))
-    for name in subdirs:
-        _walk(directory / name, found, seen)
+def _walk(top: Path, found: Found, seen: set) -> None:
+    """Adds the run and sweep directories at or below `top`, depth first in name order (no recursion: a tree of
+    any depth is walked)."""
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen:  # the same folder given twice, or reached through a link
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(directory) as scan:
+                items = list(scan)
+        except OSError as error:
+            found.warnings.append(f"{directory}: cannot be read ({error.strerror}); skipped")
+            continue
+        names = {item.name for item in items}
+        if TRIALS_FILE in names and CONFIG_FILE in names:
+            found.sweeps.append(directory)
+        elif METRICS_FILE in names:
+            found.runs.append(directory)
+        elif CONFIG_FILE in names and names & {HISTORY_FILE, ENVIRONMENT_FILE, MODEL_FILE}:
+            found.warnings.append(f"{directory}: no {METRICS_FILE} (unfinished or failed run); skipped")
+        else:
+            subdirs = sorted((item.name for item in items if not item.name.startswith(".")
+                              and item.name not in _SKIP_DIRS and _is_dir(item)), reverse=True)
+            pending.extend(directory / name for name in subdirs)  # reversed: popped in name order
 
 
 def _is_dir(item: os.DirEntry) -> bool:
@@ -611,7 +527,7 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
     found = find(paths)
     warnings = list(found.warnings)
     # a sweep's best/ and top/ runs are listed with their sweep (as best and top), not again as plain runs
-    retrained_dirs = {run.resolve() for sweep in found.sweeps for run in [sweep / "best", *_top_runs(sweep)]}
+    retrained_dirs = {run.resolve() for sweep in found.sweeps for run in _retrained(sweep)}
     found.runs = [run for run in found.runs if run.resolve() not in retrained_dirs]
     labels = _labels(found.runs + found.sweeps)
     rows: List[Entry] = []
@@ -622,11 +538,15 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
             except ValueError as error:
                 warnings.append(f"{directory}: {error}; skipped")
                 continue
+            try:
+                trials = trial_entries(sweep, labels[directory])
+            except RecursionError:  # parameter paths thousands of keys deep: a damaged header
+                warnings.append(f"{directory}: {TRIALS_FILE} names parameters nested too deeply; skipped")
+                continue
             warnings.extend(sweep.warnings)
-            rows.extend(trial_entries(sweep, labels[directory]))
-            retrained = [(directory / "best", "best")] + [(run_dir, "top") for run_dir in _top_runs(directory)]
-            for run_dir, kind in retrained:
-                if not (run_dir / "metrics.json").is_file():
+            rows.extend(trials)
+            for run_dir, kind in _retrained(directory).items():
+                if not (run_dir / METRICS_FILE).exists():
                     continue  # not retrained yet (a sweep still running, or retrain_top 1)
                 try:
                     rows.append(read_run(run_dir, f"{labels[directory]}/{os.path.relpath(run_dir, directory)}", kind=kind))
@@ -640,9 +560,15 @@ def entries(paths: Sequence[Union[str, Path]]) -> Tuple[List[Entry], List[str]]:
     return rows, sorted(warnings)  # each starts with its path: in path order, like the rows
 
 
-def _top_runs(sweep_dir: Path) -> List[Path]:
-    top = sweep_dir / "top"
-    return [run_dir for run_dir in sorted(top.iterdir()) if run_dir.is_dir()] if top.is_dir() else []
+def _retrained(sweep_dir: Path) -> Dict[Path, str]:
+    """The run directories a sweep retrained, by kind: best/ and each top/trial_<id>/ (those that exist)."""
+    runs = {sweep_dir / BEST_DIR: BEST}
+    try:
+        with os.scandir(sweep_dir / TOP_DIR) as scan:
+            runs.update({Path(item.path): TOP for item in sorted(scan, key=lambda i: i.name) if _is_dir(item)})
+    except OSError:  # no top/ (retrain_top 1), or not a readable folder
+        pass
+    return runs
 
 
 # -------------------------------------------------------------------------------------- compare
@@ -690,8 +616,9 @@ def compare(
                         expected="a run directory (metrics.json + config.yaml), a sweep directory "
                                  "(trials.csv + config.yaml) or a folder holding them",
                         received=", ".join(str(p) for p in paths))
+    config_keys = [k for k in _ordered_union(e.config for e in found) if k not in ROW_COLUMNS]
+    implied = spell_out_items(found, config_keys)
     records = [row(e) for e in found]
-    config_keys = _ordered_union(e.config for e in found)
     columns = _column_order(records, config_keys)
     frame = pd.DataFrame.from_records(records, columns=columns)
 
@@ -711,10 +638,48 @@ def compare(
             raise UserError(where="--top", expected="a positive number of rows", received=top)
         frame = frame.head(top)
 
-    keep = [c for c in frame.columns if _keep(frame[c], c, config_keys, all_params, used)]
+    keep = [c for c in frame.columns if _keep(frame[c], c, config_keys, all_params, used)
+            and (all_params or c in used or c not in implied)]
     frame = frame[keep].reset_index(drop=True)
     frame.attrs["warnings"] = warnings
     return frame
+
+
+def spell_out_items(found: Sequence[Entry], config_keys: Sequence[str]) -> Set[str]:
+    """Gives every row the list items a sweep searched (``model.hidden.0``), and says which lists they spell out.
+
+    A sweep that searched ``model.hidden.0`` has that column for its trials; a run (or the sweep's
+    ``best/``) has only the whole list, ``model.hidden: [32]``. Rows without the item column get it from
+    their list, so the searched value can be sorted and filtered on in every row.
+
+    Returns:
+        The list columns (``model.hidden``) that the item columns spell out completely in every row: they
+        say nothing more, and the tables leave them out (``all_params`` shows them).
+    """
+    items: Dict[str, Set[int]] = {}
+    for key in config_keys:
+        parent, _, index = key.rpartition(".")
+        if parent in config_keys and re.fullmatch(r"[0-9]{1,6}", index):
+            items.setdefault(parent, set()).add(int(index))
+    implied = set()
+    for parent, indices in items.items():
+        spelled_out = True
+        for entry in found:
+            try:
+                value = get_path(entry.nested, parent)
+            except KeyError:
+                continue  # no such list in this row: nothing to spell out
+            if not isinstance(value, list) or set(range(len(value))) - indices:
+                spelled_out = False  # not a list, or items no column shows (model.depth searched too)
+                continue
+            for index in indices:
+                key = f"{parent}.{index}"
+                if key not in entry.config and index < len(value):
+                    item = value[index]
+                    entry.config[key] = compact(item) if isinstance(item, (list, tuple, Mapping)) else item
+        if spelled_out:
+            implied.add(parent)
+    return implied
 
 
 def _ordered_union(dicts: Iterable[Mapping[str, Any]]) -> List[str]:
@@ -747,7 +712,7 @@ def _differs(column) -> bool:
 
 
 def _hashable(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return ("missing",)
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return ("bool", bool(value))
@@ -784,7 +749,7 @@ def _filter_mask(frame, text: str):
     op = "==" if op == "=" else op
     if column not in frame.columns:
         raise _column_error("--filter", column, frame)
-    value = _typed(raw.strip("'\""))
+    value = parse_cell(raw.strip("'\""), words=True)
     series = frame[column]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         numbers = pd.to_numeric(series.map(lambda v: v if is_number(v) else None), errors="coerce")
@@ -799,204 +764,76 @@ def _filter_mask(frame, text: str):
 
 
 def _sort_key(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return None
     return (0, float(value), "") if is_number(value) else (1, 0.0, compact(value))
 
 
 def _cell_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return compact(value)
+    return "" if is_missing(value) else compact(value)
 
 
 # ---------------------------------------------------------------------------------------- render
 
 
-def render(df, fmt: str = "table") -> str:
+def render(df, fmt: str = "table", width: Optional[int] = None) -> str:
     """The table as text in one of :data:`FORMATS`.
 
     ``csv`` and ``json`` keep every column at full precision (``json`` is a list of records, missing
     values as null); ``table``, ``markdown`` and ``html`` round numbers for reading and leave out the
-    ``path`` and ``trial_id`` columns.
+    ``path`` and ``trial_id`` columns. Text from the results is escaped in ``markdown`` and ``html``.
+
+    Args:
+        df: a table from :func:`compare`.
+        fmt: the format.
+        width: for ``table``, the terminal's width: long names and values are abbreviated and columns
+            that do not fit are wrapped into blocks below (see :func:`toolkit.tables.text_table`).
     """
     if fmt not in FORMATS:
         raise UserError(where="--format", expected="a table format", received=fmt, choices=FORMATS)
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":
-        records = [{str(k): _plain(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+        records = [{str(k): tables.json_value(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
         return json.dumps(records, indent=2, allow_nan=False) + "\n"
     header, cells, numeric = table_cells(df)
     if fmt == "table":
-        return text_table(header, cells, numeric)
+        return tables.text_table(header, cells, numeric, width=width)
     if fmt == "markdown":
-        return markdown_table(header, cells, numeric)
-    return html_page("ktk compare", [html_table(header, cells, numeric)])
+        return tables.markdown_table(header, cells, numeric)
+    return tables.html_page("ktk compare", [tables.html_table(header, cells, numeric)])
 
 
 def table_cells(df) -> Tuple[List[str], List[List[str]], List[bool]]:
     """The header, the formatted cells and which columns are numeric, for a table to read (no locations)."""
     shown = df[[c for c in df.columns if c not in LOCATION_COLUMNS]]
     header = [str(c) for c in shown.columns]
-    cells = [[format_value(v) for v in values] for values in shown.itertuples(index=False, name=None)]
-    numeric = [_numeric_column(shown[c]) for c in shown.columns]
+    cells = [[tables.format_value(v) for v in values] for values in shown.itertuples(index=False, name=None)]
+    numeric = [tables.is_numeric_column(shown[c]) for c in shown.columns]
     return header, cells, numeric
-
-
-def format_value(value: Any) -> str:
-    """A cell for reading: 4 significant digits, integers whole, missing values empty."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return "true" if value else "false"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _numeric_column(series) -> bool:
-    values = [v for v in series if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(values) and all(is_number(v) for v in values)
-
-
-def text_table(header: List[str], cells: List[List[str]], numeric: List[bool]) -> str:
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in cells)]) + "\n"
-
-
-def markdown_table(header: List[str], cells: List[List[str]], numeric: Optional[List[bool]] = None) -> str:
-    """A Markdown (GitHub) pipe table of already formatted cells; numeric columns right-aligned."""
-    numeric = numeric or [False] * len(header)
-
-    def escape(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(escape(h) for h in header) + " |",
-             "| " + " | ".join("---:" if n else "---" for n in numeric) + " |"]
-    lines += ["| " + " | ".join(escape(c) for c in r) + " |" for r in cells]
-    return "\n".join(lines) + "\n"
-
-
-def html_table(header: Sequence[str], cells: Sequence[Sequence[str]], numeric: Optional[Sequence[bool]] = None,
-               highlight: Optional[int] = None) -> str:
-    """An HTML <table> of already formatted cells (numbers right-aligned; row `highlight` marked)."""
-    numeric = numeric or [False] * len(header)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for index, values in enumerate(cells):
-        tds = "".join(f'<td class="num">{html.escape(v)}</td>' if n else f"<td>{html.escape(v)}</td>"
-                      for v, n in zip(values, numeric))
-        mark = ' class="best"' if index == highlight else ""
-        body.append(f"<tr{mark}>{tds}</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
-
-
-_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 2em;
-       color: #1a1a1a; max-width: 1400px; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; white-space: nowrap; }
-th { background: #f2f2f2; position: sticky; top: 0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr:nth-child(even) td { background: #fafafa; }
-tr.best td { background: #e6f4ea; font-weight: 600; }
-.scroll { overflow-x: auto; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; max-width: 600px; }
-pre, code { background: #f6f8fa; padding: 0.1em 0.3em; border-radius: 3px; }
-pre { padding: 0.7em; overflow-x: auto; }
-.warning { color: #8a4b00; }
-"""
-
-
-def html_page(title: str, parts: Sequence[str]) -> str:
-    """A self-contained HTML page (inline CSS, no scripts, no external files) around `parts`."""
-    body = "\n".join(f'<div class="scroll">{p}</div>' if p.startswith("<table") else p for p in parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def is_number(value: Any) -> bool:
-    """True for a real number that is not NaN (bools are not numbers here)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Real):
-        return False
-    return not math.isnan(value)
-
-
-def _plain(value: Any) -> Any:
-    """A cell as a JSON value: numpy scalars to Python, NaN to None."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return bool(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return None if math.isnan(value) or math.isinf(value) else float(value)
-    return str(value)
-
-
-def _typed(text: str, flow: bool = False, words: bool = True) -> Any:
-    """A CSV or filter value as the type it spells: int, float, bool, None (empty) or str.
-
-    With `words` (filters), ``none``/``null`` also mean None; without it (trials.csv, which writes None
-    as an empty cell) they stay text, so a searched choice ``"none"`` is kept as the string it was.
-
-    With `flow`, text like ``[128, 64]`` or ``{name: adam}`` (how trials.csv writes list and mapping
-    choices) is read back as YAML.
-    """
-    if text == "":
-        return None
-    if flow and text[:1] in "[{":
-        try:
-            return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
-        except yaml.YAMLError:
-            return text
-    if re.fullmatch(r"[-+]?\d+", text):
-        return int(text)
+def _config_of(folder: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The folder's config.yaml, nested and flattened; ValueError saying what is wrong with it."""
+    path = folder / CONFIG_FILE
     try:
-        number = float(text)
-    except ValueError:
-        lowered = text.lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        if words and lowered in ("none", "null"):
-            return None
-        return text
-    return number
-
-
-def _config_of(folder: Path, read: Any) -> Dict[str, Any]:
-    """`read` (read_config or read_flat_config) of the folder's config.yaml; ValueError saying what is wrong."""
-    try:
-        return read(folder / "config.yaml")
+        nested = read_config(path)
+        return nested, flatten(nested)
     except FileNotFoundError:
-        raise ValueError("no config.yaml") from None
-    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"config.yaml cannot be read ({_first_line(error)})") from None
+        raise ValueError(f"no {CONFIG_FILE}") from None
+    except (yaml.YAMLError, ValueError, UserError) as error:
+        raise ValueError(f"{CONFIG_FILE} cannot be read ({_first_line(error)})") from None
+    except RecursionError:
+        raise ValueError(f"{CONFIG_FILE} cannot be read (nested too deeply)") from None
     except OSError as error:
-        raise ValueError(f"config.yaml cannot be read ({error.strerror or error})") from None
+        raise ValueError(f"{CONFIG_FILE} cannot be read ({error.strerror or error})") from None
 
 
 def _int_or_none(value: Any) -> Optional[int]:
-    return int(value) if is_number(value) else None
+    return int(value) if is_number(value) and math.isfinite(value) else None
 
 
 def _float_or_none(value: Any) -> Optional[float]:
@@ -1004,4 +841,5 @@ def _float_or_none(value: Any) -> Optional[float]:
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from toolkit.analysis.compare import (Parameter, Sweep, compact, format_value, history_file, is_number, parameters,
-                             read_sweep, row_kind)
+from toolkit.analysis.compare import BEST, TRIAL, Parameter, Sweep, history_file, parameters, read_sweep, row_kind
+from toolkit.results import make_dir, read_history_csv, save_output, trial_history_file
+from toolkit.tables import format_value, is_finite, is_number, shorten
 
 PathLike = Union[str, Path]
 MAX_LEGEND = 12  # more runs than this are still drawn, but a legend would hide the curves
 BEST_TRIALS = 5  # how many of a sweep's best trials get their learning curves drawn
+LABEL_WIDTH = 24  # characters of a choice shown under its tick
 _STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "invalid": "#ef6c00", "running": "#1565c0"}
 
 
@@ -54,20 +56,12 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    """The figure as a PNG file, written like every file ktk writes (atomically; a link or FIFO never replaced)."""
+    import io
 
-
-def read_history(path: PathLike) -> Dict[str, List[float]]:
-    """A history.csv as {column: values per epoch}; raises OSError or ValueError when unreadable."""
-    from toolkit.results import read_history_csv
-
-    history = read_history_csv(path)
-    if not history or "epoch" not in history:
-        raise ValueError("no epochs recorded")
-    return history
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return save_output(path, buffer.getvalue())
 
 
 def _metric_of(history: Dict[str, List[float]]) -> Optional[str]:
@@ -87,9 +81,13 @@ def learning_curves(curves: Sequence[Curve], out_path: PathLike, title: str = "L
     loaded = []
     for curve in curves:
         try:
-            loaded.append((curve, read_history(curve.history)))
-        except (OSError, ValueError, KeyError) as error:
+            history = read_history_csv(curve.history)
+            if "epoch" not in history:
+                raise ValueError("no epochs recorded")
+        except (OSError, ValueError) as error:
             result.warnings.append(f"{curve.history}: no learning curve ({getattr(error, 'strerror', None) or error})")
+            continue
+        loaded.append((curve, history))
     if not loaded:
         return result
     metric = next((m for m in (_metric_of(h) for _, h in loaded) if m), None)
@@ -137,9 +135,12 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
     """The objective of every trial against one searched parameter's value, best trial marked."""
     objective, direction = sweep.objective
     best = sweep.best_trial()
-    completed = [t for t in sweep.trials if t.get("status") == "completed" and is_number(t.get("score"))
-                 and t.get(parameter.name) is not None]
-    failed = [t for t in sweep.trials if t.get("status") != "completed" and t.get(parameter.name) is not None]
+    def drawable(value: Any) -> bool:  # an infinite value (a damaged cell) has no place on an axis
+        return value is not None and (is_finite(value) or not is_number(value))
+
+    completed = [t for t in sweep.trials if t.get("status") == "completed" and is_finite(t.get("score"))
+                 and drawable(t.get(parameter.name))]
+    failed = [t for t in sweep.trials if t.get("status") != "completed" and drawable(t.get(parameter.name))]
     # choices are drawn evenly spaced in their own order (batch sizes 32, 64, 128; or names)
     categorical = parameter.kind == "choice" or any(not is_number(t.get(parameter.name)) for t in completed + failed)
     figure = _figure(6.0, 4.2)
@@ -160,7 +161,7 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
     xs = [x_of(t) for t in completed]
     ys = [t["score"] for t in completed]
     axis.scatter(xs, ys, s=28, color="#1f77b4", alpha=0.8, label="trial", zorder=2)
-    if best is not None and best.get(parameter.name) is not None:
+    if best is not None and drawable(best.get(parameter.name)):
         axis.scatter([x_of(best)], [best["score"]], s=220, marker="*", color="#d62728", edgecolor="black",
                      lw=0.6, label=f"best ({format_value(best[parameter.name])})", zorder=3)
     if failed:
@@ -172,7 +173,8 @@ def parameter_plot(sweep: Sweep, parameter: Parameter, out_path: PathLike) -> Pa
                      label=f"failed ({len(failed)})", zorder=2)
     if not categorical and parameter.kind in ("int", "float"):
         for bound in (parameter.low, parameter.high):  # the searched range, to see how far the best is from it
-            axis.axvline(bound, color="0.6", lw=0.8, ls=":")
+            if is_finite(bound):
+                axis.axvline(bound, color="0.6", lw=0.8, ls=":")
     axis.set_xlabel(parameter.name + (" (log scale)" if parameter.log else ""))
     axis.set_ylabel(f"{objective} ({'lower' if direction == 'min' else 'higher'} is better)")
     title = parameter.name
@@ -216,7 +218,7 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
     """
     if not isinstance(sweep, Sweep):
         sweep = read_sweep(sweep)
-    out_dir = Path(out_dir)
+    out_dir = make_dir(out_dir, where=None)
     result = PlotResult(warnings=list(sweep.warnings))
     if not sweep.trials:
         result.warnings.append(f"{sweep.path}: no trials yet; nothing to plot")
@@ -227,9 +229,15 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
     result.files.append(status_plot(sweep, out_dir / f"{prefix}trial-status.png"))
     top = best_trials(sweep)
     if top:
-        curves = [Curve(f"trial {t['trial_id']} ({format_value(t['score'])})",
-                        sweep.path / "histories" / f"{t['trial_id']}.csv",
-                        int(t["best_epoch"]) if is_number(t.get("best_epoch")) else None) for t in top]
+        curves = []
+        for trial in top:
+            try:
+                history = trial_history_file(sweep.path, trial["trial_id"])
+            except ValueError as error:
+                result.warnings.append(f"{sweep.path}: {error}; no learning curve")
+                continue
+            curves.append(Curve(f"trial {trial['trial_id']} ({format_value(trial['score'])})", history,
+                                _epoch(trial.get("best_epoch"))))
         drawn = learning_curves(curves, out_dir / f"{prefix}best-trials.png",
                                 title=f"The {len(top)} best trials by {sweep.objective[0]}")
         result.files += drawn.files
@@ -245,15 +253,16 @@ def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
     """
     if "path" not in table.columns:
         raise ValueError("the table has no 'path' column: pass the DataFrame compare() returned")
-    out_dir = Path(out_dir)
+    out_dir = make_dir(out_dir, where=None)
     result = PlotResult()
     curves, sweeps = [], []
     for row in table.to_dict(orient="records"):
         kind, path, trial_id = row_kind(row), Path(row["path"]), str(row.get("trial_id") or "")
-        history = history_file(path, kind, trial_id)
-        best_epoch = row.get("best_epoch")
-        curves.append(Curve(str(row["run"]), history, int(best_epoch) if is_number(best_epoch) else None))
-        sweep_dir = path if kind == "trial" else path.parent if kind == "best" else None
+        try:
+            curves.append(Curve(str(row["run"]), history_file(path, kind, trial_id), _epoch(row.get("best_epoch"))))
+        except ValueError as error:
+            result.warnings.append(f"{path}: {error}; no learning curve")
+        sweep_dir = path if kind == TRIAL else path.parent if kind == BEST else None
         if sweep_dir is not None and sweep_dir not in sweeps:
             sweeps.append(sweep_dir)
     drawn = learning_curves(curves, out_dir / "learning_curves.png")
@@ -281,11 +290,14 @@ def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotR
     return result
 
 
+def _epoch(value: Any) -> Optional[int]:
+    """A best epoch from a table or trials.csv as an int (None when it is not a usable number)."""
+    return int(value) if is_number(value) and 1 <= value < 2**31 else None
+
+
 def _label(value: Any) -> str:
     """A choice as a tick label; 64 and 64.0 (as trials.csv may read back) are the same choice."""
-    if is_number(value):
-        return format_value(value)
-    return compact(value)
+    return shorten(format_value(value), LABEL_WIDTH)
 
 
 def _safe(name: str) -> str:

@@ -13,14 +13,20 @@ import base64
 import datetime as _dt
 import html
 import shlex
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-from toolkit.analysis.compare import (SPLITS, Sweep, compact, compare, format_value, html_page, html_table, is_number,
-                             main_metric, markdown_table, parameters, read_sweep, row_kind, table_cells)
+from toolkit import tables
+from toolkit.analysis.compare import (TRIAL, Sweep, compare, main_metric, parameters, read_sweep, row_kind,
+                                      table_cells)
 from toolkit.errors import UserError
 from toolkit.metrics import direction_of
+from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, SPLITS, TRIALS_FILE, make_dir, read_json,
+                             save_output)
+from toolkit.search import DEPTH_PATH
+from toolkit.tables import compact, format_value, is_number
 
 PathLike = Union[str, Path]
 
@@ -37,7 +43,11 @@ class ReportResult:
 
 @dataclass
 class _Document:
-    """The report as a list of blocks, written out both as HTML and as Markdown."""
+    """The report as a list of blocks, written out both as HTML and as Markdown.
+
+    Every text it is given may come from the results (run names, paths, values, messages): the HTML is
+    escaped, and the Markdown escaped by :func:`toolkit.tables.markdown_text`, so none of it is live markup.
+    """
 
     title: str
     html: List[str] = field(default_factory=list)
@@ -45,33 +55,33 @@ class _Document:
 
     def heading(self, text: str) -> None:
         self.html.append(f"<h2>{html.escape(text)}</h2>")
-        self.markdown.append(f"## {text}")
+        self.markdown.append(f"## {tables.markdown_text(text)}")
 
     def paragraph(self, text: str, css: str = "") -> None:
         mark = f' class="{css}"' if css else ""
         self.html.append(f"<p{mark}>{html.escape(text)}</p>")
-        self.markdown.append(text)
+        self.markdown.append(tables.markdown_text(text))
 
     def items(self, lines: Sequence[str], css: str = "") -> None:
         mark = f' class="{css}"' if css else ""
         self.html.append(f"<ul{mark}>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
-        self.markdown.append("\n".join(f"- {line}" for line in lines))
+        self.markdown.append("\n".join(f"- {tables.markdown_text(line)}" for line in lines))
 
     def command(self, text: str) -> None:
         self.html.append(f"<pre><code>{html.escape(text)}</code></pre>")
-        self.markdown.append(f"```\n{text}\n```")
+        self.markdown.append(tables.markdown_code(text))
 
     def table(self, header: Sequence[str], cells: Sequence[Sequence[str]], numeric: Optional[Sequence[bool]] = None,
               highlight: Optional[int] = None) -> None:
         numeric = list(numeric) if numeric is not None else [False] * len(header)
-        self.html.append(html_table(header, cells, numeric, highlight=highlight))
-        self.markdown.append(markdown_table(list(header), [list(c) for c in cells], numeric).rstrip("\n"))
+        self.html.append(tables.html_table(header, cells, numeric, highlight=highlight))
+        self.markdown.append(tables.markdown_table(header, cells, numeric).rstrip("\n"))
 
     def image(self, path: Path, caption: str) -> None:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        self.markdown.append(f"![{caption}]({path.name})")
+        self.markdown.append(f"![{tables.markdown_text(caption)}]({urllib.parse.quote(path.name)})")
 
 
 def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
@@ -91,10 +101,9 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     if not path.is_dir():
         raise UserError("not found" if not path.exists() else "not a folder", where="SWEEP_OR_DIR",
                         expected="a sweep directory or a folder of runs", received=str(path))
-    from toolkit.results import atomic_write_text, make_dir
-
-    out = make_dir(Path(out_dir) if out_dir is not None else path / "report")
-    is_sweep = (path / "trials.csv").is_file() and (path / "config.yaml").is_file()
+    where = "--out" if out_dir is not None else "SWEEP_OR_DIR"
+    out = make_dir(Path(out_dir) if out_dir is not None else path / "report", where=where)
+    is_sweep = (path / TRIALS_FILE).exists() and (path / CONFIG_FILE).exists()
     document, images, warnings = (_sweep_report if is_sweep else _runs_report)(path, out)
     if warnings:
         document.heading("Warnings")
@@ -102,8 +111,9 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     document.paragraph(f"Written by ktk report on {stamp} from {path}.")
     html_path, markdown_path = out / "report.html", out / "report.md"
-    atomic_write_text(html_path, html_page(document.title, document.html))
-    atomic_write_text(markdown_path, f"# {document.title}\n\n" + "\n\n".join(document.markdown) + "\n")
+    save_output(html_path, tables.html_page(document.title, document.html), where=where)
+    save_output(markdown_path, f"# {tables.markdown_text(document.title)}\n\n" + "\n\n".join(document.markdown) + "\n",
+                where=where)
     return ReportResult(html_path, markdown_path, images, warnings)
 
 
@@ -134,22 +144,22 @@ def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[st
 
     space = parameters(sweep)
     document.heading("Best configuration")
-    best_dir = path / "best"
+    best_dir = path / BEST_DIR
     if best is None:
         document.paragraph("No trial completed, so there is no best configuration yet.")
     else:
         document.table(["parameter", "best value"], [[p.name, _show(best.get(p.name))] for p in space])
-    if (best_dir / "metrics.json").is_file():
+    if (best_dir / METRICS_FILE).exists():
         _metrics_table(document, best_dir, "Test metrics of the best configuration, retrained into best/ "
                                            "(the only use of the test split):")
         document.paragraph("Reproduce the best run:")
-        document.command(f"ktk run {shlex.quote(str(best_dir / 'config.yaml'))}")
+        document.command(f"ktk run {shlex.quote(str(best_dir / CONFIG_FILE))}")
     elif best is not None:
         document.paragraph("The best configuration has not been retrained into best/ yet (the sweep has not "
                            "finished); finish the sweep with ktk tune on its config, or train it alone:")
         sets = " ".join(f"--set {shlex.quote(f'{p.name}={_exact(best.get(p.name))}')}" for p in space
-                        if best.get(p.name) is not None and p.name != "model.depth")
-        document.command(f"ktk run {shlex.quote(str(path / 'config.yaml'))} {sets}".rstrip())
+                        if best.get(p.name) is not None and p.name != DEPTH_PATH)
+        document.command(f"ktk run {shlex.quote(str(path / CONFIG_FILE))} {sets}".rstrip())
 
     document.heading("Search space")
     rows = []
@@ -211,7 +221,7 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
     table = compare(path)
     warnings = list(table.attrs.get("warnings", []))
     document = _Document(f"Runs report: {path.resolve().name}")
-    runs = table[[row_kind(row) != "trial" for row in table.to_dict(orient="records")]]
+    runs = table[[row_kind(row) != TRIAL for row in table.to_dict(orient="records")]]
     metric_columns = [c for c in table.columns if c.startswith("validation.")]
     metric = main_metric(c.split(".", 1)[1] for c in metric_columns) if metric_columns else None
     column = f"validation.{metric}" if metric else None
@@ -234,7 +244,7 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
         document.paragraph(f"{best_row['run']}: {column} {format_value(best_row[column])}")
         _metrics_table(document, best_dir, "Its metrics:")
         document.paragraph("Reproduce it:")
-        document.command(f"ktk run {shlex.quote(str(best_dir / 'config.yaml'))}")
+        document.command(f"ktk run {shlex.quote(str(best_dir / CONFIG_FILE))}")
 
     document.heading("Runs")
     header, cells, numeric = table_cells(table)
@@ -257,19 +267,21 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
 
 
 def _metrics_table(document: _Document, run_dir: Path, intro: str) -> None:
-    from toolkit.results import read_json
-
+    path = run_dir / METRICS_FILE
     try:
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_json(path)
+        if not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
-        document.paragraph(f"{run_dir / 'metrics.json'} cannot be read: {error}", css="warning")
+        document.paragraph(f"{path} cannot be read: {getattr(error, 'strerror', None) or error}", css="warning")
         return
+    splits = {split: metrics.get(split) if isinstance(metrics.get(split), dict) else {} for split in SPLITS}
     names: List[str] = []
     for split in SPLITS:
-        for name in (metrics.get(split) or {}):
-            if name not in names:
-                names.append(name)
-    rows = [[name] + [format_value((metrics.get(split) or {}).get(name)) for split in SPLITS] for name in names]
+        for name in splits[split]:
+            if str(name) not in names:
+                names.append(str(name))
+    rows = [[name] + [format_value(splits[split].get(name)) for split in SPLITS] for name in names]
     document.paragraph(intro)
     document.table(["metric", *SPLITS], rows, [False, True, True, True])
     facts = [f"{key}: {format_value(metrics[key])}" for key in ("epochs_run", "best_epoch", "params", "wall_time_s")

@@ -213,21 +213,10 @@ def _sd(values: Sequence[float]) -> float:
 
 
 def format_lesson_rows(rows: Sequence[Dict[str, Any]]) -> str:
-    """A plain text table of :func:`lesson_rows`."""
-    if not rows:
-        return ""
-    columns = list(rows[0])
+    """A plain text table of :func:`lesson_rows` (missing values as '-')."""
+    from toolkit.tables import rows_table
 
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.4g}"
-        return "-" if value is None else str(value)
-
-    table = [columns] + [[cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = ["  ".join(text.ljust(w) if i == 0 or not _numeric(text) else text.rjust(w)
-                       for i, (text, w) in enumerate(zip(line, widths))).rstrip() for line in table]
-    return "\n".join(lines)
+    return rows_table(rows, missing="-").rstrip("\n")
 
 
 def _numeric(text: str) -> bool:
