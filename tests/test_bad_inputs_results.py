@@ -12,6 +12,7 @@ Two promises are checked class by class, with result directories written by hand
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -383,12 +384,22 @@ def test_markup_in_a_sweep_report(tmp_path, capsys):
     assert "<script" not in html and "<img src=x" not in html and "<svg" not in html
 
 
-def test_odd_folders_are_walked_and_named_on_one_line(runs, tmp_path, capsys):
-    deep = runs
+def _remove_chain(bottom, chain):
+    """Removes the deep folder chain one level at a time: pytest's own clean-up (shutil.rmtree) recurses
+    and would fail on it with RecursionError in a later session."""
+    shutil.rmtree(bottom)
+    for folder in reversed(chain):
+        folder.rmdir()
+
+
+def test_odd_folders_are_walked_and_named_on_one_line(runs, tmp_path, capsys, request):
+    deep, chain = runs, []
     for _ in range(1200):  # deeper than Python's recursion limit (made one by one: makedirs recurses)
         deep = deep / "d"
         deep.mkdir()
+        chain.append(deep)
     write_run(deep / "bottom")
+    request.addfinalizer(lambda: _remove_chain(deep / "bottom", chain))
     damage(write_run(runs / "two\nlines\x1b[31m") / "metrics.json", "{")
     (runs / "loop").symlink_to(runs)  # a folder that holds itself
     many = write_run(runs / "many-metrics")
