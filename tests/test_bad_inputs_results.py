@@ -412,3 +412,27 @@ def test_odd_folders_are_walked_and_named_on_one_line(runs, tmp_path, capsys, re
     assert f"ktk: warning: {runs}/two\\nlines\\x1b[31m: metrics.json is not valid JSON (" in warnings[1]
     assert warnings[0] == (f"ktk: warning: {many}: metrics.json has more than 10000 metrics: not a file ktk "
                            f"wrote; skipped")
+
+
+def test_compare_sees_trials_that_only_records_hold(tmp_path, capsys):
+    """A sweep stopped outright (kill -9) before trials.csv caught up: compare rebuilds the table from records/."""
+    from toolkit.results import SWEEP_MARKER
+    from toolkit.sweeps.records import Records
+
+    header = "trial_id,status,score,model.dropout,model.hidden.0,validation.loss,epochs\n"
+    sweep = write_sweep(tmp_path / "s", header + "0,completed,0.5,0.1,8,0.5,3\n")
+    (sweep / SWEEP_MARKER).write_text("")
+    records = Records(sweep / "records")
+    for trial_id, dropout in (("0", 0.1), ("1", 0.2), ("2", 0.3)):
+        records.write({"trial_id": trial_id, "status": "completed", "score": 0.4 + dropout,
+                       "values": {"model.dropout": dropout, "model.hidden.0": 16},
+                       "validation": {"loss": 0.4 + dropout}, "epochs": 3})
+    old = (sweep / "records" / "0.json").stat().st_mtime_ns - 10**9
+    os.utime(sweep / "trials.csv", ns=(old, old))  # older than the records: one trial behind
+    code, out, err = cli(capsys, "compare", sweep, "--format", "csv")
+    assert code == 0, err
+    assert [line.split(",")[0] for line in out.splitlines()[1:]] == ["s#0", "s#1", "s#2"]
+    (sweep / "trials.csv").unlink()  # not written yet at all
+    code, out, err = cli(capsys, "compare", sweep, "--format", "csv")
+    assert code == 0, err
+    assert len(out.splitlines()) == 4

@@ -15,7 +15,8 @@ from toolkit.config import parse_config
 from toolkit.data import Dataset
 from toolkit.errors import UserError
 from toolkit.results import (atomic_write_bytes, atomic_write_text, parse_cell, read_history_csv, read_json,
-                             read_small_file, save_output, trial_history_file, write_history_csv, write_json)
+                             read_small_file, save_output, write_history_csv, write_json)
+from toolkit.sweeps.records import trial_history_file
 from toolkit.training import best_epoch, class_weights
 
 

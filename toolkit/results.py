@@ -213,6 +213,13 @@ def _umask() -> int:
     return _IMPORT_UMASK
 
 
+def utc_now() -> str:
+    """The time now, UTC, to the second, in ISO format: every time stamp ktk writes (environment, records, locks)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def write_json(path: PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
 
@@ -367,7 +374,15 @@ def read_csv_rows(path: PathLike, limit: int = MAX_CSV_BYTES) -> Tuple[List[str]
         OSError: the file is missing, cannot be read, is not a regular file or is too large.
         ValueError: not UTF-8, or not CSV.
     """
-    text = read_small_file(path, limit).decode("utf-8")
+    return parse_csv_text(read_small_file(path, limit).decode("utf-8"))
+
+
+def parse_csv_text(text: str) -> Tuple[List[str], List[Tuple[int, List[str]]]]:
+    """CSV text as its header and (line number, cells) of each non-empty row (see :func:`read_csv_rows`).
+
+    Raises:
+        ValueError: not CSV, or more columns than a result file has.
+    """
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, [])
@@ -379,33 +394,7 @@ def read_csv_rows(path: PathLike, limit: int = MAX_CSV_BYTES) -> Tuple[List[str]
     return header, rows
 
 
-# trials.csv (docs/ARCHITECTURE.md): these columns, then one per searched parameter, train.* and validation.*
-TRIAL_COLUMNS = ("trial_id", "status", "score", "epochs", "best_epoch", "params", "started", "duration_s",
-                 "message", "worker")
-TRIAL_TEXT_COLUMNS = ("trial_id", "status", "message", "worker", "started")  # kept as written ("03" stays "03")
 MAX_CELL_JSON = 10_000  # characters: a searched list or mapping is short; longer text stays text
-
-
-def read_trials_csv(path: PathLike) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
-    """A sweep's trials.csv: its header, one dict per trial with typed values (see :func:`parse_cell`), and
-    the line numbers of the rows skipped because their number of fields is wrong (half-written).
-
-    Raises:
-        OSError: as :func:`read_csv_rows`.
-        ValueError: it is damaged (see :func:`read_csv_rows`) or its header has no ``trial_id``.
-    """
-    header, rows = read_csv_rows(path)
-    if "trial_id" not in header:
-        raise ValueError("no header with trial_id")
-    trials, skipped = [], []
-    for number, cells in rows:
-        if len(cells) != len(header):
-            skipped.append(number)
-            continue
-        trials.append({name: text if name in TRIAL_TEXT_COLUMNS
-                       else parse_cell(text, structured=name not in TRIAL_COLUMNS)
-                       for name, text in zip(header, cells)})
-    return header, trials, skipped
 
 
 def parse_cell(text: str, structured: bool = False, words: bool = False) -> Any:
@@ -438,18 +427,6 @@ def parse_cell(text: str, structured: bool = False, words: bool = False) -> Any:
         return float(text)
     except ValueError:
         return text
-
-
-def trial_history_file(sweep_dir: PathLike, trial_id: str) -> Path:
-    """Where a sweep trial's per-epoch history is: ``histories/<trial_id>.csv``.
-
-    Raises:
-        ValueError: `trial_id` is not a plain file name (it would lead outside ``histories/``).
-    """
-    name = f"{trial_id}.csv"
-    if not trial_id or Path(name).name != name or "\\" in name or trial_id in (".", ".."):
-        raise ValueError(f"trial id {trial_id!r} is not a plain name")
-    return Path(sweep_dir) / HISTORIES_DIR / name
 
 
 def history_logger(path: PathLike) -> Any:

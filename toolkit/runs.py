@@ -22,7 +22,7 @@ from toolkit.config import Config, dump_yaml
 from toolkit.errors import UserError
 from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
                              RUN_MARKER, SPLITS, atomic_write_text, check_new_dir, history_logger, make_dir,
-                             write_json)
+                             utc_now, write_json)
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -234,11 +234,6 @@ def _take_marker(directory: Path) -> bool:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(f"ktk run, process {os.getpid()}, started {utc_now()}\n")  # for a person wondering what it is
     return True
-
-
-def utc_now() -> str:
-    """The time now, UTC, as ISO 8601 to the second: the one clock of result files (environment.json, records)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _environment(config: Config, started_at: str) -> Dict[str, Any]:

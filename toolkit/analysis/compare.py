@@ -31,8 +31,9 @@ from toolkit.errors import UserError
 from toolkit.lessons.diagnosis import verdict_of
 from toolkit.metrics import direction_of
 from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MAX_JSON_BYTES, METRICS_FILE,
-                             MODEL_FILE, SPLITS, TOP_DIR, TRIAL_COLUMNS, TRIALS_FILE, check_small_file, parse_cell,
-                             read_json, read_trials_csv, read_yaml, trial_history_file)
+                             MODEL_FILE, SPLITS, SWEEP_MARKER, TOP_DIR, TRIALS_FILE, check_small_file, parse_cell, read_json,
+                             read_yaml)
+from toolkit.sweeps.records import TRIAL_COLUMNS, read_trials_table, trial_history_file
 from toolkit.search import DEPTH_PATH, resize_hidden
 from toolkit.tables import compact, is_finite, is_missing, is_number
 
@@ -95,9 +96,9 @@ def row_kind(row: Mapping[str, Any]) -> str:
     if isinstance(trial_id, str) and trial_id:
         return TRIAL
     path = Path(row["path"])
-    if path.name == BEST_DIR and (path.parent / TRIALS_FILE).is_file():
+    if path.name == BEST_DIR and _is_sweep(path.parent):
         return BEST
-    if path.parent.name == TOP_DIR and (path.parent.parent / TRIALS_FILE).is_file():
+    if path.parent.name == TOP_DIR and _is_sweep(path.parent.parent):
         return TOP
     return RUN
 
@@ -374,7 +375,7 @@ def read_sweep(sweep_dir: Union[str, Path]) -> Sweep:
     config, _ = _config_of(sweep_dir)
     path = sweep_dir / TRIALS_FILE
     try:
-        header, trials, skipped = read_trials_csv(path)
+        header, trials, skipped = read_trials_table(sweep_dir)
     except FileNotFoundError:
         raise ValueError(f"no {TRIALS_FILE}") from None
     except ValueError as error:
@@ -492,7 +493,7 @@ def _walk(top: Path, found: Found, seen: set) -> None:
             found.warnings.append(f"{directory}: cannot be read ({error.strerror}); skipped")
             continue
         names = {item.name for item in items}
-        if TRIALS_FILE in names and CONFIG_FILE in names:
+        if CONFIG_FILE in names and (TRIALS_FILE in names or SWEEP_MARKER in names):  # a sweep, even before trials.csv
             found.sweeps.append(directory)
         elif METRICS_FILE in names:
             found.runs.append(directory)
@@ -502,6 +503,10 @@ def _walk(top: Path, found: Found, seen: set) -> None:
             subdirs = sorted((item.name for item in items if not item.name.startswith(".")
                               and item.name not in _SKIP_DIRS and _is_dir(item)), reverse=True)
             pending.extend(directory / name for name in subdirs)  # reversed: popped in name order
+
+
+def _is_sweep(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and ((path / TRIALS_FILE).is_file() or (path / SWEEP_MARKER).exists())
 
 
 def _is_dir(item: os.DirEntry) -> bool:

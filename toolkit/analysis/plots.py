@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from toolkit.analysis.compare import BEST, TRIAL, Parameter, Sweep, history_file, parameters, read_sweep, row_kind
-from toolkit.results import make_dir, read_history_csv, save_output, trial_history_file
+from toolkit.results import make_dir, read_history_csv, save_output
+from toolkit.sweeps.records import trial_history_file
 from toolkit.tables import format_value, is_finite, is_number, shorten
 
 PathLike = Union[str, Path]

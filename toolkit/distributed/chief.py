@@ -25,7 +25,8 @@ from toolkit.results import LOGS_DIR, RECORDS_DIR, write_json
 from toolkit.sweeps import keras_tuner_compat as compat
 from toolkit.sweeps.directory import differences
 from toolkit.sweeps.formatting import format_progress, last_line
-from toolkit.sweeps.records import Records, failure_record, now_iso
+from toolkit.results import utc_now
+from toolkit.sweeps.records import Records, failure_record
 
 CHIEF_FILE = "chief.json"  # <sweep>/logs/chief.json: the serving chief's address and token
 
@@ -128,7 +129,7 @@ class Chief:
         self.address = Address(address.host, port)
         write_json(self.sweep_dir / LOGS_DIR / CHIEF_FILE,
                    {"address": str(self.address), "token": self.token, "pid": os.getpid(),
-                    "host": socket.gethostname(), "started": now_iso()})
+                    "host": socket.gethostname(), "started": utc_now()})
         return self.address
 
     def stop(self) -> None:

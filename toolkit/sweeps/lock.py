@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from toolkit.errors import UserError
 from toolkit.results import make_dir
-from toolkit.sweeps.records import now_iso
+from toolkit.results import utc_now
 
 LOCK_FILE = ".lock"
 
@@ -110,7 +110,7 @@ def _remove_stale(path: Path) -> None:
 
 
 def _me(tuner_id: Optional[str]) -> Dict[str, Any]:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso(),
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
             "process_start": process_start(os.getpid()), "tuner_id": tuner_id}
 
 

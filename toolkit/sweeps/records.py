@@ -12,7 +12,6 @@ kept as they are and ordered by number wherever trials are listed (:func:`trial_
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import math
@@ -20,7 +19,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from toolkit.results import RECORDS_DIR, SPLITS, TRIALS_FILE, atomic_write_text, write_json
+from toolkit.results import (HISTORIES_DIR, RECORDS_DIR, SPLITS, TRIALS_FILE, atomic_write_text, parse_cell,
+                             MAX_CSV_BYTES, parse_csv_text, read_small_file, write_json)
 
 if TYPE_CHECKING:
     from toolkit.search import SearchSpec
@@ -35,14 +35,12 @@ RECORD_SUFFIX = ".json"
 # The columns after the searched parameters and metrics, in order (docs/ARCHITECTURE.md, trials.csv).
 TAIL_COLUMNS = ("epochs", "best_epoch", "params", "started", "duration_s", "message")
 WORKER_COLUMN = "worker"
+# Every column that is neither a searched parameter nor a train./validation. metric.
+TRIAL_COLUMNS = ("trial_id", "status", "score", *TAIL_COLUMNS, WORKER_COLUMN)
+TRIAL_TEXT_COLUMNS = ("trial_id", "status", "message", "worker", "started")  # kept as written ("03" stays "03")
 
 PathLike = Union[str, Path]
 Warn = Callable[[str], None]
-
-
-def now_iso() -> str:
-    """The time now, UTC, to the second, in ISO format (a record's ``started``; a lock's start)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def trial_sort_key(trial_id: Any) -> Tuple[int, int, str]:
@@ -326,3 +324,46 @@ def trials_csv_is_current(sweep_dir: PathLike) -> bool:
             return all(entry.stat().st_mtime_ns <= table for entry in entries if entry.name.endswith(RECORD_SUFFIX))
     except OSError:
         return True  # no records: nothing newer
+
+
+def read_trials_table(sweep_dir: PathLike) -> Tuple[List[str], List[Dict[str, Any]], List[int]]:
+    """A sweep's trials.csv as readers see it (compare, report, plot): its header, one dict per trial with typed
+    values (see :func:`toolkit.results.parse_cell`), and the line numbers of rows skipped because their number
+    of fields is wrong (half-written). Rebuilt from ``records/`` when the file is missing or behind them.
+
+    Raises:
+        FileNotFoundError: neither trials.csv nor records to build it from.
+        OSError: trials.csv cannot be read (not a regular file, too large...).
+        ValueError: it is damaged, or its header has no ``trial_id``.
+    """
+    sweep_dir = Path(sweep_dir)
+    if trials_csv_is_current(sweep_dir):
+        text = read_small_file(sweep_dir / TRIALS_FILE, MAX_CSV_BYTES).decode("utf-8")
+    elif (sweep_dir / RECORDS_DIR).is_dir():
+        text = trials_csv_text(sweep_dir)
+    else:
+        raise FileNotFoundError(sweep_dir / TRIALS_FILE)
+    header, rows = parse_csv_text(text)
+    if "trial_id" not in header:
+        raise ValueError("no header with trial_id")
+    trials, skipped = [], []
+    for number, cells in rows:
+        if len(cells) != len(header):
+            skipped.append(number)
+            continue
+        trials.append({name: text if name in TRIAL_TEXT_COLUMNS
+                       else parse_cell(text, structured=name not in TRIAL_COLUMNS)
+                       for name, text in zip(header, cells)})
+    return header, trials, skipped
+
+
+def trial_history_file(sweep_dir: PathLike, trial_id: str) -> Path:
+    """Where a sweep trial's per-epoch history is: ``histories/<trial_id>.csv``.
+
+    Raises:
+        ValueError: `trial_id` is not a plain file name (it would lead outside ``histories/``).
+    """
+    name = f"{trial_id}.csv"
+    if not trial_id or Path(name).name != name or "\\" in name or trial_id in (".", ".."):
+        raise ValueError(f"trial id {trial_id!r} is not a plain name")
+    return Path(sweep_dir) / HISTORIES_DIR / name

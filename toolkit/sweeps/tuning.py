@@ -31,7 +31,8 @@ from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_sea
 from toolkit.sweeps import directory, keras_tuner_compat as compat, runner as runners
 from toolkit.sweeps.formatting import format_progress, last_line
 from toolkit.sweeps.lock import SweepLock
-from toolkit.sweeps.records import COMPLETED, FAILED, Records, now_iso, trial_rows, write_trials_csv
+from toolkit.results import utc_now
+from toolkit.sweeps.records import COMPLETED, FAILED, Records, trial_rows, write_trials_csv
 from toolkit.sweeps.space import declare, make_oracle
 from toolkit.sweeps.sweep_data import DataCache
 
@@ -254,7 +255,7 @@ class _Sweep:
             "completed": result.completed,
             "failed": result.failed,
             "top": [row["trial_id"] for row in ranked[:self.spec.retrain_top]],
-            "finished": now_iso(),
+            "finished": utc_now(),
         })
         return result
 
@@ -292,7 +293,7 @@ class _Sweep:
         from keras_tuner.errors import FailedTrialError
 
         trial_id = trial.trial_id
-        started_at, started = now_iso(), time.time()
+        started_at, started = utc_now(), time.time()
         values = self.spec.config_values(trial.hyperparameters.values)
         record: Dict[str, Any] = {"trial_id": trial_id, "values": values, "started": started_at}
         extra = {k: v for k, v in trial.hyperparameters.values.items() if k.startswith("tuner/")}
@@ -329,7 +330,7 @@ class _Sweep:
         """Called by the tuner before keras-tuner ends the trial: the record is written first."""
         record = self.pending.pop(trial.trial_id, None)
         if record is None:  # failed before run_trial (keras-tuner itself); keep its reason
-            record = {"trial_id": trial.trial_id, "started": now_iso(), "duration_s": 0.0,
+            record = {"trial_id": trial.trial_id, "started": utc_now(), "duration_s": 0.0,
                       "values": self.spec.config_values(trial.hyperparameters.values)}
         if trial.status != "COMPLETED":
             record["status"] = FAILED
