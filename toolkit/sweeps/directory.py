@@ -18,7 +18,7 @@ from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_
                              METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER, TOP_DIR,
                              TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
-from toolkit.sweeps.records import now_iso
+from toolkit.results import utc_now
 
 DEFAULT_SWEEPS_DIR = Path("sweeps")
 TOP_RUN_PREFIX = "trial_"  # top/trial_<id>/
@@ -174,7 +174,7 @@ def prepare(sweep_dir: Path, config: Any, spec: Any, *, overwrite: bool, write_c
             _delete(sweep_dir / name)
         kind = NEW
     if kind == NEW:
-        write_json(sweep_dir / SWEEP_MARKER, {"made_by": "ktk tune", "created": now_iso()})  # first, always
+        write_json(sweep_dir / SWEEP_MARKER, {"made_by": "ktk tune", "created": utc_now()})  # first, always
     if write_config:
         resolved = sweep_config_dict(config, spec)
         path = sweep_dir / CONFIG_FILE
