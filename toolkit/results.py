@@ -14,14 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import yaml
-
 from toolkit.errors import UserError
+from toolkit.safe_yaml import ResultLoader, load, read_bytes
 
-try:  # the C parser reads a config.yaml about ten times faster than the pure-Python one
-    YAML_LOADER: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    YAML_LOADER = yaml.SafeLoader
+# The loader for YAML in result files (a run's config.yaml, list and mapping cells of trials.csv): libyaml's
+# C parser, safe, bounded in size and depth, and without aliases (ktk never writes them).
+YAML_LOADER: Any = ResultLoader
 
 # The on-disk layout (docs/ARCHITECTURE.md, "Contracts"): every file and folder name ktk writes, defined here only.
 # A run directory:
@@ -117,9 +115,14 @@ def write_json(path: PathLike, data: Any) -> None:
 
 
 def read_yaml(path: PathLike) -> Any:
-    """A result directory's YAML file (a run's resolved config.yaml) as plain data: safe, unvalidated, fast."""
-    with open(path, "rb") as handle:
-        return yaml.load(handle, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+    """A result directory's YAML file (a run's resolved config.yaml) as plain data: safe, unvalidated, fast.
+
+    Raises:
+        OSError: the file is missing, unreadable, not a regular file (a FIFO is refused, never waited on)
+            or larger than 1 MiB.
+        yaml.YAMLError: malformed YAML, or YAML that :mod:`toolkit.safe_yaml` refuses (aliases, nesting).
+    """
+    return load(read_bytes(path), YAML_LOADER)
 
 
 def read_json(path: PathLike) -> Any:

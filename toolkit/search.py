@@ -41,6 +41,7 @@ RESUMABLE_KEYS = ("max_trials", "retrain_top", "trials_per_process", "max_consec
 
 DEFAULT_MAX_TRIALS = 10  # for the tuners that do not plan their own number of trials
 MAX_GRID = 1_000_000  # combinations a grid may have when search.max_trials does not cap it
+MAX_GRID_VALUES = 10_000  # values of one parameter of a grid (keras-tuner lists them all for every trial)
 SEED_MAX = 2**32 - 2  # numpy seeds stop at 2**32 - 1, and the oracle is given seed + 1
 _LISTED = 10_000  # possible_values() lists at most this many values
 
@@ -687,6 +688,11 @@ def _check_space(params: Dict[str, Param], tuner: str, max_trials: Optional[int]
             if param.kind == "float" and param.step is None:
                 raise InvalidValue("grid search needs a step for a float range", where=param.path,
                                    expected=f"{{float: [{param.low}, {param.high}], step: ...}} or a choice")
+            count = param.grid_count() or 0
+            if count > MAX_GRID_VALUES:
+                raise InvalidValue(f"a grid over {count:,} values of this parameter is too large to run",
+                                   where=param.path, expected=f"at most {MAX_GRID_VALUES:,} values: a larger step "
+                                                              "or a narrower range, or tuner: random")
     if tuner == "hyperband" and "training.epochs" in params:
         raise InvalidValue("hyperband sets training.epochs itself (its epoch budget per trial, up to the base "
                            "config's training.epochs)", where="training.epochs")
