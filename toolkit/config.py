@@ -386,7 +386,7 @@ class TrainingConfig(_Section):
     restore_best_weights: bool = True
     loss: Optional[KerasIdentifier] = None
     metrics: Optional[List[KerasIdentifier]] = None
-    class_weight: Optional[Union[Literal["balanced"], Dict[Union[int, str], Annotated[Number, Field(ge=0)]]]] = None
+    class_weight: Optional[Any] = None  # "balanced" or {class name or index: weight}
     shuffle: bool = True
     steps_per_execution: Any = "auto"
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
@@ -395,6 +395,23 @@ class TrainingConfig(_Section):
     @classmethod
     def _batch_size(cls, value: Any) -> Any:
         return _positive_int_or("full", value)
+
+    @field_validator("class_weight")
+    @classmethod
+    def _class_weight(cls, value: Any) -> Any:
+        if value is None or value == "balanced":
+            return value
+        if not isinstance(value, dict):
+            raise InvalidValue(expected="'balanced' or a mapping {class name or index: weight}", received=value)
+        weights = {}
+        for key, weight in value.items():
+            if isinstance(key, bool) or not isinstance(key, (int, str)):
+                raise InvalidValue(where=str(key), expected="a class name or index as key", received=key)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or not 0 <= weight <= FLOAT32_MAX:
+                raise InvalidValue(where=str(key), expected="a finite weight >= 0", received=weight)
+            weights[key] = float(weight)
+        return weights
 
     @field_validator("steps_per_execution")
     @classmethod

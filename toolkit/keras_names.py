@@ -110,12 +110,13 @@ def _api(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
 
 @functools.lru_cache(maxsize=None)
 def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
-    """For losses and metrics: the names ``keras.<kind>s.get`` accepts -> where the object is defined.
+    """The names ``keras.<namespace>.get`` accepts -> where each object is defined (module, name).
 
-    Read from ``ALL_OBJECTS`` in ``keras/src/<namespace>/__init__.py`` (the objects by their names, and
-    for metrics by their snake_case names too) plus the string aliases it adds (``mse``, ``bce``, ...).
+    Read from ``ALL_OBJECTS`` in ``keras/src/<namespace>/__init__.py``: the objects by their names (for
+    optimizers in lower case, for metrics also in snake_case, as ``ALL_OBJECTS_DICT`` is built there),
+    plus the string aliases added to it (``mse``, ``bce``, ``swish``, ...).
     """
-    module = "keras.src." + _NAMESPACES[kind]
+    module = "keras.src." + _NAMESPACES[kind].replace("/", ".")
     tree = _module(module)
     if tree is None:
         return None
@@ -126,19 +127,23 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
                 and isinstance(node.value, ast.Set):
             objects = [e.id for e in node.value.elts if isinstance(e, ast.Name)]
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and node.value.args and \
-                isinstance(node.value.args[0], ast.Dict):
+                isinstance(node.value.args[0], ast.Dict):  # ALL_OBJECTS_DICT.update({"mse": ..., ...})
             for key, value in zip(node.value.args[0].keys, node.value.args[0].values):
                 if isinstance(key, ast.Constant) and isinstance(key.value, str) and isinstance(value, ast.Name):
                     aliases[key.value] = value.id
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript) and \
+                isinstance(node.targets[0].slice, ast.Constant) and isinstance(node.value, ast.Name):
+            aliases[str(node.targets[0].slice.value)] = node.value.id  # ALL_OBJECTS_DICT["swish"] = silu
     if not objects:
         return None
-    snake = "to_snake_case" in ast.dump(tree)
+    text = ast.dump(tree)
+    snake, lower = "to_snake_case" in text, "attr='lower'" in text and kind == "optimizer"
     table: Dict[str, Tuple[str, str]] = {}
     for name in objects:
         found = _resolve_name(module, name)
         if name in _NOT_OBJECTS or not found:
             continue
-        table[name] = found[0]
+        table[name.lower() if lower else name] = found[0]
         if snake and name[:1].isupper():
             table.setdefault(snake_case(name), found[0])
     for alias, name in aliases.items():
@@ -147,9 +152,12 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
     return table
 
 
+_TABLES = ("optimizer", "activation", "loss", "metric")  # kinds whose get() looks names up in ALL_OBJECTS
+
+
 def exported(kind: str) -> Optional[List[str]]:
     """Names Keras exports for `kind` (optimizer, schedule, initializer, activation, layer); None if unknown."""
-    if kind in ("loss", "metric"):
+    if kind in _TABLES:
         table = _lookup_table(kind)
         return None if table is None else sorted(table)
     api = _api(kind)
@@ -166,8 +174,6 @@ def choices(kind: str) -> Optional[List[str]]:
     names = exported(kind)
     if names is None:
         return None
-    if kind == "optimizer":
-        return sorted({n.lower() for n in names})
     if kind == "schedule":
         return sorted({snake_case(n) for n in names})
     if kind == "metric":
@@ -182,14 +188,13 @@ def shown_choices(kind: str, valid: Sequence[str]) -> List[str]:
     return list(valid)
 
 
-def _class_of(kind: str, name: str) -> Optional[Tuple[str, str]]:
+def class_of(kind: str, name: str) -> Optional[Tuple[str, str]]:
     """(module, class) that a config name of `kind` constructs, or None."""
-    if kind in ("loss", "metric"):
-        return (_lookup_table(kind) or {}).get(name)
+    if kind in _TABLES:
+        return (_lookup_table(kind) or {}).get(name.lower() if kind == "optimizer" else name)
     api = _api(kind) or {}
     for exported_name, where in api.items():
-        if exported_name == name or (kind == "optimizer" and exported_name.lower() == name.lower()) or \
-                (kind == "schedule" and snake_case(exported_name) == snake_case(name)) or \
+        if exported_name == name or (kind == "schedule" and snake_case(exported_name) == snake_case(name)) or \
                 (kind == "initializer" and exported_name.lower() == name.lower()):
             if exported_name[:1].isupper():
                 return where
@@ -359,11 +364,18 @@ def _check(kind: str, where: str, value: Any) -> bool:
         raise UserError(where=name_at, expected=EXPECTED[kind], received=name, choices=shown_choices(kind, valid))
     if arguments is not None:
         _check_arguments(kind, name, arguments, where if kind in ("optimizer", "schedule") else f"{where}.config")
+    elif kind in ("loss", "metric"):  # a class by name is made without arguments: it must need none
+        cls = class_of(kind, name)
+        found = constructor_arguments(*cls) if cls else None
+        if found and found[1]:
+            needed = ", ".join(f"{m}: ..." for m in sorted(found[1]))
+            raise UserError(f"{name} needs arguments", where=where, received=name,
+                            expected=f"{{class_name: {cls[1]}, config: {{{needed}}}}}")
     return True
 
 
 def _check_arguments(kind: str, name: str, arguments: Dict[str, Any], where: str) -> None:
-    cls = _class_of(kind, name)
+    cls = class_of(kind, name)
     found = constructor_arguments(*cls) if cls else None
     if found is None:
         return

@@ -75,7 +75,7 @@ def scope_name(name: str) -> str:
     the name does not start with a letter, digit or dot.
     """
     text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    text = re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip("_") or "model"
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", text) if text.strip() else "model"
     return text if re.match(r"[A-Za-z0-9.]", text) else "m" + text
 
 
@@ -244,8 +244,8 @@ def _resolve(namespace: Any, identifier: Any, where: str, kind: str) -> Any:
     except (ValueError, TypeError) as error:
         name = identifier.get("class_name") if isinstance(identifier, dict) else identifier
         valid = keras_choices(kind) or []
-        if isinstance(identifier, dict) and name in valid:
-            raise UserError(f"Keras rejected the {kind} config: {first_line(error)}", where=where,
+        if name in valid:
+            raise UserError(f"Keras rejected the {kind}: {first_line(error)}", where=where,
                             received=identifier) from None
         raise UserError(where=f"{where}.class_name" if isinstance(identifier, dict) else where,
                         expected=f"a Keras {kind}", received=name, choices=shown_choices(kind, valid) or None) from None
