@@ -26,7 +26,6 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 from toolkit.dotpath import get_path, set_path
 from toolkit.errors import InvalidValue, UserError
 from toolkit.safe_yaml import ValueLoader, dump_yaml, parse_yaml, read_yaml_file
-from toolkit.search import SearchConfig
 
 __all__ = ["Config", "load_config", "parse_config", "parse_override", "deep_merge", "schema_step", "get_path",
            "set_path", "dump_yaml", "read_yaml_file", "parse_yaml"]  # the YAML and dot-path helpers live in
@@ -443,16 +442,24 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
-    search: Optional[SearchConfig] = None  # checked against the rest of the config by toolkit.search.parse_search
+    # A toolkit.search.SearchConfig, validated here (its schema is loaded only for configs that have one);
+    # toolkit.search.parse_search checks it against the rest of the config.
+    search: Optional[Any] = None
 
     _source: Optional[str] = PrivateAttr(default=None)
 
     @field_validator("search", mode="before")
     @classmethod
-    def _search_mapping(cls, value: Any) -> Any:
-        if value is not None and not isinstance(value, (Mapping, SearchConfig)):
+    def _search_section(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        from toolkit.search import SearchConfig
+
+        if isinstance(value, SearchConfig):
+            return value
+        if not isinstance(value, Mapping):
             raise InvalidValue(expected="a mapping (tuner, objective, max_trials, space, ...)", received=value)
-        return value
+        return SearchConfig.model_validate(value)  # its errors are located below search. by _problems
 
     @property
     def source(self) -> Optional[str]:
@@ -576,6 +583,10 @@ def schema_step(schema: Any, part: str) -> SchemaStep:
     kind, inner = _shape(schema)
     if kind == "section":
         fields = {(f.alias or name): f for name, f in inner.model_fields.items()}
+        if inner is Config and part == "search":
+            from toolkit.search import SearchConfig  # a section validated on its own (see Config.search)
+
+            return SchemaStep("field", Optional[SearchConfig])
         if part in fields:
             return SchemaStep("field", fields[part].annotation)
         if inner.model_config.get("extra") == "allow":
@@ -634,6 +645,7 @@ def _located(loc: Sequence[Any]) -> Tuple[str, List[str]]:
 
 
 def _translate(error: ValidationError, source: Optional[str]) -> UserError:
+    # (pydantic reports the errors of a section validated on its own, search:, at their full locations)
     problems = [_one(item, source) for item in error.errors(include_url=False)]
     if len(problems) > 1:
         return _Multiple(problems[0], "\n".join("  also: " + p.message for p in problems[1:]))

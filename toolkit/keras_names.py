@@ -140,12 +140,12 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
     snake, lower = "to_snake_case" in text, "attr='lower'" in text and kind == "optimizer"
     table: Dict[str, Tuple[str, str]] = {}
     for name in objects:
-        found = _resolve_name(module, name)
+        found = _binding(tree, module, name)
         if name in _NOT_OBJECTS or not found:
             continue
-        table[name.lower() if lower else name] = found[0]
+        table[name.lower() if lower else name] = found
         if snake and name[:1].isupper():
-            table.setdefault(snake_case(name), found[0])
+            table.setdefault(snake_case(name), found)
     for alias, name in aliases.items():
         if name in table:
             table[alias] = table[name]
@@ -204,6 +204,18 @@ def class_of(kind: str, name: str) -> Optional[Tuple[str, str]]:
 # ------------------------------------------------------------------------ constructor arguments
 
 
+def _binding(tree: ast.Module, module: str, name: str) -> Optional[Tuple[str, str]]:
+    """Where `module` gets `name` from, without reading further modules: (module, name) there."""
+    for node in _statements(tree):
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name:
+            return module, name
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return node.module, alias.name
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _resolve_name(module: str, name: str) -> Tuple[Tuple[str, str], ...]:
     """Where `name`, as used in `module`, is defined: ((module, class), ...) (several for backend-specific imports)."""
@@ -217,8 +229,14 @@ def _resolve_name(module: str, name: str) -> Tuple[Tuple[str, str], ...]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             for alias in node.names:
                 if (alias.asname or alias.name) == name:
-                    found.extend(_resolve_name(node.module, alias.name) or [(node.module, alias.name)])
+                    found.extend((not _backend_module(node.module) and _resolve_name(node.module, alias.name))
+                                 or [(node.module, alias.name)])
     return tuple(dict.fromkeys(found))
+
+
+def _backend_module(module: str) -> bool:
+    """Modules of one backend (TensorFlow, JAX, torch): their classes add no arguments a config gives."""
+    return module.startswith("keras.src.backend.")
 
 
 def _resolve_base(module: str, expression: ast.expr) -> Tuple[Tuple[str, str], ...]:
@@ -251,8 +269,9 @@ def constructor_arguments(module: str, name: str) -> Optional[Tuple[FrozenSet[st
     raise``) accept anything (None). A base class outside Keras' source counts as taking nothing.
     """
     classdef = _class_def(module, name)
-    if classdef is None:
-        return None
+    if classdef is None:  # imported there from elsewhere
+        defined = [where for where in _resolve_name(module, name) if where != (module, name)]
+        return constructor_arguments(*defined[0]) if defined else None
     init = next((n for n in classdef.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
     if init is None:
         return _bases_arguments(module, classdef)
@@ -289,8 +308,9 @@ def _bases_arguments(module: str, classdef: ast.ClassDef) -> Optional[Tuple[Froz
         for where in _resolve_base(module, base):
             if where == (module, classdef.name):
                 continue
-            if not where[0].startswith("keras."):
-                continue  # outside Keras (object, a TensorFlow class): takes no config arguments
+            if not where[0].startswith("keras.") or _backend_module(where[0]):
+                continue  # outside Keras (object, a TensorFlow class), or a backend's base class (TFOptimizer,
+                # TorchLayer: they pass every argument on to Keras' own base): no config arguments of its own
             found = constructor_arguments(*where)
             if found is None and _class_def(*where) is not None:
                 return None

@@ -309,8 +309,10 @@ def _section_dict(tuner: str, objective: Objective, max_trials: Optional[int], e
 
 
 class _Schema(BaseModel):
-    # As every config section: unknown keys are errors, a bool is not a number, numbers are finite.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True)
+    # As every config section: unknown keys are errors, a bool is not a number, numbers are finite. Built on
+    # first use: commands that never meet a search section (or only import DEPTH_PATH) do not pay for it.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_default=True,
+                              defer_build=True)
 
 
 def _positive_int(value: Any, also: str = "", least: int = 1) -> int:
