@@ -121,7 +121,8 @@ def test_an_unreadable_config_file(capsys, config, monkeypatch):
 
 def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
     cases = {
-        "alias.yaml": ("a: &x [1]\nb: *x\n", yaml.YAMLError),
+        "bomb.yaml": (alias_bomb(), yaml.YAMLError),
+        "recursive.yaml": ("a: &x [*x]\n", yaml.YAMLError),
         "deep.yaml": ("a: " + "[" * 60 + "]" * 60 + "\n", yaml.YAMLError),
         "key.yaml": ("? [1]\n: 2\n", yaml.YAMLError),
         "latin.yaml": (b"name: caf\xe9\n", yaml.YAMLError),
@@ -135,8 +136,8 @@ def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
     with pytest.raises(OSError) as info:
         read_yaml(tmp_path / "pipe.yaml")
     assert info.value.errno == errno.EINVAL
-    (tmp_path / "ok.yaml").write_text("name: x\nmodel: {hidden: [64, 32]}\n")
-    assert read_yaml(tmp_path / "ok.yaml") == {"name": "x", "model": {"hidden": [64, 32]}}
+    (tmp_path / "ok.yaml").write_text("name: x\nmodel: {hidden: &h [64, 32]}\nsearch: {x: *h}\n")
+    assert read_yaml(tmp_path / "ok.yaml") == {"name": "x", "model": {"hidden": [64, 32]}, "search": {"x": [64, 32]}}
 
 
 # ------------------------------------------------------------------------- numbers Keras will use
@@ -207,7 +208,7 @@ def test_numbers_keras_cannot_use_are_refused_by_validate_and_run(tmp_path, caps
     (["model.hidden=null", "model.layers=[{class_name: Conv2D, config: {filters: 2}}]"],
      "model.layers.0.config: missing argument of Conv2D; expected model.layers.0.config.kernel_size."),
     (["model.hidden=null", "model.layers=[{class_name: Dense2, config: {units: 3}}]"],
-     "model.layers.0.class_name: expected a Keras layer class; received 'Dense2'."),
+     "model.layers.0.class_name: expected a Keras layer; received 'Dense2'."),
     (["training.loss={class_name: BinaryCrossentropy, config: {from_logit: true}}"], "Did you mean 'from_logits'?"),
     (["training.metrics=[{class_name: AUC, config: {num_threshold: 3}}]"], "Did you mean 'num_thresholds'?"),
     (["model.activation=rleu"], "model.activation: expected a Keras activation; received 'rleu'."),

@@ -34,15 +34,6 @@ _NAMESPACES = {
     "loss": "losses",
     "metric": "metrics",
 }
-EXPECTED = {
-    "optimizer": "a Keras optimizer",
-    "schedule": "a Keras learning-rate schedule",
-    "initializer": "a Keras initializer",
-    "activation": "a Keras activation",
-    "layer": "a Keras layer class",
-    "loss": "a Keras loss",
-    "metric": "a Keras metric",
-}
 _NOT_OBJECTS = {"get", "serialize", "deserialize", "legacy", "schedules", "Optimizer", "OptimizerMap",
                 "MultiOptimizer", "LossScaleOptimizer", "LearningRateSchedule", "Initializer", "Layer",
                 "Input", "InputSpec", "Loss", "LossFunctionWrapper", "Metric", "MeanMetricWrapper", "Reduction"}
@@ -113,8 +104,8 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
     """The names ``keras.<namespace>.get`` accepts -> where each object is defined (module, name).
 
     Read from ``ALL_OBJECTS`` in ``keras/src/<namespace>/__init__.py``: the objects by their names (for
-    optimizers in lower case, for metrics also in snake_case, as ``ALL_OBJECTS_DICT`` is built there),
-    plus the string aliases added to it (``mse``, ``bce``, ``swish``, ...).
+    metrics also in snake_case, as ``ALL_OBJECTS_DICT`` is built there), plus the string aliases added to it
+    (``mse``, ``bce``, ``swish``, ...).
     """
     module = "keras.src." + _NAMESPACES[kind].replace("/", ".")
     tree = _module(module)
@@ -136,14 +127,13 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
             aliases[str(node.targets[0].slice.value)] = node.value.id  # ALL_OBJECTS_DICT["swish"] = silu
     if not objects:
         return None
-    text = ast.dump(tree)
-    snake, lower = "to_snake_case" in text, "attr='lower'" in text and kind == "optimizer"
+    snake = "to_snake_case" in ast.dump(tree)
     table: Dict[str, Tuple[str, str]] = {}
     for name in objects:
         found = _binding(tree, module, name)
         if name in _NOT_OBJECTS or not found:
             continue
-        table[name.lower() if lower else name] = found
+        table[name] = found
         if snake and name[:1].isupper():
             table.setdefault(snake_case(name), found)
     for alias, name in aliases.items():
@@ -152,7 +142,8 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
     return table
 
 
-_TABLES = ("optimizer", "activation", "loss", "metric")  # kinds whose get() looks names up in ALL_OBJECTS
+# Kinds whose get() looks names up in ALL_OBJECTS (optimizers are built from their exported classes by ktk).
+_TABLES = ("activation", "loss", "metric")
 
 
 def exported(kind: str) -> Optional[List[str]]:
@@ -174,6 +165,8 @@ def choices(kind: str) -> Optional[List[str]]:
     names = exported(kind)
     if names is None:
         return None
+    if kind == "optimizer":
+        return sorted({n.lower() for n in names})
     if kind == "schedule":
         return sorted({snake_case(n) for n in names})
     if kind == "metric":
@@ -191,10 +184,11 @@ def shown_choices(kind: str, valid: Sequence[str]) -> List[str]:
 def class_of(kind: str, name: str) -> Optional[Tuple[str, str]]:
     """(module, class) that a config name of `kind` constructs, or None."""
     if kind in _TABLES:
-        return (_lookup_table(kind) or {}).get(name.lower() if kind == "optimizer" else name)
+        return (_lookup_table(kind) or {}).get(name)
     api = _api(kind) or {}
     for exported_name, where in api.items():
         if exported_name == name or (kind == "schedule" and snake_case(exported_name) == snake_case(name)) or \
+                (kind == "optimizer" and exported_name.lower() == name.lower()) or \
                 (kind == "initializer" and exported_name.lower() == name.lower()):
             if exported_name[:1].isupper():
                 return where
@@ -381,7 +375,7 @@ def _check(kind: str, where: str, value: Any) -> bool:
     lowered = {v.lower() for v in valid}
     wanted = snake_case(name) if kind == "schedule" else name
     if wanted not in valid and not (kind in ("initializer", "optimizer") and name.lower() in lowered):
-        raise UserError(where=name_at, expected=EXPECTED[kind], received=name, choices=shown_choices(kind, valid))
+        raise UserError(where=name_at, expected=f"a Keras {kind}", received=name, choices=shown_choices(kind, valid))
     if arguments is not None:
         _check_arguments(kind, name, arguments, where if kind in ("optimizer", "schedule") else f"{where}.config")
     elif kind in ("loss", "metric"):  # a class by name is made without arguments: it must need none

@@ -18,7 +18,7 @@ from toolkit.errors import UserError
 from toolkit.safe_yaml import ResultLoader, load, read_bytes
 
 # The loader for YAML in result files (a run's config.yaml, list and mapping cells of trials.csv): libyaml's
-# C parser, safe, bounded in size and depth, and without aliases (ktk never writes them).
+# C parser, safe, and bounded in size, depth and alias expansion (toolkit.safe_yaml).
 YAML_LOADER: Any = ResultLoader
 
 # The on-disk layout (docs/ARCHITECTURE.md, "Contracts"): every file and folder name ktk writes, defined here only.
@@ -120,7 +120,8 @@ def read_yaml(path: PathLike) -> Any:
     Raises:
         OSError: the file is missing, unreadable, not a regular file (a FIFO is refused, never waited on)
             or larger than 1 MiB.
-        yaml.YAMLError: malformed YAML, or YAML that :mod:`toolkit.safe_yaml` refuses (aliases, nesting).
+        yaml.YAMLError: malformed YAML, or YAML that :mod:`toolkit.safe_yaml` refuses (too deep, too large
+            once its aliases are expanded).
     """
     return load(read_bytes(path), YAML_LOADER)
 

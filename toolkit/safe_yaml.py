@@ -7,8 +7,8 @@ the work is bounded whatever the input: a file is read only when it is a regular
 700-byte "billion laughs" of nested aliases is refused instead of filling the memory), aliases may not
 make a structure contain itself, and mapping keys must be plain values (a list as a key is refused).
 
-Configs may use anchors and aliases within those bounds; in ``--set`` values and result files an alias
-of a list or mapping is refused (ktk never writes one; an alias of a single value is harmless). Every refusal is a :class:`RefusedYAML`, a ``yaml.YAMLError``, so
+Configs and result files may use anchors and aliases within those bounds; in ``--set`` values an alias of
+a list or mapping is refused (one value on a command line has no use for them). Every refusal is a :class:`RefusedYAML`, a ``yaml.YAMLError``, so
 readers that already treat malformed YAML as "damaged" handle it the same way.
 
 Result files are parsed by libyaml's C parser when PyYAML has it: a run's ``config.yaml`` is read about
@@ -81,8 +81,7 @@ def check_nodes(root: yaml.Node, allow_aliases: bool = True) -> None:
     Raises:
         RefusedYAML: naming the line of the offending node.
     """
-    if not allow_aliases:
-        _check_plain_nodes(root)
+    if _check_plain_nodes(root):
         return
     sizes: Dict[int, int] = {}
     heights: Dict[int, int] = {}
@@ -126,8 +125,11 @@ def check_nodes(root: yaml.Node, allow_aliases: bool = True) -> None:
         stack.extend((child, depth + 1, False) for child in reversed(children))
 
 
-def _check_plain_nodes(root: yaml.Node) -> None:
-    """The check without aliases, kept lean: a result file is read in about twice the time of parsing alone."""
+def _check_plain_nodes(root: yaml.Node) -> bool:
+    """The check of a document without aliases, kept lean (the common case: ktk writes none); False on an alias.
+
+    A result file is read in about the time of parsing it alone; the full check would double that.
+    """
     seen: Set[int] = set()
     stack = [(root, 1)]
     while stack:
@@ -139,8 +141,7 @@ def _check_plain_nodes(root: yaml.Node) -> None:
             raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep", node,
                               expected=f"at most {MAX_DEPTH} levels of nesting")
         if id(node) in seen:
-            raise RefusedYAML("anchors and aliases (&name, *name) are not allowed here", node,
-                              expected="plain YAML values")
+            return False  # an alias of a list or mapping: the full check counts what it expands to
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, item in value:
@@ -150,6 +151,7 @@ def _check_plain_nodes(root: yaml.Node) -> None:
                 stack.append((item, depth + 1))
         else:
             stack.extend((item, depth + 1) for item in value)
+    return True
 
 
 def _children(node: yaml.Node) -> list:
@@ -164,12 +166,7 @@ def _children(node: yaml.Node) -> list:
 
 
 class ResultLoader(_Bounded, _FastSafeLoader):
-    """Result files (a run's ``config.yaml``, cells of ``trials.csv``): plain YAML as ktk writes it.
-
-    Aliases of lists and mappings are refused, which also makes any alias bomb impossible.
-    """
-
-    allow_aliases = False
+    """Result files (a run's ``config.yaml``, cells of ``trials.csv``): YAML as ktk writes it, or a user edited it."""
 
 
 class ConfigLoader(_Bounded, yaml.SafeLoader):
