@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, ValidationError,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, ValidationError,
                       field_validator, model_validator)
 
 from toolkit.dotpath import get_path, set_path
@@ -102,11 +102,12 @@ def _positive_int_or(word: str, value: Any) -> Any:
 
 
 def _rate(value: Any) -> Any:
-    if value is None:
-        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise InvalidValue(expected="a rate in [0, 1)", received=value)
     return float(value)
+
+
+Rate = Annotated[float, BeforeValidator(_rate)]  # a dropout rate
 
 
 def _keras_arguments(value: Any, where: Optional[str] = None) -> Any:
@@ -245,15 +246,10 @@ class LayerConfig(_Section):
     activation: Optional[str] = None
     initializer: Optional[KerasIdentifier] = None
     regularizer: Optional[RegularizerConfig] = None
-    dropout: Optional[float] = None
+    dropout: Optional[Rate] = None
     batchnorm: Optional[bool] = None
     class_name: Optional[str] = None
     config: Dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("dropout", mode="before")
-    @classmethod
-    def _dropout(cls, value: Any) -> Any:
-        return _rate(value)
 
     @field_validator("config")
     @classmethod
@@ -280,14 +276,9 @@ class ModelConfig(_Section):
     activation: str = "relu"
     initializer: KerasIdentifier = "glorot_uniform"
     regularizer: Optional[RegularizerConfig] = None
-    dropout: float = 0.0
+    dropout: Rate = 0.0
     batchnorm: bool = False
     custom_modules: List[Annotated[str, AfterValidator(_custom_module)]] = Field(default_factory=list)
-
-    @field_validator("dropout", mode="before")
-    @classmethod
-    def _dropout(cls, value: Any) -> Any:
-        return _rate(value)
 
     @model_validator(mode="after")
     def _hidden_or_layers(self) -> "ModelConfig":

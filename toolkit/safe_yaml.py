@@ -56,9 +56,7 @@ class _Bounded:
         # Only the pure-Python composer recurses here (libyaml composes in C and stops at 1000 levels itself);
         # counting keeps a deeply nested document from ending in a RecursionError.
         depth = getattr(self, "_ktk_depth", 0) + 1
-        if depth > MAX_DEPTH:
-            raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep",
-                              self.peek_event(), expected=f"at most {MAX_DEPTH} levels of nesting")  # type: ignore
+        _check_depth(self.peek_event(), depth)  # type: ignore[attr-defined]
         self._ktk_depth = depth
         try:
             return super().compose_node(parent, index)  # type: ignore[misc]
@@ -107,19 +105,10 @@ def check_nodes(root: yaml.Node, allow_aliases: bool = True) -> None:
             if not allow_aliases:
                 raise RefusedYAML("anchors and aliases (&name, *name) are not allowed here", node,
                                   expected="plain YAML values")
-            if depth + heights[key] - 1 > MAX_DEPTH:
-                raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep once its aliases are "
-                                  "expanded", node, expected=f"at most {MAX_DEPTH} levels of nesting")
+            _check_depth(node, depth + heights[key] - 1, " once its aliases are expanded")
             continue
-        if depth > MAX_DEPTH:
-            raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep", node,
-                              expected=f"at most {MAX_DEPTH} levels of nesting")
-        if isinstance(node, yaml.MappingNode):
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
-                    raise RefusedYAML(f"a mapping key is {kind}", key_node,
-                                      expected="plain keys (text or numbers)")
+        _check_depth(node, depth)
+        _check_keys(node)
         on_path.add(key)
         stack.append((node, depth, True))
         stack.extend((child, depth + 1, False) for child in reversed(children))
@@ -137,21 +126,29 @@ def _check_plain_nodes(root: yaml.Node) -> bool:
         value = node.value
         if isinstance(value, str):  # a scalar: nothing below it, and reusing one is harmless
             continue
-        if depth > MAX_DEPTH:
-            raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep", node,
-                              expected=f"at most {MAX_DEPTH} levels of nesting")
+        _check_depth(node, depth)
         if id(node) in seen:
             return False  # an alias of a list or mapping: the full check counts what it expands to
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            for key_node, item in value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
-                    raise RefusedYAML(f"a mapping key is {kind}", key_node, expected="plain keys (text or numbers)")
-                stack.append((item, depth + 1))
+            _check_keys(node)
+            stack.extend((item, depth + 1) for _, item in value)
         else:
             stack.extend((item, depth + 1) for item in value)
     return True
+
+
+def _check_depth(node: Any, depth: int, how: str = "") -> None:
+    if depth > MAX_DEPTH:
+        raise RefusedYAML(f"the YAML is nested more than {MAX_DEPTH} levels deep{how}", node,
+                          expected=f"at most {MAX_DEPTH} levels of nesting")
+
+
+def _check_keys(node: yaml.Node) -> None:
+    for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
+            raise RefusedYAML(f"a mapping key is {kind}", key_node, expected="plain keys (text or numbers)")
 
 
 def _children(node: yaml.Node) -> list:

@@ -567,18 +567,13 @@ class SearchConfig(_Schema):
 
     _params: Tuple[Param, ...] = PrivateAttr(default=())
 
-    @field_validator("tuner", mode="before")
+    @field_validator("tuner", "sequence", mode="before")
     @classmethod
-    def _tuner(cls, value: Any) -> Any:
-        if value not in TUNERS:
-            raise InvalidValue(expected="one of the tuners", received=value, choices=TUNERS)
-        return value
-
-    @field_validator("sequence", mode="before")
-    @classmethod
-    def _sequence(cls, value: Any) -> Any:
-        if value not in SEQUENCES:
-            raise InvalidValue(expected="a quasi-random sequence", received=value, choices=SEQUENCES)
+    def _one_of(cls, value: Any, info: Any) -> Any:
+        expected, choices = {"tuner": ("one of the tuners", TUNERS),
+                             "sequence": ("a quasi-random sequence", SEQUENCES)}[info.field_name]
+        if value not in choices:
+            raise InvalidValue(expected=expected, received=value, choices=choices)
         return value
 
     @field_validator("objective", mode="before")
