@@ -235,7 +235,7 @@ def test_validate_imports_no_tensorflow():
 # ------------------------------------------------------------------------------------- run names
 
 
-@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "a\\b", "", ".", "..", "tab\there", "x" * 101,
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "a\\b", "", ".", "..", "tab\there", "x" * 101, "日" * 70,
                                   "zero\u200bwidth"])
 def test_run_names_that_are_paths_or_unprintable_are_refused(tmp_path, capsys, config, name):
     config.write_text(BASE + yaml.safe_dump({"name": name}, allow_unicode=True))

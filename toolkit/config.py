@@ -20,22 +20,23 @@ import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr,
+                      ValidationError, field_validator, model_validator)
 
 from toolkit.dotpath import get_path, set_path
 from toolkit.errors import InvalidValue, UserError
 from toolkit.safe_yaml import ValueLoader, dump_yaml, parse_yaml, read_yaml_file
 
+# The dot-path helpers (toolkit.dotpath) and the YAML helpers (toolkit.safe_yaml) belong to the config
+# language too: other modules import them from here.
 __all__ = ["Config", "load_config", "parse_config", "parse_override", "deep_merge", "schema_step", "get_path",
-           "set_path", "dump_yaml", "read_yaml_file", "parse_yaml"]  # the YAML and dot-path helpers live in
-# toolkit.safe_yaml and toolkit.dotpath; config users reach them here too
+           "set_path", "dump_yaml", "read_yaml_file", "parse_yaml"]
 
 INT32_MAX = 2**31 - 1  # sizes and counts TensorFlow holds in 32 bits
 SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds
 FLOAT32_MAX = 3.4028234663852886e38  # Keras computes in float32
 MAX_EPOCHS = 1_000_000
-MAX_NAME = 100  # characters of a run name (a folder name: at most 255 bytes)
+MAX_NAME = 100  # characters of a run name, and twice that in UTF-8 bytes (a folder name has at most 255)
 
 
 # ---------------------------------------------------------------------------------------- --set
@@ -44,7 +45,7 @@ MAX_NAME = 100  # characters of a run name (a folder name: at most 255 bytes)
 def parse_override(text: str) -> Tuple[str, Any]:
     """Parses one ``--set key.path=value``; the value is read as YAML (so ``[64,32]`` is a list).
 
-    The value is plain YAML: anchors and aliases are refused, and its size and depth are bounded.
+    The value is bounded as a config is (:mod:`toolkit.safe_yaml`), and may not alias lists or mappings.
     """
     if "=" not in text:
         raise UserError(where="--set", expected="KEY=VALUE, e.g. training.epochs=10", received=text)
@@ -145,7 +146,8 @@ KerasIdentifier = Annotated[Any, AfterValidator(_identifier)]
 
 def _run_name(value: str) -> str:
     """A run name is a folder name under runs/: never a path, never empty, printable."""
-    if (not value or len(value) > MAX_NAME or value in (".", "..") or any(c in "/\\" for c in value)
+    if (not value or len(value) > MAX_NAME or len(value.encode("utf-8", "replace")) > 2 * MAX_NAME
+            or value in (".", "..") or any(c in "/\\" for c in value)
             or any(unicodedata.category(c).startswith("C") for c in value)):
         raise InvalidValue(expected=f"a run name: 1 to {MAX_NAME} characters without '/', '\\' or control characters, "
                                     "not '.' or '..' (it names the run's folder under runs/)", received=value)
