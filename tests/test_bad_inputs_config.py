@@ -148,19 +148,20 @@ def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
     ("seed=100000000000000000000", "seed: expected an integer from 0 to 4294967295; received 100000000000000000000."),
     ("seed=-1", "seed: expected an integer from 0 to 4294967295; received -1."),
     ("training.batch_size=100000000000000000000",
-     "training.batch_size: expected a positive integer of at most 2147483647 or 'full'; received 100000000000000000000."),
+     "training.batch_size: expected a positive integer of at most 2147483647 or 'full'; received "
+     "100000000000000000000."),
     ("training.batch_size=true", "training.batch_size: expected a positive integer or 'full'; received true."),
     ("training.steps_per_execution=1e30", "training.steps_per_execution: expected a positive integer or 'auto'; "
                                           "received 1e+30."),
     ("training.epochs=yes", "training.epochs: expected an integer; received true."),
     ("training.epochs=3.0", "training.epochs: expected an integer; received 3.0."),
     ("training.epochs=10000000", "training.epochs: expected an integer from 1 to 1000000; received 10000000."),
-    ("training.optimizer.learning_rate=.inf", "training.optimizer.learning_rate: expected a finite number; received inf."),
-    ("training.optimizer.learning_rate=.nan", "training.optimizer.learning_rate: expected a finite number; received nan."),
+    ("training.optimizer.learning_rate=.inf", "learning_rate: expected a finite number; received inf."),
+    ("training.optimizer.learning_rate=.nan", "learning_rate: expected a finite number; received nan."),
     ("model.regularizer.l2=.inf", "model.regularizer.l2: expected a finite number; received inf."),
     ("model.regularizer.l2=1e300", "model.regularizer.l2: expected a number Keras can hold (float32: at most 3.4e+38 "
                                    "in size); received 1e+300."),
-    ("training.early_stopping={min_delta: 1e300}", "training.early_stopping.min_delta: expected a number Keras can hold"),
+    ("training.early_stopping={min_delta: 1e300}", "early_stopping.min_delta: expected a number Keras can hold"),
     ("training.early_stopping={patience: -1}", "training.early_stopping.patience: expected an integer from 0 to "),
     ("training.optimizer={name: sgd, momentum: .nan}", "training.optimizer.momentum: expected a finite number "
                                                        "(float32: at most 3.4e+38 in size); received nan."),
@@ -235,8 +236,8 @@ def test_validate_imports_no_tensorflow():
 # ------------------------------------------------------------------------------------- run names
 
 
-@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "a\\b", "", ".", "..", "tab\there", "x" * 101, "日" * 70,
-                                  "zero\u200bwidth"])
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "a\\b", "", ".", "..", "tab\there", "x" * 101,
+                                  "日" * 70, "zero\u200bwidth"])
 def test_run_names_that_are_paths_or_unprintable_are_refused(tmp_path, capsys, config, name):
     config.write_text(BASE + yaml.safe_dump({"name": name}, allow_unicode=True))
     err = refused(capsys, "validate", config)
@@ -279,7 +280,8 @@ def test_model_names_are_valid_tensorflow_scopes(name, scope):
 ])
 def test_modules_that_run_programs_are_refused_without_importing_them(capsys, config, module, message):
     already = set(sys.modules)
-    assert message in refused(capsys, "validate", config, "--set", f"model.custom_modules=[{module!r}]".replace("'", '"'))
+    value = f"model.custom_modules=[{module!r}]".replace("'", '"')
+    assert message in refused(capsys, "validate", config, "--set", value)
     assert "Beautiful is better than ugly" not in capsys.readouterr().out
     assert set(sys.modules) - already <= {m for m in sys.modules if m.startswith(("toolkit", "sklearn"))}
 

@@ -114,8 +114,8 @@ def _lookup_table(kind: str) -> Optional[Dict[str, Tuple[str, str]]]:
     objects: List[str] = []
     aliases: Dict[str, str] = {}
     for node in _statements(tree):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ALL_OBJECTS" for t in node.targets) \
-                and isinstance(node.value, ast.Set):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Set) and \
+                any(isinstance(t, ast.Name) and t.id == "ALL_OBJECTS" for t in node.targets):
             objects = [e.id for e in node.value.elts if isinstance(e, ast.Name)]
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and node.value.args and \
                 isinstance(node.value.args[0], ast.Dict):  # ALL_OBJECTS_DICT.update({"mse": ..., ...})
@@ -278,8 +278,8 @@ def constructor_arguments(module: str, name: str) -> Optional[Tuple[FrozenSet[st
     if arguments.kwarg is not None:
         kwargs = arguments.kwarg.arg
         for node in ast.walk(init):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("pop", "get") \
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == kwargs and node.args \
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("pop", "get") and isinstance(node.func.value, ast.Name) and node.func.value.id == kwargs and node.args \
                     and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 accepted.add(node.args[0].value)
         passed_on = any(isinstance(node, ast.Call) and any(k.arg is None and isinstance(k.value, ast.Name) and

@@ -8,8 +8,9 @@ the work is bounded whatever the input: a file is read only when it is a regular
 make a structure contain itself, and mapping keys must be plain values (a list as a key is refused).
 
 Configs and result files may use anchors and aliases within those bounds; in ``--set`` values an alias of
-a list or mapping is refused (one value on a command line has no use for them). Every refusal is a :class:`RefusedYAML`, a ``yaml.YAMLError``, so
-readers that already treat malformed YAML as "damaged" handle it the same way.
+a list or mapping is refused (one value on a command line has no use for them).
+
+Every refusal is a :class:`RefusedYAML`, a ``yaml.YAMLError``, so readers that already treat malformed YAML as "damaged" handle it the same way.
 
 Result files are parsed by libyaml's C parser when PyYAML has it: a run's ``config.yaml`` is read about
 ten times faster than by the pure-Python parser, which matters when ``ktk compare`` reads a thousand.

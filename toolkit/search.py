@@ -985,7 +985,8 @@ def _check_optimizer_names_for(param: Param, config: Any, by_path: Mapping[str, 
     if accepting and rejecting:
         argument = param.path.rsplit(".", 1)[1]
         raise UserError(f"{argument} is not an argument of the {', '.join(map(str, rejecting))} optimizer",
-                        where=f"search.space.{param.path}", expected=f"when: {{{name_path}: [{', '.join(map(str, accepting))}]}}")
+                        where=f"search.space.{param.path}",
+                        expected=f"when: {{{name_path}: [{', '.join(map(str, accepting))}]}}")
 
 
 # ---------------------------------------------------------------------------------------- helpers
