@@ -216,3 +216,45 @@ def test_restore_best_weights_keys_are_plain_values_that_survive_a_round_trip():
                                                        "training.early_stopping.restore_best_weights": False})
     again = parse_config(last.to_dict())
     assert again.training.restore_best_weights is False and again.training.early_stopping.restore_best_weights is False
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"training": {"epochs": True}}, "c.yaml: training.epochs: expected an integer; received true."),
+    ({"training": {"epochs": 3.0}}, "c.yaml: training.epochs: expected an integer; received 3.0."),
+    ({"model": {"batchnorm": 1}}, "c.yaml: model.batchnorm: expected true or false; received 1."),
+    ({"model": {"dropout": True}}, "c.yaml: model.dropout: expected a rate in [0, 1); received true."),
+    ({"training": {"optimizer": {"learning_rate": float("nan")}}},
+     "c.yaml: training.optimizer.learning_rate: expected a finite number; received nan."),
+    ({"name": "a/b"}, "c.yaml: name: expected a run name: 1 to 100 characters without '/', '\\' or control "
+                      "characters, not '.' or '..' (it names the run's folder under runs/); received 'a/b'."),
+    ({"seed": 2**32}, "c.yaml: seed: expected an integer from 0 to 4294967295; received 4294967296."),
+])
+def test_types_are_strict_and_numbers_bounded(change, message):
+    assert error_of({**BASE, **change}) == message
+
+
+def test_a_float_for_a_float_key_may_be_written_as_an_integer():
+    config = parse_config({**BASE, "training": {"optimizer": {"learning_rate": 1}}, "model": {"dropout": 0}})
+    assert config.training.optimizer.learning_rate == 1.0 and isinstance(config.model.dropout, float)
+
+
+def test_schema_step_reads_the_schema_shape():
+    from toolkit.config import Config, schema_step
+
+    model = schema_step(Config, "model")
+    assert model.kind == "field"
+    assert schema_step(model.schema, "dropuot").kind == "unknown"
+    assert "dropout" in schema_step(model.schema, "dropuot").choices
+    assert schema_step(schema_step(model.schema, "layers").schema, "0").kind == "index"
+    assert schema_step(schema_step(Config, "training").schema, "optimizer").kind == "field"
+    optimizer = schema_step(schema_step(Config, "training").schema, "optimizer").schema
+    assert schema_step(optimizer, "momentum").kind == "open"  # an optimizer's own arguments
+
+
+def test_yaml_aliases_within_bounds_are_fine_in_configs(tmp_path):
+    path = write(tmp_path, "alias.yaml", """\
+        data: {source: sklearn.iris}
+        model: {hidden: &widths [32, 16]}
+        search: {space: {model.hidden: {choice: [*widths, [8]]}}}
+        """)
+    assert load_config(path).search.params[0].values == ([32, 16], [8])

@@ -169,3 +169,69 @@ def test_custom_module_import_error():
         build_model(make({"custom_modules": ["no_such_module_xyz"]}), fake_data())
     assert str(info.value) == ("model.custom_modules.0: could not import the module: No module named "
                                "'no_such_module_xyz'; received 'no_such_module_xyz'.")
+
+
+def test_loss_metrics_and_monitor_are_resolved_before_building():
+    with pytest.raises(UserError) as info:
+        build_model(make(training={"loss": "categorical_crossentropyy"}), fake_data())
+    assert str(info.value).startswith("training.loss: expected a Keras loss; received 'categorical_crossentropyy'.")
+    assert "Did you mean 'categorical_crossentropy'?" in str(info.value)
+    with pytest.raises(UserError) as info:
+        build_model(make(training={"early_stopping": {"monitor": "val_accuracy"}}), fake_data(task="regression"))
+    assert str(info.value) == ("training.early_stopping.monitor: not a quantity this model reports; received "
+                               "'val_accuracy'. Valid choices: loss, mae, val_loss, val_mae.")
+    config = make(training={"metrics": [{"class_name": "AUC", "config": {"name": "area"}}],
+                            "early_stopping": {"monitor": "val_area"}})
+    assert build_model(config, fake_data(task="binary", num_classes=2)).name == "m"
+
+
+def test_model_names_are_scope_names():
+    assert build_model(make(name="_exp"), fake_data()).name == "m_exp"
+    assert build_model(make(name="café"), fake_data()).name == "cafe"
+
+
+def test_kernels_tensorflow_cannot_index_are_refused_before_allocation():
+    with pytest.raises(UserError) as info:
+        build_model(make({"hidden": [2**31 - 1]}), fake_data())
+    assert str(info.value) == ("model.hidden: a Dense kernel of 10 x 2147483647 = 21,474,836,470 weights is too "
+                               "large; expected at most 2,147,483,647 weights per layer; received 2147483647.")
+
+
+def test_names_read_from_keras_source_resolve_in_keras():
+    """keras_names reads Keras' files without importing Keras; Keras itself must agree with every name."""
+    import inspect
+
+    import keras
+
+    from toolkit import keras_names
+
+    optimizer_classes = {n.lower() for n in dir(keras.optimizers) if isinstance(getattr(keras.optimizers, n), type)}
+    assert set(keras_names.choices("optimizer")) <= optimizer_classes
+    for name in keras_names.choices("loss"):
+        assert keras.losses.get(name) is not None, name
+    for name in keras_names.choices("metric"):
+        if name in ("accuracy", "acc"):  # compile() resolves these two by the labels
+            continue
+        try:
+            assert keras.metrics.get(name) is not None, name
+        except TypeError:  # a known class that needs arguments (IoU): keras_names says so too
+            with pytest.raises(UserError, match=f"{name} needs arguments"):
+                keras_names.check_config_names(make(training={"metrics": [name]}))
+    for name in keras_names.choices("activation"):
+        assert keras.activations.get(name) is not None, name
+    # Arguments: every parameter of a class's own __init__ is accepted by the reading of its source.
+    namespaces = {"optimizer": keras.optimizers, "schedule": keras.optimizers.schedules,
+                  "initializer": keras.initializers, "layer": keras.layers, "loss": keras.losses,
+                  "metric": keras.metrics}
+    checked = 0
+    for kind, namespace in namespaces.items():
+        for name in keras_names.exported(kind):
+            cls = getattr(namespace, name, None)
+            where = keras_names.class_of(kind, name)
+            found = keras_names.constructor_arguments(*where) if where and isinstance(cls, type) else None
+            if found is None:
+                continue
+            own = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+            assert own <= found[0], (kind, name, own - found[0])
+            checked += 1
+    assert checked > 250

@@ -396,3 +396,87 @@ def test_conditional_hyperparameters_serialize_silently(capsys):
     capsys.readouterr()
     proto = hp.to_proto()
     assert "sgd" in str(proto) and capsys.readouterr().out == ""
+
+
+# ------------------------------------------------------------------ counting without listing
+
+
+def brute_force_grid(space):
+    """The grid keras-tuner visits, by enumeration: distinct combinations of the active values."""
+    import itertools
+
+    values = [p.possible_values() if p.kind != "float" else
+              [p.low + k * p.step for k in range(p.grid_count())] for p in space]
+    seen = set()
+    for combination in itertools.product(*values):
+        chosen = {}
+        for param, value in zip(space, combination):
+            if all(parent in chosen and chosen[parent] in allowed for parent, allowed in param.when):
+                chosen[param.path] = value
+        seen.add(tuple(sorted(chosen.items())))
+    return len(seen)
+
+
+@pytest.mark.parametrize("space", [
+    {"training.optimizer.name": {"choice": ["sgd", "adam", "rmsprop"]},
+     "training.optimizer.momentum": {"choice": [0.0, 0.5, 0.9], "when": {"training.optimizer.name": ["sgd", "rmsprop"]}},
+     "training.batch_size": {"int": [16, 64], "step": 16}},
+    {DEPTH_PATH: {"int": [1, 4]},
+     "model.hidden.1": {"int": [8, 32], "step": 8, "when": {DEPTH_PATH: [2, 3, 4]}},
+     "model.hidden.3": {"choice": [4, 8], "when": {DEPTH_PATH: 4}},
+     "model.dropout": {"float": [0.0, 0.4], "step": 0.2}},
+])
+def test_grid_size_counts_what_enumeration_finds(space):
+    spec = spec_of(space, tuner="grid")
+    assert grid_size(spec.space) == brute_force_grid(spec.space) == spec.planned_trials()
+
+
+def test_huge_ranges_are_counted_not_listed():
+    spec = spec_of({"data.options.n": {"int": [1, 10**12]},
+                    "model.dropout": {"choice": [0.1, 0.2], "when": {"data.options.n": [5, 7]}}}, tuner="random")
+    hidden = spec.param("data.options.n")
+    assert hidden.count() == 10**12 and hidden.possible_values() is None
+    assert hidden.takes(10**11) and not hidden.takes(0) and not hidden.takes(2.5) and not hidden.takes(True)
+    # 10**12 - 2 values leave dropout inactive; 5 and 7 each make 2 combinations
+    assert grid_size(spec.space) == 10**12 - 2 + 2 * 2
+    grid = spec_of({"model.hidden.0": {"int": [1, 5000]}, "training.batch_size": {"int": [1, 5000]}}, tuner="grid",
+                   max_trials=7)
+    assert grid.planned_trials() == 7 and grid_size(grid.space) == 25_000_000
+    assert error_of({"model.dropout": {"float": [0.0, 0.5], "step": 1e-12}}, tuner="grid") == (
+        "sweep.yaml: search.space.model.dropout: a grid over 500,000,000,001 values of this parameter is too large "
+        "to run; expected at most 10,000 values: a larger step or a narrower range, or tuner: random.")
+    assert error_of({"model.hidden.0": {"int": [1, 5000]}, "training.batch_size": {"int": [1, 5000]}},
+                    tuner="grid") == (
+        "sweep.yaml: search.space: a grid of 25,000,000 combinations is too large to run; expected at most 1,000,000 "
+        "combinations: a larger step, fewer choices, search.max_trials to stop early, or tuner: random.")
+
+
+def test_objective_picks_the_best_by_the_one_rule():
+    objective = spec_of(ISSUE_SPACE, objective="val_accuracy").objective
+    assert objective.best_index([float("nan"), 0.5, 0.9, 0.9]) == 2
+    assert objective.better(0.9, 0.5) and not objective.better(None, 0.5) and objective.better(0.1, None)
+    assert not objective.better(float("nan"), 0.5)
+    assert spec_of(ISSUE_SPACE).objective.best_index([float("nan"), float("nan")]) == 0
+
+
+def test_the_section_is_part_of_the_config_schema():
+    config = config_with(ISSUE_SPACE, objective={"name": "val_accuracy"})
+    assert config.search.tuner == "random" and config.search.max_trials == 10  # the default when no plan decides
+    assert config_with({"model.hidden.0": {"int": [8, 16]}}, tuner="grid").search.max_trials is None
+    assert [p.path for p in config.search.params] == list(ISSUE_SPACE)
+    section = config.to_dict()["search"]
+    assert section["objective"] == {"name": "val_accuracy", "direction": "max"} and "seed" not in section
+    assert section["space"]["model.hidden.0"] == {"int": [32, 256], "step": 32}
+    again = parse_config(config.to_dict(), source="sweep.yaml")
+    assert parse_search(again).identity() == parse_search(config).identity()
+    assert error_of({"model.dropout": {"flaot": [0.0, 0.5]}}) == (
+        "sweep.yaml: search.space.model.dropout.flaot: unknown key; received 'flaot'. Valid choices: int, float, "
+        "choice, step, log, when. Did you mean 'float'?")
+    assert error_of({"model.dropout": {"float": [0.0, 0.5], "log": "yes"}}) == (
+        "sweep.yaml: search.space.model.dropout.log: expected true or false; received 'yes'.")
+    assert error_of({"model.hidden.0": {"int": [8.0, 16]}}) == (
+        "sweep.yaml: search.space.model.hidden.0.int: expected [low, high], two of an integer; received [8.0, 16].")
+    assert error_of(ISSUE_SPACE, max_trials=True) == (
+        "sweep.yaml: search.max_trials: expected a positive integer; received true.")
+    assert error_of(ISSUE_SPACE, objective={"name": "val_loss", "direction": "up"}) == (
+        "sweep.yaml: search.objective.direction: expected min or max; received 'up'. Valid choices: min, max.")

@@ -81,6 +81,24 @@ class UserError(Exception):
         return self
 
 
+class InvalidValue(ValueError):
+    """A :class:`UserError` raised inside a config schema validator, its `where` relative to the value checked.
+
+    pydantic turns a ``ValueError`` raised by a validator into a located error; :mod:`toolkit.config` turns
+    it back into this UserError, with the key path of the value put before its `where`.
+    """
+
+    def __init__(self, problem: Optional[str] = None, **parts: Any):
+        self.error = UserError(problem, **parts)
+        super().__init__(self.error.message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library messages can run to many lines), or its type."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 def show(value: Any) -> str:
     """Formats a received value for a message: strings quoted, everything else as YAML would show it."""
     if isinstance(value, str):
@@ -106,6 +124,10 @@ def did_you_mean(name: str, choices: Sequence[Any]) -> Optional[str]:
     names = [str(c) for c in choices]
     lowered = {n.lower(): n for n in names}
     matches = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    if not matches:
+        # An abbreviation made of the words' initials, as Keras' old `lr` for `learning_rate`.
+        matches = [n for n in lowered if len(str(name)) > 1 and "_" in n
+                   and "".join(word[:1] for word in n.split("_")) == str(name).lower()][:1]
     if not matches or lowered[matches[0]] == name:
         return None
     return lowered[matches[0]]

@@ -3,14 +3,33 @@
 A function of the config and the data's shapes alone; used by single runs, every sweep trial, gradient
 checking and the experiment suites. Names (activations, initializers, layer classes) are resolved by
 Keras' own ``get()`` / ``deserialize``; a bad name becomes a UserError listing Keras' valid choices.
+Keras resolves the loss and metric names only at the first training step, so the builder resolves them
+first (and checks the early-stopping monitor against them): a run that would fail fails before it writes.
+
+``model.custom_modules`` is the one part of a config that runs code: the modules are imported here, and
+only here, when a model is built (see :func:`import_custom_modules` for what may be imported).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
-from typing import Any, Iterable, List, Optional
+import importlib.machinery
+import importlib.util
+import os
+import re
+import sys
+import sysconfig
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Union
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_line
+from toolkit.keras_names import check_monitor, shown_choices
+from toolkit.keras_names import choices as keras_choices
+
+# A kernel with more elements than this cannot be indexed by TensorFlow's 32-bit sizes (and would not fit).
+MAX_KERNEL = 2**31 - 1
 
 
 def build_model(config: Any, data: Any) -> Any:
@@ -26,14 +45,16 @@ def build_model(config: Any, data: Any) -> Any:
     """
     import keras
 
-    import_custom_modules(config.model.custom_modules)
+    import_custom_modules(config.model.custom_modules, config.base_dir)
+    check_training_names(config, data.task)
     model_cfg = config.model
-    inputs = keras.Input(shape=data.input_shape, name="inputs")
-    x = inputs
     if model_cfg.layers is None:
         specs = [(f"model.hidden.{i}", {"units": units}) for i, units in enumerate(model_cfg.hidden)]
     else:
         specs = [(f"model.layers.{i}", layer.model_dump(exclude_none=True)) for i, layer in enumerate(model_cfg.layers)]
+    _check_kernel_sizes(specs, data)
+    inputs = keras.Input(shape=data.input_shape, name="inputs")
+    x = inputs
     for index, (where, spec) in enumerate(specs):
         if "class_name" in spec:
             x = _keras_layer(spec, where)(x)
@@ -43,12 +64,35 @@ def build_model(config: Any, data: Any) -> Any:
         x = keras.layers.Flatten(name="flatten_output")(x)
     activation = {"binary": "sigmoid", "multiclass": "softmax"}.get(data.task, "linear")
     outputs = keras.layers.Dense(data.output_units, activation=activation, name="output")(x)
-    return keras.Model(inputs, outputs, name=_model_name(config.name))
+    return keras.Model(inputs, outputs, name=scope_name(config.name))
 
 
-def _model_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
-    return cleaned or "model"
+def scope_name(name: str) -> str:
+    """A run name as a valid Keras/TensorFlow scope name (``^[A-Za-z0-9.][A-Za-z0-9_.-]*$``).
+
+    Run names may be any text without path separators (``café``, ``_exp``); the model built for them is
+    named by their ASCII letters (accents dropped), other characters as ``_``, and an ``m`` in front when
+    the name does not start with a letter, digit or dot.
+    """
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", text) if text.strip() else "model"
+    return text if re.match(r"[A-Za-z0-9.]", text) else "m" + text
+
+
+def _check_kernel_sizes(specs: Sequence[Any], data: Any) -> None:
+    """Dense kernels TensorFlow cannot hold are refused before Keras tries to allocate them."""
+    width = 1
+    for size in data.input_shape:
+        width *= int(size)
+    for where, spec in specs:
+        if "class_name" in spec:
+            return  # the shapes after any other layer are known to Keras only
+        units = spec["units"]
+        if width * units > MAX_KERNEL:
+            raise UserError(f"a Dense kernel of {width} x {units} = {width * units:,} weights is too large",
+                            where=where if where.startswith("model.layers") else "model.hidden",
+                            expected=f"at most {MAX_KERNEL:,} weights per layer", received=units)
+        width = units
 
 
 def _dense_block(x: Any, spec: dict, defaults: Any, where: str, number: int) -> Any:
@@ -80,7 +124,7 @@ def _keras_layer(spec: dict, where: str) -> Any:
     import keras
 
     class_name = spec["class_name"]
-    choices = keras_names(keras.layers, keras.layers.Layer)
+    choices = exported_classes(keras.layers, keras.layers.Layer)
     try:
         identifier = {"class_name": class_name, "config": dict(spec.get("config", {}))}
         if class_name in choices:
@@ -90,7 +134,7 @@ def _keras_layer(spec: dict, where: str) -> Any:
         if class_name not in choices and not _is_registered(class_name):
             raise UserError(where=f"{where}.class_name", expected="a Keras layer class", received=class_name,
                             choices=choices) from None
-        raise UserError(f"Keras rejected the layer config: {_first_line(error)}",
+        raise UserError(f"Keras rejected the layer config: {first_line(error)}",
                         where=f"{where}.config", received=spec.get("config", {})) from None
 
 
@@ -114,8 +158,6 @@ def get_activation(name: Any, where: str) -> Any:
 
 def get_initializer(identifier: Any, where: str) -> Any:
     """Keras' initializer for a name or ``{class_name, config}`` dict, or a UserError."""
-    import copy
-
     import keras
 
     try:
@@ -124,7 +166,7 @@ def get_initializer(identifier: Any, where: str) -> Any:
         name = identifier.get("class_name") if isinstance(identifier, dict) else identifier
         choices = initializer_names()
         if isinstance(identifier, dict) and _known(name, choices):
-            raise UserError(f"Keras rejected the initializer config: {_first_line(error)}", where=where,
+            raise UserError(f"Keras rejected the initializer config: {first_line(error)}", where=where,
                             received=identifier) from None
         raise UserError(where=where, expected="a Keras initializer", received=name, choices=choices) from None
 
@@ -132,7 +174,7 @@ def get_initializer(identifier: Any, where: str) -> Any:
 def initializer_names() -> List[str]:
     import keras
 
-    names = keras_names(keras.initializers, keras.initializers.Initializer)
+    names = exported_classes(keras.initializers, keras.initializers.Initializer)
     snake = [n for n in dir(keras.initializers) if n.islower() and not n.startswith("_")
              and n not in ("get", "serialize", "deserialize")]
     return sorted(set(snake) | set(names))
@@ -152,7 +194,7 @@ def get_regularizer(spec: Optional[dict]) -> Any:
     return keras.regularizers.L1L2(l1=float(spec.get("l1", 0.0)), l2=float(spec.get("l2", 0.0)))
 
 
-def keras_names(module: Any, base: type) -> List[str]:
+def exported_classes(module: Any, base: type) -> List[str]:
     """Public class names in a Keras namespace that subclass `base` (Keras' own list of choices)."""
     names = []
     for name in dir(module):
@@ -162,20 +204,161 @@ def keras_names(module: Any, base: type) -> List[str]:
     return sorted(names)
 
 
-def import_custom_modules(modules: Iterable[str]) -> None:
-    """Imports the modules named in ``model.custom_modules`` so their registered Keras classes resolve.
+# The old name of exported_classes: toolkit/training.py imports it under it.
+keras_names = exported_classes
 
-    Custom layers are supplied the Keras way: classes decorated with
-    ``keras.saving.register_keras_serializable`` in an importable module. Nothing in a config is evaluated.
+
+# ------------------------------------------------------------------------- loss, metrics, monitor
+
+
+def check_training_names(config: Any, task: str) -> None:
+    """Resolves the loss and metrics with Keras and checks the early-stopping monitor against them.
+
+    Keras' ``compile()`` accepts any name and fails at the first training step, after a run has started
+    writing; this fails first.
+
+    Raises:
+        UserError: at ``training.loss``, ``training.metrics.<i>`` or ``training.early_stopping.monitor``.
     """
-    for i, name in enumerate(modules):
+    import keras
+
+    training = config.training
+    if training.loss is not None:
+        _resolve(keras.losses, training.loss, "training.loss", "loss")
+    if training.metrics is None:
+        check_monitor(config, None, (task,))
+        return
+    names = []
+    for i, metric in enumerate(training.metrics):
+        if isinstance(metric, str) and metric.lower() in ("accuracy", "acc"):
+            names.append(metric)  # compile() picks the accuracy that fits the labels
+            continue
+        resolved = _resolve(keras.metrics, metric, f"training.metrics.{i}", "metric")
+        names.append(metric if isinstance(metric, str) else getattr(resolved, "name", str(metric)))
+    check_monitor(config, names, (task,))
+
+
+def _resolve(namespace: Any, identifier: Any, where: str, kind: str) -> Any:
+    try:
+        return namespace.get(copy.deepcopy(identifier))
+    except (ValueError, TypeError) as error:
+        name = identifier.get("class_name") if isinstance(identifier, dict) else identifier
+        valid = keras_choices(kind) or []
+        if name in valid:
+            raise UserError(f"Keras rejected the {kind}: {first_line(error)}", where=where,
+                            received=identifier) from None
+        raise UserError(where=f"{where}.class_name" if isinstance(identifier, dict) else where,
+                        expected=f"a Keras {kind}", received=name, choices=shown_choices(kind, valid) or None) from None
+
+
+# ---------------------------------------------------------------------------------- custom modules
+
+
+def import_custom_modules(modules: Iterable[str], base_dir: Union[str, Path, None] = None) -> None:
+    """Imports ``model.custom_modules`` so the Keras classes they register can be named in ``layers:``.
+
+    This is code, by design: ktk imports these modules as Python imports any module, so a config that
+    names one runs it. What may be imported is limited to what the config names on purpose:
+
+    - a module installed or on ``PYTHONPATH``, found without the current folder (a file that happens to be
+      in the folder ktk runs in is never picked up);
+    - a ``.py`` file given by its path, relative to the config file (``base_dir``);
+    - never a standard-library module (``this`` prints, ``antigravity`` opens a browser) and never a
+      ``__main__`` module (``venv.__main__`` creates a virtual environment).
+
+    Commands that do not build a model (``ktk validate`` without ``--deep``, compare, report) never import them.
+    """
+    for i, entry in enumerate(modules):
+        where = f"model.custom_modules.{i}"
+        if entry.endswith(".py"):
+            _import_file(Path(base_dir or ".") / entry, entry, where)
+            continue
+        _check_module_name(entry, where)
+        spec = _find_spec(entry, where)
+        if spec is None:
+            raise UserError(f"could not import the module: No module named '{entry}'", where=where, received=entry)
+        if _in_stdlib(spec):
+            raise UserError("a standard-library module, not a module of custom Keras classes", where=where,
+                            received=entry, expected="your own module (installed, on PYTHONPATH, or a .py path)")
+        with _without_current_folder():
+            try:
+                importlib.import_module(entry)
+            except ImportError as error:
+                raise UserError(f"could not import the module: {error}", where=where, received=entry) from None
+
+
+def _check_module_name(name: str, where: str) -> None:
+    parts = name.split(".")
+    if "__main__" in parts or not all(p.isidentifier() for p in parts):
+        raise UserError("a __main__ module runs a program when it is imported" if "__main__" in parts else None,
+                        where=where, received=name, expected="a module that defines Keras classes")
+
+
+def _find_spec(name: str, where: str) -> Any:
+    """The module's spec, found without the current folder; a package's parents are imported to find it."""
+    with _without_current_folder():
         try:
-            importlib.import_module(name)
-        except ImportError as error:
-            raise UserError(f"could not import the module: {error}", where=f"model.custom_modules.{i}",
-                            received=name) from None
+            top = name.split(".")[0]
+            top_spec = importlib.util.find_spec(top)
+            if top_spec is None:
+                return None
+            if _in_stdlib(top_spec):
+                return top_spec
+            return importlib.util.find_spec(name)
+        except (ImportError, ValueError) as error:
+            raise UserError(f"could not import the module: {error}", where=where, received=name) from None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def _in_stdlib(spec: Any) -> bool:
+    if spec.name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
+        return True
+    origin = spec.origin or ""
+    if origin in ("built-in", "frozen"):
+        return True
+    stdlib = [Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")]
+    try:
+        path = Path(origin).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    installed = {"site-packages", "dist-packages"} & set(path.parts)
+    return any(root in path.parents for root in stdlib) and not installed
+
+
+class _without_current_folder:
+    """While importing a custom module, the current folder (``''`` or its path on sys.path) is not searched."""
+
+    def __enter__(self) -> None:
+        self.saved = list(sys.path)
+        here = os.getcwd()
+        sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != here]
+        importlib.invalidate_caches()
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.path[:] = self.saved
+
+
+def _import_file(path: Path, entry: str, where: str) -> None:
+    """Imports a .py file named by path, under its file name as module name (as Keras' registry expects)."""
+    name = path.stem
+    if not name.isidentifier() or name in getattr(sys, "stdlib_module_names", ()):
+        raise UserError(expected="a .py file named like a Python module (my_layers.py), not after a standard "
+                                 "library one", where=where, received=entry)
+    if not path.is_file():
+        raise UserError("file not found", where=where, expected="the path of a .py file, relative to the config",
+                        received=str(path))
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() != path.resolve():
+            raise UserError(f"another module named {name} is already imported", where=where, received=entry,
+                            expected="a file whose name is not the name of another module")
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UserError("cannot import this file", where=where, received=entry)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        del sys.modules[name]
+        raise UserError(f"could not import the module: {error}", where=where, received=entry) from None

@@ -21,14 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
-
 from toolkit.errors import UserError
+from toolkit.safe_yaml import ResultLoader, load, read_bytes
 
-try:  # the C parser reads a config.yaml about ten times faster than the pure-Python one
-    YAML_LOADER: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    YAML_LOADER = yaml.SafeLoader
+# The loader for YAML in result files (a run's config.yaml, list and mapping cells of trials.csv): libyaml's
+# C parser, safe, and bounded in size, depth and alias expansion (toolkit.safe_yaml).
+YAML_LOADER: Any = ResultLoader
 
 # The on-disk layout (docs/ARCHITECTURE.md, "Contracts"): every file and folder name ktk writes, defined here only.
 # A run directory:
@@ -225,9 +223,15 @@ def write_json(path: PathLike, data: Any) -> None:
 
 
 def read_yaml(path: PathLike) -> Any:
-    """A result directory's YAML file (a run's resolved config.yaml) as plain data: safe, unvalidated, fast."""
-    with open(path, "rb") as handle:
-        return yaml.load(handle, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+    """A result directory's YAML file (a run's resolved config.yaml) as plain data: safe, unvalidated, fast.
+
+    Raises:
+        OSError: the file is missing, unreadable, not a regular file (a FIFO is refused, never waited on)
+            or larger than 1 MiB.
+        yaml.YAMLError: malformed YAML, or YAML that :mod:`toolkit.safe_yaml` refuses (too deep, too large
+            once its aliases are expanded).
+    """
+    return load(read_bytes(path), YAML_LOADER)
 
 
 # The most a result file may hold before it is taken for damaged: far beyond what ktk writes (a metrics.json
