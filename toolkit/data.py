@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_line
 from toolkit.results import SPLITS
 
 MAX_CLASSES_FOR_INFERENCE = 50
@@ -371,7 +371,7 @@ def _call_generator(function: Callable[..., Any], options: Dict[str, Any]) -> An
             raise UserError(where=f"data.options.{match.group(1)}", expected=match.group(2),
                             received=options[match.group(1)]) from None
         shown = {k: v for k, v in options.items() if k != "random_state"} or options
-        raise UserError(f"{function.__name__} rejected the options ({_first_line(error)})", where="data.options",
+        raise UserError(f"{function.__name__} rejected the options ({first_line(error)})", where="data.options",
                         received=shown) from None
 
 
@@ -393,7 +393,7 @@ def _load_keras(name: str, options: Dict[str, Any], seed: int) -> _Raw:
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data(**options)
     except (TypeError, ValueError) as error:
-        raise UserError(f"keras.datasets.{name}.load_data rejected the options ({_first_line(error)})",
+        raise UserError(f"keras.datasets.{name}.load_data rejected the options ({first_line(error)})",
                         where="data.options", received=options) from None
     except Exception as error:  # any failure to fetch is reported as one message
         raise UserError(
@@ -478,7 +478,7 @@ def _read_frame(kind: str, path: Path, where: str) -> Any:
         except UserError:
             raise
         except Exception as error:  # an unreadable file is the user's to fix: one message, whatever the parser says
-            raise UserError(f"could not read the {kind} file ({_first_line(error)})", where=where,
+            raise UserError(f"could not read the {kind} file ({first_line(error)})", where=where,
                             received=str(path)) from None
     frame = frame.reset_index(drop=True)  # row numbers in messages are positions in the file
     frame.columns = [str(c) for c in frame.columns]
@@ -838,7 +838,7 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
         try:
             archive = np.load(handle, allow_pickle=False)  # unpickling would run code from the file
         except Exception as error:  # a damaged archive: one message, whatever the zip reader says
-            raise UserError(f"could not read the npz file ({_first_line(error)})", where=where,
+            raise UserError(f"could not read the npz file ({first_line(error)})", where=where,
                             received=str(path)) from None
         with archive:
             for key in ("x", "y"):
@@ -857,10 +857,10 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
                         raise UserError(f"array {key!r} of {name} holds Python objects, which ktk does not unpickle "
                                         "(unpickling runs code)", where=where,
                                         expected="an array of numbers (or of text labels for y)") from None
-                    raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
+                    raise UserError(f"could not read array {key!r} of {name} ({first_line(error)})", where=where,
                                     received=str(path)) from None
                 except Exception as error:  # a damaged member
-                    raise UserError(f"could not read array {key!r} of {name} ({_first_line(error)})", where=where,
+                    raise UserError(f"could not read array {key!r} of {name} ({first_line(error)})", where=where,
                                     received=str(path)) from None
     x, y = arrays["x"], arrays["y"]
     x = _check_array(x, f"array 'x' of {name}", where, row_base=0)
@@ -949,10 +949,6 @@ def _first(values: np.ndarray) -> Any:
     value = values.flat[0] if values.size else None
     return value.item() if hasattr(value, "item") else value
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------- task and labels

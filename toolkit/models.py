@@ -205,7 +205,6 @@ def exported_classes(module: Any, base: type) -> List[str]:
 
 
 # The old name of exported_classes: toolkit/training.py imports it under it.
-keras_names = exported_classes
 
 
 # ------------------------------------------------------------------------- loss, metrics, monitor

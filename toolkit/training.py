@@ -10,15 +10,15 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_line
 from toolkit.metrics import best_index, resolve_mode
-from toolkit.models import keras_names
+from toolkit.keras_names import snake_case
+from toolkit.models import exported_classes
 
 DEFAULT_LOSS = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy",
                 "regression": "mean_squared_error"}
@@ -59,17 +59,19 @@ def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     arguments = copy.deepcopy(opt.arguments)
     if config.training.schedule is not None:
         arguments["learning_rate"] = get_schedule(config.training.schedule, opt.learning_rate)
-    names = sorted({n.lower() for n in keras_names(keras.optimizers, keras.optimizers.Optimizer)}
-                   - {"lossscaleoptimizer", "multioptimizer"})  # wrappers, not optimizers
-    if opt.name.lower() not in names:
+    # By exported class, not keras.optimizers.get: Keras exports some (Lamb) that get() cannot find.
+    classes = {n.lower(): getattr(keras.optimizers, n)
+               for n in exported_classes(keras.optimizers, keras.optimizers.Optimizer)
+               if n.lower() not in ("lossscaleoptimizer", "multioptimizer")}  # wrappers, not optimizers
+    cls = classes.get(opt.name.lower()) or classes.get(opt.name.lower().replace("_", ""))
+    if cls is None:
         raise UserError(where="training.optimizer.name", expected="a Keras optimizer", received=opt.name,
-                        choices=names)
-    cls = keras.optimizers.get(opt.name.lower()).__class__
+                        choices=sorted(classes))
     _check_arguments(cls, arguments, "training.optimizer")
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the optimizer arguments: {_first_line(error)}",
+        raise UserError(f"Keras rejected the optimizer arguments: {first_line(error)}",
                         where="training.optimizer", received=opt.arguments) from None
 
 
@@ -78,10 +80,10 @@ def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
     import keras
 
     module = keras.optimizers.schedules
-    classes = {_snake(n): getattr(module, n)
-               for n in keras_names(module, module.LearningRateSchedule)}
+    classes = {snake_case(n): getattr(module, n)
+               for n in exported_classes(module, module.LearningRateSchedule)}
     name = schedule.name
-    cls = classes.get(name) or classes.get(_snake(name))
+    cls = classes.get(name) or classes.get(snake_case(name))
     if cls is None:
         raise UserError(where="training.schedule.name", expected="a Keras learning-rate schedule",
                         received=name, choices=sorted(classes))
@@ -92,7 +94,7 @@ def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the schedule arguments: {_first_line(error)}",
+        raise UserError(f"Keras rejected the schedule arguments: {first_line(error)}",
                         where="training.schedule", received=schedule.arguments) from None
 
 
@@ -111,10 +113,6 @@ def _check_arguments(cls: type, arguments: Dict[str, Any], where: str) -> None:
                             choices=sorted(valid))
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
 def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[int] = None) -> Any:
     """Compiles `model` with the config's optimizer, schedule, loss and metrics (defaults by task)."""
     steps = steps_per_epoch or _steps_per_epoch(config, data)
@@ -127,7 +125,7 @@ def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[
         model.compile(optimizer=get_optimizer(config, steps), loss=copy.deepcopy(loss),
                       metrics=copy.deepcopy(metrics), steps_per_execution=spe, jit_compile=False)
     except (ValueError, TypeError) as error:
-        raise UserError(f"Keras rejected the loss or metrics: {_first_line(error)}", where="training",
+        raise UserError(f"Keras rejected the loss or metrics: {first_line(error)}", where="training",
                         received={"loss": loss, "metrics": metrics}) from None
     return model
 
@@ -256,9 +254,5 @@ def best_epoch(history: Dict[str, List[float]], monitor: str, mode: str = "auto"
         return len(next(iter(history.values()), [])) or 0
     return best_index(values, resolve_mode(monitor, mode)) + 1
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 

@@ -27,7 +27,7 @@ import yaml
 
 from toolkit import tables
 from toolkit.dotpath import get_path, set_path
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_line
 from toolkit.lessons.diagnosis import verdict_of
 from toolkit.metrics import direction_of
 from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, MAX_JSON_BYTES, METRICS_FILE,
@@ -830,7 +830,7 @@ def _config_of(folder: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     except FileNotFoundError:
         raise ValueError(f"no {CONFIG_FILE}") from None
     except (yaml.YAMLError, ValueError, UserError) as error:
-        raise ValueError(f"{CONFIG_FILE} cannot be read ({_first_line(error)})") from None
+        raise ValueError(f"{CONFIG_FILE} cannot be read ({first_line(error)})") from None
     except RecursionError:
         raise ValueError(f"{CONFIG_FILE} cannot be read (nested too deeply)") from None
     except OSError as error:
@@ -844,7 +844,3 @@ def _int_or_none(value: Any) -> Optional[int]:
 def _float_or_none(value: Any) -> Optional[float]:
     return float(value) if is_number(value) else None
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from toolkit import errors
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, SPLITS, SWEEP_FILE,
                              SWEEP_MARKER, TRIALS_FILE, YAML_LOADER)
@@ -36,9 +37,9 @@ RUN_DIR_EXPECTED = "a run directory written by ktk run"
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its strerror for OS errors), or its type's name."""
-    text = (getattr(error, "strerror", None) or str(error)).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    """:func:`toolkit.errors.first_line`, but an OS error's own words (its path is named by the message)."""
+    strerror = getattr(error, "strerror", None)
+    return strerror if strerror else errors.first_line(error)
 
 
 def check_run_dir(run_dir: PathLike) -> Path:
