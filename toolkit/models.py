@@ -204,9 +204,6 @@ def exported_classes(module: Any, base: type) -> List[str]:
     return sorted(names)
 
 
-# The old name of exported_classes: toolkit/training.py imports it under it.
-
-
 # ------------------------------------------------------------------------- loss, metrics, monitor
 
 
