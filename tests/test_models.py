@@ -235,3 +235,27 @@ def test_names_read_from_keras_source_resolve_in_keras():
             assert own <= found[0], (kind, name, own - found[0])
             checked += 1
     assert checked > 250
+
+
+@pytest.mark.parametrize("layer, where, says", [
+    ({"class_name": "Conv2D", "config": {"filters": 2, "kernel_size": 3}}, "model.layers.0",
+     "is incompatible with the layer: expected min_ndim=4, found ndim=2"),
+    ({"class_name": "LSTM", "config": {"units": 4}}, "model.layers.0", "expected ndim=3, found ndim=2"),
+    ({"class_name": "Reshape", "config": {"target_shape": [3, 3]}}, "model.layers.0",
+     "The total size of the tensor must be unchanged"),
+    ({"class_name": "BatchNormalization", "config": {"axis": 5}}, "model.layers.0", "tuple index out of range"),
+    ({"class_name": "Dense", "config": {"units": -3}}, "model.layers.0.config",
+     "Received an invalid value for `units`, expected a positive integer"),
+])
+def test_layers_keras_refuses_are_user_errors_naming_the_layer_and_keras_reason(layer, where, says):
+    config = make({"layers": [layer]})
+    with pytest.raises(UserError) as caught:
+        build_model(config, fake_data(input_shape=(4,)))
+    assert caught.value.where == where
+    assert says in str(caught.value)
+    assert "Exception encountered" not in str(caught.value)
+
+
+def test_lamb_builds_from_its_exported_class():
+    optimizer = get_optimizer(make(training={"optimizer": {"name": "lamb", "learning_rate": 0.01}}), 10)
+    assert type(optimizer).__name__ == "Lamb"

@@ -12,6 +12,7 @@ The template reads::
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Iterable, Optional, Sequence
 
 
@@ -97,6 +98,21 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages can run to many lines), or its type."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def reason(error: BaseException) -> str:
+    """The line of a library error that says what is wrong. Keras nests the cause of a failed deserialization
+    after its last "Exception encountered:", and the cause of a failed layer call on the line after
+    "Exception encountered when calling ..."; other errors give their first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    marker = "Exception encountered:"
+    if marker in text:
+        text = text.rsplit(marker, 1)[1].strip()
+    elif text.startswith("Exception encountered when calling"):
+        rest = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+        text = rest[0] if rest else text
+    lines = text.splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def show(value: Any) -> str:

@@ -24,7 +24,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
-from toolkit.errors import UserError, first_line
+from toolkit.errors import UserError, reason
 from toolkit.keras_names import check_monitor, shown_choices
 from toolkit.keras_names import choices as keras_choices
 
@@ -56,10 +56,18 @@ def build_model(config: Any, data: Any) -> Any:
     inputs = keras.Input(shape=data.input_shape, name="inputs")
     x = inputs
     for index, (where, spec) in enumerate(specs):
-        if "class_name" in spec:
-            x = _keras_layer(spec, where)(x)
-        else:
-            x = _dense_block(x, spec, model_cfg, where, index + 1)
+        try:
+            if "class_name" in spec:
+                x = _keras_layer(spec, where)(x)
+            else:
+                x = _dense_block(x, spec, model_cfg, where, index + 1)
+        except UserError:
+            raise
+        except Exception as error:  # e.g. Conv2D on a table, a BatchNormalization axis it lacks: Keras says why
+            shape = "(" + ", ".join("None" if d is None else str(d) for d in x.shape) + ")"
+            raise UserError(f"the layer cannot take its input: {reason(error)}", where=where,
+                            expected=f"a layer that accepts inputs of shape {shape}",
+                            received=spec.get("class_name", "Dense")) from None
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_output")(x)
     activation = {"binary": "sigmoid", "multiclass": "softmax"}.get(data.task, "linear")
@@ -134,7 +142,7 @@ def _keras_layer(spec: dict, where: str) -> Any:
         if class_name not in choices and not _is_registered(class_name):
             raise UserError(where=f"{where}.class_name", expected="a Keras layer class", received=class_name,
                             choices=choices) from None
-        raise UserError(f"Keras rejected the layer config: {first_line(error)}",
+        raise UserError(f"Keras rejected the layer config: {reason(error)}",
                         where=f"{where}.config", received=spec.get("config", {})) from None
 
 
@@ -166,7 +174,7 @@ def get_initializer(identifier: Any, where: str) -> Any:
         name = identifier.get("class_name") if isinstance(identifier, dict) else identifier
         choices = initializer_names()
         if isinstance(identifier, dict) and _known(name, choices):
-            raise UserError(f"Keras rejected the initializer config: {first_line(error)}", where=where,
+            raise UserError(f"Keras rejected the initializer config: {reason(error)}", where=where,
                             received=identifier) from None
         raise UserError(where=where, expected="a Keras initializer", received=name, choices=choices) from None
 
@@ -241,7 +249,7 @@ def _resolve(namespace: Any, identifier: Any, where: str, kind: str) -> Any:
         name = identifier.get("class_name") if isinstance(identifier, dict) else identifier
         valid = keras_choices(kind) or []
         if name in valid:
-            raise UserError(f"Keras rejected the {kind}: {first_line(error)}", where=where,
+            raise UserError(f"Keras rejected the {kind}: {reason(error)}", where=where,
                             received=identifier) from None
         raise UserError(where=f"{where}.class_name" if isinstance(identifier, dict) else where,
                         expected=f"a Keras {kind}", received=name, choices=shown_choices(kind, valid) or None) from None

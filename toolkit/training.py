@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from toolkit.errors import UserError, first_line
+from toolkit.errors import UserError, reason
 from toolkit.metrics import best_index, resolve_mode
 from toolkit.keras_names import snake_case
 from toolkit.models import exported_classes
@@ -71,7 +71,7 @@ def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the optimizer arguments: {first_line(error)}",
+        raise UserError(f"Keras rejected the optimizer arguments: {reason(error)}",
                         where="training.optimizer", received=opt.arguments) from None
 
 
@@ -94,7 +94,7 @@ def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the schedule arguments: {first_line(error)}",
+        raise UserError(f"Keras rejected the schedule arguments: {reason(error)}",
                         where="training.schedule", received=schedule.arguments) from None
 
 
@@ -125,7 +125,7 @@ def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[
         model.compile(optimizer=get_optimizer(config, steps), loss=copy.deepcopy(loss),
                       metrics=copy.deepcopy(metrics), steps_per_execution=spe, jit_compile=False)
     except (ValueError, TypeError) as error:
-        raise UserError(f"Keras rejected the loss or metrics: {first_line(error)}", where="training",
+        raise UserError(f"Keras rejected the loss or metrics: {reason(error)}", where="training",
                         received={"loss": loss, "metrics": metrics}) from None
     return model
 
