@@ -167,12 +167,25 @@ def save_output(path: PathLike, content: Union[str, bytes], where: Optional[str]
 def check_new_dir(path: PathLike, what: str = "directory") -> Path:
     """`path` if it is absent or an empty directory: results go only where nothing would be overwritten."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError("this is a file, not a directory", where="--out", expected="a new or empty directory",
-                        received=str(path))
-    if path.is_dir() and any(path.iterdir()):
+    expected = "a new or empty directory"
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte, a loop of links, no permission...
+        raise UserError(f"cannot use this path ({getattr(error, 'strerror', None) or error})", where="--out",
+                        expected=expected, received=str(path)) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise UserError("this is a file, not a directory", where="--out", expected=expected, received=str(path))
+    try:
+        with os.scandir(path) as entries:
+            empty = next(entries, None) is None
+    except OSError as error:
+        raise UserError(f"cannot read the directory ({error.strerror or error})", where="--out", expected=expected,
+                        received=str(path)) from None
+    if not empty:
         raise UserError(f"the {what} already exists and is not empty; results are never overwritten",
-                        where="--out", expected="a new or empty directory", received=str(path))
+                        where="--out", expected=expected, received=str(path))
     return path
 
 
@@ -181,8 +194,8 @@ def make_dir(path: PathLike, where: Optional[str] = "--out") -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the directory ({error.strerror or error})", where=where,
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise UserError(f"cannot create the directory ({getattr(error, 'strerror', None) or error})", where=where,
                         received=str(path)) from None
     if not os.access(path, os.W_OK):
         raise UserError("the directory is not writable", where=where, received=str(path))

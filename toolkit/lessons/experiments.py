@@ -217,11 +217,3 @@ def format_lesson_rows(rows: Sequence[Dict[str, Any]]) -> str:
     from toolkit.tables import rows_table
 
     return rows_table(rows, missing="-").rstrip("\n")
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False

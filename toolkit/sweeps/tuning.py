@@ -27,11 +27,11 @@ from toolkit.config import Config
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, HISTORIES_DIR, METRICS_FILE, RECORDS_DIR, SWEEP_FILE,
                              TRIALS_FILE, TUNER_DIR, read_json, write_json)
+from toolkit.results import utc_now
 from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_search
 from toolkit.sweeps import directory, keras_tuner_compat as compat, runner as runners
 from toolkit.sweeps.formatting import format_progress, last_line
 from toolkit.sweeps.lock import SweepLock
-from toolkit.results import utc_now
 from toolkit.sweeps.records import COMPLETED, FAILED, Records, trial_rows, write_trials_csv
 from toolkit.sweeps.space import declare, make_oracle
 from toolkit.sweeps.sweep_data import DataCache
@@ -384,6 +384,7 @@ class _Sweep:
         """Retrains one trial's config as a normal run (the test split's only use), unless already done."""
         from toolkit.config import dump_yaml
         from toolkit.runs import RunResult, run
+        from toolkit.training import progress_verbosity
 
         record = self.records.get(row["trial_id"])
         run_config = apply_values(self.base, record.get("values", {}))
@@ -394,7 +395,7 @@ class _Sweep:
         if run_dir.exists():  # an interrupted retrain, or the best trial changed since (max_trials raised)
             shutil.rmtree(run_dir)
         self.say(f"retraining trial {row['trial_id']} into {run_dir} (evaluated once on the test split)")
-        return run(run_config, out_dir=run_dir, verbose=1 if self.verbose else 0,
+        return run(run_config, out_dir=run_dir, verbose=progress_verbosity(self.verbose),
                    data=self.data_cache.get(run_config))
 
 
