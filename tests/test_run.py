@@ -215,7 +215,7 @@ def test_fast_name_lists_match_keras_registries():
     import keras
 
     from toolkit.keras_names import choices
-    from toolkit.models import initializer_names, keras_names
+    from toolkit.models import exported_classes as keras_names, initializer_names
 
     assert choices("layer") == keras_names(keras.layers, keras.layers.Layer)
     assert choices("initializer") == initializer_names()
