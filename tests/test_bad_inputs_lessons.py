@@ -387,7 +387,7 @@ def test_experiment_flags_refused_before_anything_trains(tmp_path, capsys):
         (["--only", "small", "--set", "nonsense"], "--set: expected KEY=VALUE"),
         ([], f"{suite / 'sweep.yaml'}: search.space.model.hiden.0: unknown config key; received 'hiden'."),
         (["--only", "small", "--out", tmp_path / "file"], "--out: this is a file, not a directory"),
-        (["--only", "small", "--out", tmp_path / "file" / "below"], "--out: cannot create the directory"),
+        (["--only", "small", "--out", tmp_path / "file" / "below"], "--out: cannot use this path"),
         (["--only", "small", "--out", kept], "--out: the output folder already exists and is not empty; results "
                                              "are never overwritten"),
         (["--only", "small", "--out", tmp_path / ("x" * 300)], "--out: cannot use the folder (File name too long)"),
