@@ -390,8 +390,8 @@ def test_experiment_flags_refused_before_anything_trains(tmp_path, capsys):
         (["--only", "small", "--out", tmp_path / "file" / "below"], "--out: cannot use this path"),
         (["--only", "small", "--out", kept], "--out: the output folder already exists and is not empty; results "
                                              "are never overwritten"),
-        (["--only", "small", "--out", tmp_path / ("x" * 300)], "--out: cannot use the folder (File name too long)"),
-        (["--only", "small", "--out", f"{tmp_path}/a\x00b"], "--out: cannot use the folder (embedded null byte)"),
+        (["--only", "small", "--out", tmp_path / ("x" * 300)], "--out: cannot use this path (File name too long)"),
+        (["--only", "small", "--out", f"{tmp_path}/a\x00b"], "--out: cannot use this path (embedded null byte)"),
     ]
     for argv, message in cases:
         flags = argv if "--out" in argv else [*argv, "--out", out]
