@@ -21,6 +21,10 @@ _API = {
     "build_model": "toolkit.models",
     "run": "toolkit.runs",
     "validate": "toolkit.runs",
+    # results that leave ktk
+    "load_run": "toolkit.deploy.predict",
+    "LoadedRun": "toolkit.deploy.predict",
+    "export_run": "toolkit.deploy.export",
     # sweeps
     "parse_search": "toolkit.search",
     "QuasiRandomOracle": "toolkit.sweeps.space",

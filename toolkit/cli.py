@@ -142,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     _add_verbose(p)
+
+    p = commands.add_parser("predict", help="predictions of a run's model for the rows of a CSV, parquet or npz file")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a sweep directory: its best/ run)")
+    p.add_argument("input", metavar="INPUT", help="a .csv, .parquet or .npz file with the model's feature columns")
+    p.add_argument("--output", metavar="FILE", help="write to FILE, a new file (default: standard output)")
+    p.add_argument("--format", choices=["csv", "json", "parquet"],
+                   help="output format (default: by --output's suffix, else csv)")
+    p.add_argument("--batch-size", type=int, default=1024, metavar="N", help="rows per model call (default 1024)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="also print the loss and metrics against the input's target column (on stderr)")
+    _add_verbose(p)
+
+    p = commands.add_parser("export", help="export a run's model, preprocessing included, for serving")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a sweep directory: its best/ run)")
+    p.add_argument("--format", required=True, choices=["saved_model", "litert", "onnx"])
+    p.add_argument("--out", required=True, metavar="PATH", help="where to write it (must not exist)")
+    _add_verbose(p)
     return parser
 
 
@@ -315,6 +332,22 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         names = [f"{p.parent.name}/best" if p.name == "best" else p.name for p in finished]
         print(format_lesson_rows(lesson_rows(finished, names)))
     print(f"\nruns in {result.out_dir}: ktk compare {result.out_dir}; ktk diagnose {result.out_dir}/<run>")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from toolkit.deploy.predict import predict_file
+
+    predict_file(args.run_dir, args.input, output=args.output, fmt=args.format, batch_size=args.batch_size,
+                 evaluate=args.evaluate)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from toolkit.deploy.export import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {path}")
     return 0
 
 

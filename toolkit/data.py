@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from toolkit.deploy.schema import NUMBER, TEXT, Column, InputSchema
 from toolkit.errors import UserError, first_line
 from toolkit.results import SPLITS
 
@@ -61,7 +62,10 @@ class Dataset:
     num_classes: Optional[int] = None
     class_names: Optional[List[str]] = None
     feature_names: Optional[List[str]] = None
-    normalization: Dict[str, Any] = field(default_factory=dict)  # method and the training statistics
+    normalization: Dict[str, Any] = field(default_factory=dict)  # method and the training statistics (float64)
+    inputs: Optional[InputSchema] = None  # the raw inputs, as the saved model takes them (labels.json)
+    target_name: str = "y"
+    rows: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> row numbers in its source (file)
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
@@ -108,6 +112,9 @@ class _Raw:
     split_of_row: Optional[np.ndarray] = None  # "train"/"validation"/"test" per row, when predefined
     test: Optional[Tuple[np.ndarray, np.ndarray]] = None  # a separate test set
     target_name: str = "y"  # how messages name the target: a column or an array
+    columns: Optional[Tuple[Column, ...]] = None  # table sources: the raw columns behind the columns of x
+    source_rows: Optional[np.ndarray] = None  # the file's row number of each row of x (rows may be dropped)
+    test_rows: Optional[np.ndarray] = None  # the same for the test file's rows
 
 
 def load_data(config: Any) -> Dataset:
@@ -146,14 +153,20 @@ def load_data(config: Any) -> Dataset:
             where="task", expected="at most 2 classes for a binary task",
             received=f"{num_classes} classes", choices=["multiclass", "regression"],
         )
-    parts = _split(raw, y_all, data.split, task, config.seed, class_names)
+    parts, rows = _split(raw, y_all, data.split, task, config.seed, class_names)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
     x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
     y_type = np.int32 if task == "multiclass" else np.float32
+    if raw.columns is not None:
+        inputs = InputSchema("columns", columns=raw.columns, missing=data.missing)
+    else:
+        inputs = InputSchema("array", shape=tuple(int(d) for d in x_tr.shape[1:]),
+                             features=list(raw.feature_names) if raw.feature_names else None, missing=data.missing)
     return Dataset(
         x_train=x_tr, y_train=y_tr.astype(y_type), x_val=x_va, y_val=y_va.astype(y_type),
         x_test=x_te, y_test=y_te.astype(y_type), task=task, num_classes=num_classes,
-        class_names=class_names, feature_names=raw.feature_names, normalization=stats,
+        class_names=class_names, feature_names=raw.feature_names, normalization=stats, inputs=inputs,
+        target_name=raw.target_name, rows=rows,
     )
 
 
@@ -591,7 +604,7 @@ def _load_table(data: Any, base_dir: Path) -> _Raw:
     for table in tables:
         wanted = [*features, data.target] + ([split_column] if split_column and table is train else [])
         used.append(_present_rows(table, table.frame[wanted], data.missing))
-    x_parts = _encode_features([(t, u[features]) for t, u in zip(tables, used)])
+    x_parts, columns = _encode_features([(t, u[features]) for t, u in zip(tables, used)])
     y_parts = _target_values([(t, u[data.target]) for t, u in zip(tables, used)], data.target)
     feature_names = list(x_parts[0].columns)
     x_train = x_parts[0].to_numpy(dtype=np.float64)
@@ -602,7 +615,8 @@ def _load_table(data: Any, base_dir: Path) -> _Raw:
     if len(tables) > 1:
         test_part = (x_parts[1].to_numpy(dtype=np.float64), y_parts[1])
     return _Raw(x_train, y_parts[0], feature_names, None, None, split_of_row=split_of_row, test=test_part,
-                target_name=data.target)
+                target_name=data.target, columns=tuple(columns), source_rows=used[0].index.to_numpy(dtype=np.int64),
+                test_rows=used[1].index.to_numpy(dtype=np.int64) if len(used) > 1 else None)
 
 
 def _feature_columns(data: Any, columns: List[str]) -> List[str]:
@@ -660,18 +674,21 @@ def _nonempty(table: _Table, used: Any) -> None:
                         expected="at least one row of data", received=table.name)
 
 
-def _encode_features(parts: List[Tuple[_Table, Any]]) -> List[Any]:
+def _encode_features(parts: List[Tuple[_Table, Any]]) -> Tuple[List[Any], List[Column]]:
     """Each file's feature columns as numbers: numeric columns checked (finite, within float32), text
-    columns one-hot encoded over the categories of every file. One frame per file, the same columns."""
+    columns one-hot encoded over the categories of every file. One frame per file, the same columns; and
+    the raw columns they come from (names, kinds, categories in one-hot order)."""
     import pandas as pd
 
     frames = [frame for _, frame in parts]
     encoded: List[List[Any]] = [[] for _ in parts]
+    columns: List[Column] = []
     for column in frames[0].columns:
         kind = _column_kind(parts[0][0], column, frames[0][column])
         if kind == "numeric":
             for i, (table, frame) in enumerate(parts):
                 encoded[i].append(_numeric_column(table, column, frame[column], "feature").to_frame())
+            columns.append(Column(str(column), NUMBER))
             continue
         categories = pd.concat([frame[column] for frame in frames]).astype(str)
         distinct = categories.nunique()
@@ -681,12 +698,15 @@ def _encode_features(parts: List[Tuple[_Table, Any]]) -> List[Any]:
                 f"free text, not a category (one-hot encoding it would add {distinct:,} features); list the "
                 "columns to use in data.features to leave it out, or encode it as numbers",
                 where="data.features", received=column)
-        dummies = pd.get_dummies(categories, prefix=str(column), dtype=np.float64)
+        vocabulary = sorted(categories.unique())
+        dummies = pd.get_dummies(pd.Categorical(categories, categories=vocabulary), prefix=str(column),
+                                 dtype=np.float64)
+        columns.append(Column(str(column), TEXT, tuple(vocabulary)))
         start = 0
         for i, frame in enumerate(frames):
             encoded[i].append(dummies.iloc[start:start + len(frame)].set_axis(frame.index))
             start += len(frame)
-    return [pd.concat(columns, axis=1) for columns in encoded]
+    return [pd.concat(blocks, axis=1) for blocks in encoded], columns
 
 
 def _column_kind(table: _Table, column: str, series: Any) -> str:
@@ -1046,6 +1066,7 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
                                 expected="rows of each split: train, validation and test (or a test_path)",
                                 received=split.column)
         parts = [(x[index[name]], y[index[name]]) for name in SPLITS]
+        rows = [index[name] for name in SPLITS]
     else:
         if raw.test is not None:
             total = split.train + split.validation
@@ -1054,11 +1075,15 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
             fractions = (split.train, split.validation, split.test)
         train, val, test = split_indices(len(y), fractions, seed, y if stratify else None)
         parts = [(x[train], y[train]), (x[val], y[val]), (x[test], y[test])]
+        rows = [train, val, test]
         empty = [name for name, (_, part_y) in zip(SPLITS, parts) if not len(part_y) and fractions[SPLITS.index(name)]]
         if empty and stratify and all(len(p) for p, f in zip(split_indices(len(y), fractions, seed), fractions) if f):
             _explain_stratification(y, fractions, class_names, raw.target_name, empty[0])
     if raw.test is not None:
         parts[2] = (np.asarray(raw.test[0], dtype=np.float64), raw.test[1])
+        rows[2] = np.arange(len(raw.test[1]), dtype=np.int64) if raw.test_rows is None else raw.test_rows
+    if raw.source_rows is not None:
+        rows[:2 if raw.test is not None else 3] = [raw.source_rows[r] for r in rows[:2 if raw.test is not None else 3]]
     for name, (_, part_y) in zip(SPLITS, parts):
         if len(part_y) == 0:
             raise UserError(
@@ -1066,7 +1091,7 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
                 expected="fractions that leave at least one example in each split",
                 received={k: getattr(split, k) for k in SPLITS},
             )
-    return parts
+    return parts, dict(zip(SPLITS, rows))
 
 
 def _explain_stratification(y: np.ndarray, fractions: Tuple[float, float, float],
@@ -1105,4 +1130,5 @@ def _normalize(method: str, x_train: np.ndarray, *others: np.ndarray):
         scale = x_train.max(axis=0) - center
     scale = np.where(scale > 0, scale, 1.0)  # constant features stay finite
     scaled = [((np.asarray(a) - center) / scale).astype(np.float32) for a in (x_train, *others)]
-    return (*scaled, {"method": method, "center": center.astype(np.float32), "scale": scale.astype(np.float32)})
+    return (*scaled, {"method": method, "center": np.asarray(center, dtype=np.float64),
+                      "scale": np.asarray(scale, dtype=np.float64)})

@@ -36,6 +36,7 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
+LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.deploy.schema)
 RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
 # A sweep directory (its config.yaml is CONFIG_FILE too):
 TRIALS_FILE = "trials.csv"
@@ -209,6 +210,11 @@ def _swap_umask() -> int:
 
 
 _IMPORT_UMASK = _swap_umask()
+
+
+def new_file_mode() -> int:
+    """The permissions a new result file gets: 0o666 less the process umask (mkstemp makes owner-only files)."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

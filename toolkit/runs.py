@@ -104,11 +104,21 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         "seed": config.seed,
         "sizes": data.sizes(),
     })
-    model.save(run_dir / MODEL_FILE)
+    save_model(run_dir, model, data)
     environment["finished"] = utc_now()
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
     return metrics
+
+
+def save_model(run_dir: Path, model: Any, data: Any) -> None:
+    """Saves the trained model wrapped to take raw inputs (``model.keras``) and what it takes and gives
+    (``labels.json``): see :mod:`toolkit.deploy.serving` and :mod:`toolkit.deploy.schema`."""
+    from toolkit.deploy.schema import write_labels
+    from toolkit.deploy.serving import serving_model
+
+    serving_model(model, data.inputs, data.normalization).save(run_dir / MODEL_FILE)
+    write_labels(run_dir, data)
 
 
 def validate(config: Config, deep: bool = False) -> str:
