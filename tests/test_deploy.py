@@ -290,3 +290,23 @@ def test_export_litert_and_a_missing_converter(trained, tmp_path):
         result = ktk("export", run_dir, "--format", "onnx", "--out", tmp_path / "model.onnx")
         assert result.returncode == 2 and "pip install tf2onnx" in result.stderr
         assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_readme_snippet_runs(trained, tmp_path, capsys):
+    """README's "Using a trained model" Python block, run on a real digits run."""
+    from helpers import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Using a trained model"):]
+    block = section[section.index("```python") + len("```python"):]
+    block = block[:block.index("```")]
+    run_dir, _, raw, _ = trained["digits"]
+    np.savetxt(tmp_path / "rows.csv", raw[:4], delimiter=",")
+    code = block.replace("runs/digits-mlp/20261206-101500", str(run_dir)).replace("new_digits.csv",
+                                                                                  str(tmp_path / "rows.csv"))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["probabilities"]) == 4
+    np.testing.assert_allclose(namespace["probabilities"].max(axis=1),
+                               namespace["run"].predict(namespace["rows"])[
+                                   [f"p_{c}" for c in namespace["run"].class_names]].max(axis=1), rtol=1e-5)

@@ -205,7 +205,7 @@ def _number_column(series: Any, name: str, rows: np.ndarray, missing: np.ndarray
 def _text_column(series: Any, column: Any, rows: np.ndarray, missing: np.ndarray, where: str) -> np.ndarray:
     values = series.astype(str).to_numpy(dtype=object)
     known = set(column.categories or ())
-    unseen = np.array([not m and v not in known for v, m in zip(values, missing)], dtype=bool)
+    unseen = ~series.astype(str).isin(known).to_numpy() & ~missing
     if unseen.any():
         i = int(np.argmax(unseen))
         raise UserError(f"row {rows[i]}, column {column.name!r}: {values[i]!r} never appeared in the training "

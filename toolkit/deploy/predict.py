@@ -127,6 +127,11 @@ def load_run(run_dir: PathLike) -> LoadedRun:
     quiet_tensorflow()
     import keras
 
+    if config.model.custom_modules:  # the classes the model was built from (this key runs code: README)
+        from toolkit.models import import_custom_modules
+
+        import_custom_modules(config.model.custom_modules, config.base_dir)
+
     try:
         with warnings.catch_warnings():  # a column named with "/" is not its Input's name: Keras warns
             warnings.simplefilter("ignore", UserWarning)
