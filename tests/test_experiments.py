@@ -190,5 +190,5 @@ def test_suite_user_errors(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="--out: this is a file, not a directory"):
         run_suite(bad, out_dir=tmp_path / "file")
-    with pytest.raises(UserError, match="--out: cannot create the directory"):
+    with pytest.raises(UserError, match="--out: cannot use this path"):
         run_suite(bad, out_dir=tmp_path / "file" / "below")
