@@ -425,18 +425,26 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], l
     ranks = ["pass", "warn", "fail"]
     overall_status = max([status_for(overall)] + [c.status for c in checks], key=ranks.index)
     if len(every) < len(theta0):
-        total = default_max_parameters(len(theta0)) if limits.total == "auto" else limits.total
-        limit = [f"at most {total:,} in all" + (", the default for this size" if limits.total == "auto" else "")
-                 ] if total is not None else []
-        limit += [f"{limits.per_layer:,} per layer"] if limits.per_layer is not None else []
-        notes.append(f"{len(every):,} of {len(theta0):,} parameters compared: a sample of every weight tensor, "
-                     f"drawn with the config's seed ({' and '.join(limit)}); --max-params N compares more, "
-                     f"--all every one (two cost evaluations each)")
+        notes.append(_sampling_note(len(every), len(theta0), limits))
     if not np.isfinite(j0):
         notes.append(f"the cost is {j0} at the initial weights: the comparison is meaningless")
     return GradcheckResult(difference=overall, status=overall_status, layers=checks, samples=samples,
                            epsilon=epsilon, cost=j0, checked=int(len(every)), parameters=int(len(theta0)),
                            model_name=model.name, notes=notes)
+
+
+def _sampling_note(checked: int, parameters: int, limits: _Limits) -> str:
+    """The report's note on a check of a sample of the parameters: which limits chose how many."""
+    said = []
+    if limits.total is not None:
+        total = default_max_parameters(parameters) if limits.total == "auto" else limits.total
+        said.append(f"at most {total:,} in all" + (", the default for this size" if limits.total == "auto" else "")
+                    + (", but one of every weight tensor" if checked > total else ""))
+    if limits.per_layer is not None:
+        said.append(f"{limits.per_layer:,} per layer")
+    return (f"{checked:,} of {parameters:,} parameters compared: a sample of every weight tensor, drawn with the "
+            f"config's seed ({' and '.join(said)}); --max-params N compares more, --all every one (two cost "
+            f"evaluations each)")
 
 
 def _duration(seconds: float) -> str:
