@@ -14,9 +14,9 @@ import pytest
 
 from toolkit.cli import main
 from toolkit.errors import UserError
-from toolkit.lessons.diagnosis import diagnose
-from toolkit.lessons.experiments import lesson_rows
-from toolkit.lessons.gradcheck import GradcheckResult, LayerCheck
+from toolkit.lessons.diagnosis import diagnose, gradient_notes
+from toolkit.lessons.experiments import lesson_rows, run_suite, suite_configs
+from toolkit.lessons.gradcheck import GradcheckResult, LayerCheck, default_max_parameters, spread
 from toolkit.lessons.run_files import MAX_CSV_BYTES, MAX_JSON_BYTES
 from toolkit.results import (BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
                              SWEEP_MARKER, TRIALS_FILE)
@@ -296,6 +296,45 @@ def test_diagnose_flags(tmp_path, capsys):
         diagnose(run, tolerance="0.1")  # from Python, a string is not a number either
 
 
+def test_diagnose_fractions_are_at_most_1_for_classification(tmp_path, capsys):
+    # A classification error (1 - accuracy) and a gap between two of them lie in [0, 1].
+    run = make_run(tmp_path / "run", 0.9, 0.8)
+    at_most = "at most 1 (a classification error is 1 - accuracy)"
+    for argv, message in (
+            (["--baseline-error", "2"], f"--baseline-error: expected a non-negative error of {at_most}; received 2.0."),
+            (["--baseline-error", "1.0001"], f"--baseline-error: expected a non-negative error of {at_most}; "
+                                             "received 1.0001."),
+            (["--tolerance", "1.5"], f"--tolerance: expected a non-negative gap of {at_most}; received 1.5."),
+            (["--baseline-error", "inf"], "--baseline-error: expected a non-negative error; received inf."),
+    ):
+        assert fails(capsys, "diagnose", run, *argv) == f"ktk: error: {message}", argv
+    assert "baseline error   1.0000" in succeeds(capsys, "diagnose", run, "--baseline-error", "1")
+    # the run's own config is held to the same range, and named
+    configured = make_run(tmp_path / "configured", 0.9, 0.8, config="diagnose: {baseline_error: 3}\n")
+    assert fails(capsys, "diagnose", configured) == (
+        f"ktk: error: {configured / CONFIG_FILE}: diagnose.baseline_error: expected a non-negative error of "
+        f"{at_most}; received 3.0.")
+    # A regression error has units: a baseline above 1 and a tolerance above 1 (a multiple of it) are fine.
+    regression = make_run(tmp_path / "regression", 40.0, 52.0, task="regression", key="mae")
+    out = strict_json(succeeds(capsys, "diagnose", regression, "--baseline-error", "35", "--tolerance", "1.5",
+                               "--format", "json"))
+    assert (out["baseline_error"], out["verdict"]) == (35.0, "ok")
+    assert fails(capsys, "diagnose", regression, "--baseline-error=-2") == (
+        "ktk: error: --baseline-error: expected a non-negative error; received -2.0.")
+
+
+def test_gradient_notes_grow_with_the_rows_only():
+    # Every row a new layer at a new epoch (a damaged or hostile gradients.csv): one pass and a sort, not
+    # layers x epochs (which would be 10^10 steps here), and a message that names ten layers, not 100,000.
+    rows = [{"epoch": float(i), "layer": f"l{i}", "grad_norm": 1.0, "weight_norm": 1.0} for i in range(100_000)]
+    rows += [{"epoch": 0.0, "layer": f"l{i}", "grad_norm": math.nan, "weight_norm": 1.0} for i in range(20)]
+    notes = gradient_notes(rows)
+    assert [note.kind for note in notes] == ["exploding_gradients"]
+    assert notes[0].message == ("gradient or weight norms became NaN/inf from epoch 0 in layers l0, l1, l2, l3, l4, "
+                                "l5, l6, l7, l8, l9 and 10 more: exploding gradients")
+    assert notes[0].layers == [f"l{i}" for i in range(20)]
+
+
 def test_json_outputs_are_strict_json(tmp_path, capsys):
     # A diverged run: metrics.json holds null for its NaN figures, and so does the JSON report.
     run = make_run(tmp_path / "nan", None, None, history=[(0.7, 0.7), (float("nan"), float("nan"))])
@@ -324,11 +363,29 @@ def test_gradcheck_flags_and_paths(tmp_path, capsys):
             (["--max-per-layer", "-1"], "--max-per-layer: expected a positive number of parameters; received -1."),
             (["--samples", "nan"], "argument --samples: invalid int value: 'nan'"),
             (["--samples", "1e9"], "argument --samples: invalid int value: '1e9'"),
+            (["--max-params", "0"], "--max-params: expected a positive number of parameters; received 0."),
+            (["--max-params", "-5"], "--max-params: expected a positive number of parameters; received -5."),
+            (["--max-params", "inf"], "argument --max-params: invalid int value: 'inf'"),
+            (["--all", "--max-params", "10"], "--all: --all compares every parameter; expected --all without "
+                                              "--max-params; received '--max-params'."),
+            (["--all", "--max-per-layer", "3"], "--all: --all compares every parameter; expected --all without "
+                                                "--max-per-layer; received '--max-per-layer'."),
             (["--format", "xml"], "argument --format: invalid choice: 'xml' (choose from 'text', 'json')"),
             (["--set", "model.hiden=[3]"], f"{config}: model.hiden: unknown key"),
     ):
         assert fails(capsys, "gradcheck", config, *argv).startswith(f"ktk: error: {message}"), argv
     assert "file not found" in fails(capsys, "gradcheck", tmp_path / "missing.yaml")
+
+
+def test_gradcheck_compares_a_bounded_sample_by_default():
+    # Each compared parameter costs two evaluations of the whole model: the default compares 1,000, fewer in
+    # a big model, but never fewer than 100; every weight tensor gets at least one entry.
+    assert [default_max_parameters(n) for n in (10, 1_000, 200_000, 1_000_000, 10**9)] == [1000, 1000, 1000, 200, 100]
+    assert spread([3, 10, 1_000_000], None) == [3, 10, 1_000_000]  # no cap: everything
+    assert spread([3, 10, 20], 100) == [3, 10, 20]  # under the cap: everything
+    assert spread([3, 10, 1_000_000, 5_000], 100) == [3, 10, 44, 43]  # small tensors whole, the rest shared
+    assert spread([1, 1, 1, 0, 500], 2) == [1, 1, 1, 0, 1]  # more tensors than the cap: one of each
+    assert sum(spread([7, 9_000, 300, 65_536, 1], 1000)) <= 1000
 
 
 # ------------------------------------------------------------------------------- ktk experiment
@@ -398,3 +455,69 @@ def test_experiment_flags_refused_before_anything_trains(tmp_path, capsys):
         assert fails(capsys, "experiment", suite, *flags).startswith(f"ktk: error: {message}"), argv
     assert not out.exists()  # every refusal came before the output folder was made
     assert [p.name for p in kept.iterdir()] == ["thesis.tex"] and (kept / "thesis.tex").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------- paths, every command
+
+
+def test_an_empty_path_is_refused_by_every_command(tmp_path, capsys):
+    # Path('') is the current folder: an empty argument must not quietly become '.' (nor, for an option,
+    # "not given").
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {source: sklearn.iris}\nmodel: {hidden: [2]}\n")
+    run = make_run(tmp_path / "run", 0.9, 0.8)
+    suite = make_suite(tmp_path / "suite", a="extends: base.yaml\n")
+    config_file = "expected a YAML config file; received ''."
+    cases = [
+        (["diagnose", ""], "RUN_DIR: expected a run directory written by ktk run; received ''."),
+        (["gradcheck", ""], f"CONFIG: {config_file}"),
+        (["run", ""], f"CONFIG: {config_file}"),
+        (["run", config, "--out", ""], "--out: expected a folder; received ''."),
+        (["validate", ""], f"CONFIG: {config_file}"),
+        (["tune", ""], f"CONFIG: {config_file}"),
+        (["tune", config, "--out", ""], "--out: expected a folder; received ''."),
+        (["experiment", ""], "SUITE: expected a folder of configs, e.g. experiments/initialization; received ''."),
+        (["experiment", suite, "--out", ""], "--out: expected a folder; received ''."),
+        (["compare", ""], "PATH: expected a run or sweep directory, or a folder holding them; received ''."),
+        (["compare", run, ""], "PATH: expected a run or sweep directory, or a folder holding them; received ''."),
+        (["compare", run, "--output", ""], "--output: expected a file; received ''."),
+        (["compare", run, "--plot", ""], "--plot: expected a folder; received ''."),
+        (["plot", "", "--out", tmp_path / "plots"], "PATH: expected a run or sweep directory, or a folder "
+                                                    "holding them; received ''."),
+        (["plot", run, "--out", ""], "--out: expected a folder; received ''."),
+        (["report", ""], "SWEEP_OR_DIR: expected a sweep directory or a folder of runs; received ''."),
+        (["report", run, "--out", ""], "--out: expected a folder; received ''."),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, message in cases:
+        assert fails(capsys, *argv) == f"ktk: error: argument {message}", argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written anywhere
+    # The library refuses it too.
+    with pytest.raises(UserError, match="^an empty path; expected a run directory written by ktk run; received ''"):
+        diagnose("")
+    with pytest.raises(UserError, match="^an empty path; expected a folder of configs"):
+        suite_configs("")
+    with pytest.raises(UserError, match="^--out: an empty path; expected a new or empty folder; received ''"):
+        run_suite(suite, out_dir="")
+
+
+# ------------------------------------------------------------------------------- data read for the lessons
+
+
+def test_whole_numbers_and_words_in_a_target_are_class_names(tmp_path, capsys):
+    # (0, 1, 'a') are three classes, as text labels are; a word among fractional values stays a typo in a
+    # numeric target, named with its row.
+    rows = "".join(f"{i % 7},{i % 5},{['0', '1', 'a'][i % 3]},{i / 10 + 0.05:.2f}\n" for i in range(60))
+    (tmp_path / "d.csv").write_text("x1,x2,label,amount\n" + rows)
+    lines = [line for line in (tmp_path / "d.csv").read_text().splitlines()]
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",oops"
+    (tmp_path / "typo.csv").write_text("\n".join(lines) + "\n")
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("data: {source: csv, path: d.csv, target: label, features: [x1, x2]}\n")
+    out = succeeds(capsys, "validate", mixed)
+    assert "multiclass, 3 classes" in out
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data: {source: csv, path: typo.csv, target: amount, features: [x1, x2]}\n")
+    assert fails(capsys, "validate", typo) == (
+        f"ktk: error: {typo}: data.path: non-numeric value in numeric target column 'amount' of typo.csv at data "
+        "row 5; expected a number; received 'oops'.")

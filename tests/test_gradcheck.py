@@ -119,6 +119,7 @@ def test_cli_exit_status_and_json(tmp_path):
     done = subprocess.run([sys.executable, "-m", "toolkit", "gradcheck", str(wrong)], capture_output=True,
                           text=True, env=env)
     assert done.returncode == 1, done.stderr
+    assert "gradcheck: comparing 65 of 65 parameters\n" in done.stderr  # on stderr: --format json stays JSON
     assert done.stdout.startswith("Gradient check of wrong: FAIL")
     assert "The wrong gradient most likely starts in layer 'cube'" in done.stdout
     ok = subprocess.run([sys.executable, "-m", "toolkit", "gradcheck", str(wrong), "--format", "json",
@@ -139,3 +140,24 @@ def test_large_regression_cost_passes_with_a_scaled_step():
     assert result.epsilon == pytest.approx(1e-7 * result.cost ** (1 / 3))
     assert result.status == "pass", result.to_dict()
     assert gradient_check(cfg, epsilon=1e-7).difference > result.difference  # round-off at the fixed step
+
+
+@pytest.mark.slow
+def test_a_big_model_is_checked_on_a_seeded_sample_of_every_tensor():
+    # 91,501 parameters: all of them would take minutes; the default compares 1,000 (in seconds), says so
+    # before it starts, and spreads them over every weight tensor.
+    cfg = config({"hidden": [300, 300]})
+    lines = []
+    result = gradient_check(cfg, progress=lines.append)
+    assert (result.checked, result.parameters) == (1000, (2 * 300 + 300) + (300 * 300 + 300) + (300 + 1))
+    assert lines[0] == "gradcheck: comparing 1,000 of 91,501 parameters (a seeded sample of every weight tensor)"
+    assert all(0 < c.checked <= c.parameters for c in result.layers)
+    assert [c.checked for c in result.layers] == [399, 400, 201]  # kernel and bias of each layer
+    assert result.status == "pass", result.to_dict()
+    assert any(note.startswith("1,000 of 91,501 parameters compared: a sample of every weight tensor, drawn with "
+                               "the config's seed (at most 1,000 in all, the default for this size)")
+               for note in result.notes)
+    # An explicit cap, and the same sample (the same figures) for the same seed.
+    small = [gradient_check(cfg, max_parameters=30, max_parameters_per_layer=12) for _ in range(2)]
+    assert small[0].checked == 30 and all(0 < c.checked <= 12 for c in small[0].layers)
+    assert small[0].to_dict() == small[1].to_dict()

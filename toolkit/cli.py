@@ -32,6 +32,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"ktk: error: {message}\n")
 
 
+def _path(expected: str):
+    """An argparse type for a path argument: an empty string is refused (it is no path; '.' is written '.')."""
+    def path(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"expected {expected}; received ''.")
+        return text
+
+    path.__name__ = "path"
+    return path
+
+
+CONFIG_PATH = _path("a YAML config file")
+OUT_DIR = _path("a folder")
+RESULTS_PATH = _path("a run or sweep directory, or a folder holding them")
+
+
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -61,14 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     p = commands.add_parser("run", help="train and evaluate one config into a run directory")
-    p.add_argument("config", metavar="CONFIG", help="YAML config file")
-    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<name>/<timestamp>)")
+    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, help="YAML config file")
+    p.add_argument("--out", metavar="DIR", type=OUT_DIR, help="run directory (default: runs/<name>/<timestamp>)")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     _add_verbose(p)
 
     p = commands.add_parser("validate", help="check a config and that its data loads, without training")
-    p.add_argument("config", metavar="CONFIG", help="YAML config file")
+    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, help="YAML config file")
     _add_set(p)
     p.add_argument(
         "--deep",
@@ -79,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(p, help="with --deep: show TensorFlow's start-up and C++ log lines")
 
     p = commands.add_parser("tune", help="run the config's search: section as a keras-tuner sweep")
-    p.add_argument("config", metavar="CONFIG", help="YAML config file with a search: section")
-    p.add_argument("--out", metavar="DIR", help="sweep directory (default: sweeps/<name>)")
+    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, help="YAML config file with a search: section")
+    p.add_argument("--out", metavar="DIR", type=OUT_DIR, help="sweep directory (default: sweeps/<name>)")
     p.add_argument("--overwrite", action="store_true", help="delete the sweep directory and start over")
     _add_set(p)
     _add_verbose(p, help="show Keras' per-epoch progress, and TensorFlow's start-up and C++ log lines")
@@ -97,27 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 120)")
 
     p = commands.add_parser("compare", help="tables of runs and sweep trials: what differed, how it scored")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep directories, or folders holding them")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=RESULTS_PATH,
+                   help="run or sweep directories, or folders holding them")
     p.add_argument("--format", default="table", choices=["table", "markdown", "csv", "json", "html"])
-    p.add_argument("--output", metavar="FILE", help="write to FILE instead of the terminal")
+    p.add_argument("--output", metavar="FILE", type=_path("a file"), help="write to FILE instead of the terminal")
     p.add_argument("--sort", metavar="COL",
                    help="sort by this column; prefix '-' for descending (--sort -validation.loss)")
     p.add_argument("--top", type=int, metavar="N", help="keep the first N rows after sorting")
     p.add_argument("--all-params", action="store_true", help="show every config key, not only those that differ")
     p.add_argument("--filter", dest="filters", action="append", default=[], metavar="EXPR",
                    help="keep rows matching e.g. 'model.dropout>0.1' (repeatable)")
-    p.add_argument("--plot", metavar="DIR", help="also write plots (PNG) into DIR")
+    p.add_argument("--plot", metavar="DIR", type=OUT_DIR, help="also write plots (PNG) into DIR")
 
     p = commands.add_parser("plot", help="learning curves and per-hyperparameter plots as PNG files")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=RESULTS_PATH)
+    p.add_argument("--out", required=True, metavar="DIR", type=OUT_DIR, help="folder for the PNG files")
 
     p = commands.add_parser("report", help="an HTML and Markdown report of a sweep (or folder of runs)")
-    p.add_argument("path", metavar="SWEEP_OR_DIR")
-    p.add_argument("--out", metavar="DIR", help="where to write report.html and report.md (default: PATH/report)")
+    p.add_argument("path", metavar="SWEEP_OR_DIR", type=_path("a sweep directory or a folder of runs"))
+    p.add_argument("--out", metavar="DIR", type=OUT_DIR,
+                   help="where to write report.html and report.md (default: PATH/report)")
 
     p = commands.add_parser("diagnose", help="bias/variance and gradient-flow diagnosis of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path("a run directory written by ktk run"))
     p.add_argument("--baseline-error", type=float, metavar="E",
                    help="Bayes/human-level error to measure avoidable bias against (default: config or 0)")
     p.add_argument("--format", default="text", choices=["text", "json"])
@@ -126,17 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "for regression 0.2 times the error it is measured from)")
 
     p = commands.add_parser("gradcheck", help="compare backprop gradients with finite differences")
-    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH)
     p.add_argument("--samples", type=int, default=8, metavar="N", help="examples in the batch (default 8)")
+    p.add_argument("--max-params", type=int, metavar="N",
+                   help="compare at most N parameters in all, a sample of every weight tensor drawn with the "
+                   "config's seed (default 1000, fewer for a model of over 200,000 parameters, down to 100: each "
+                   "comparison evaluates the whole model twice)")
+    p.add_argument("--all", dest="all_params", action="store_true",
+                   help="compare every parameter (slow for a big model: a progress line shows the time left)")
     p.add_argument("--max-per-layer", type=int, metavar="N",
-                   help="compare at most N randomly chosen parameters per layer (default: every parameter)")
+                   help="also compare at most N parameters per layer (default: no limit per layer)")
     p.add_argument("--format", default="text", choices=["text", "json"])
     _add_set(p)
     _add_verbose(p)
 
     p = commands.add_parser("experiment", help="run a ready-made experiment suite and compare its runs")
-    p.add_argument("suite", metavar="SUITE", help="a folder of configs, e.g. experiments/initialization")
-    p.add_argument("--out", metavar="DIR",
+    p.add_argument("suite", metavar="SUITE", type=_path("a folder of configs, e.g. experiments/initialization"),
+                   help="a folder of configs, e.g. experiments/initialization")
+    p.add_argument("--out", metavar="DIR", type=OUT_DIR,
                    help="where the runs go, one folder per config (default: runs/experiments/<suite>/<time>)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this config of the suite (repeatable)")
     _add_set(p)
@@ -313,7 +338,15 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
     from toolkit.lessons.gradcheck import format_gradcheck, gradient_check
 
-    result = gradient_check(_load(args), samples=args.samples, max_parameters_per_layer=args.max_per_layer)
+    if args.all_params:
+        given = [flag for flag, value in (("--max-params", args.max_params), ("--max-per-layer", args.max_per_layer))
+                 if value is not None]
+        if given:
+            raise UserError("--all compares every parameter", where="--all", expected=f"--all without {given[0]}",
+                            received=given[0])
+    max_params = None if args.all_params else "auto" if args.max_params is None else args.max_params
+    result = gradient_check(_load(args), samples=args.samples, max_parameters_per_layer=args.max_per_layer,
+                            max_parameters=max_params, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result.to_dict(), indent=2) if args.format == "json" else format_gradcheck(result))
     return 1 if result.status == "fail" else 0
 

@@ -800,7 +800,9 @@ def _target_values(parts: List[Tuple[_Table, Any]], column: str) -> List[np.ndar
     if not (pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series)):
         numbers = pd.to_numeric(series, errors="coerce")
         bad = numbers.isna() & series.notna()
-        if bad.any() and bad.mean() >= 0.5:
+        # Words among whole numbers are class names (0, 1, 'a'); a word among fractional values is a typo
+        # in a numeric target, reported as such.
+        if bad.any() and (bad.mean() >= 0.5 or bool((numbers.dropna() % 1 == 0).all())):
             kind = "text"
             _refuse_complex_text(table, column, series)
     if kind == "numeric":

@@ -53,6 +53,18 @@ SPLITS = ("train", "validation", "test")
 PathLike = Union[str, Path]
 
 
+def finished_best_run(sweep_dir: PathLike) -> Optional[Path]:
+    """The sweep's retrained best run directory (``best/``) when it finished (holds ``metrics.json``), else None.
+
+    Never raises: a path too long, with a NUL byte or that cannot be searched is simply not a finished run.
+    """
+    best = Path(sweep_dir) / BEST_DIR
+    try:
+        return best if (best / METRICS_FILE).is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_write_text(path: PathLike, text: str, make_parents: bool = True) -> None:
     """Writes `text` to `path` (UTF-8) so that readers see either the old file or the whole new one.
 

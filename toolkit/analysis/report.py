@@ -23,8 +23,8 @@ from toolkit.analysis.compare import (TRIAL, Sweep, compare, main_metric, parame
                                       table_cells)
 from toolkit.errors import UserError
 from toolkit.metrics import direction_of
-from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, SPLITS, TRIALS_FILE, make_dir, read_json,
-                             save_output)
+from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, SPLITS, TRIALS_FILE, finished_best_run, make_dir,
+                             read_json, save_output)
 from toolkit.search import DEPTH_PATH
 from toolkit.tables import compact, format_value, is_number
 
@@ -149,7 +149,7 @@ def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[st
         document.paragraph("No trial completed, so there is no best configuration yet.")
     else:
         document.table(["parameter", "best value"], [[p.name, _show(best.get(p.name))] for p in space])
-    if (best_dir / METRICS_FILE).exists():
+    if finished_best_run(path) is not None:
         _metrics_table(document, best_dir, "Test metrics of the best configuration, retrained into best/ "
                                            "(the only use of the test split):")
         document.paragraph("Reproduce the best run:")

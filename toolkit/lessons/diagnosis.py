@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from toolkit.errors import UserError
 from toolkit.lessons.run_files import (check_run_dir, read_config, read_gradient_rows, read_history_rows,
@@ -230,6 +230,15 @@ def _flag_number(value: Any, where: str, expected: str) -> float:
         return math.inf
 
 
+def _out_of_range(value: float, fraction: bool, what: str) -> str:
+    """What was expected of an error or gap that is out of range; "" when it is in range."""
+    if not (math.isfinite(value) and value >= 0):
+        return f"a non-negative {what}"
+    if fraction and value > 1:
+        return f"a non-negative {what} of at most 1 (a classification error is 1 - accuracy)"
+    return ""
+
+
 # ------------------------------------------------------------------------------------------ figures
 
 
@@ -344,7 +353,9 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     path = check_run_dir(run_dir)
     metrics = read_metrics(path)
     task = str(metrics.get("task") or "unknown")
-    _, error_name, _ = _error_metric(metrics, task)
+    _, error_name, complement = _error_metric(metrics, task)
+    # A classification error (1 - accuracy) and a gap between two such errors lie in [0, 1]; a regression
+    # error has units, and its tolerance is a multiple of the error: those are only non-negative.
 
     facts = _run_facts(path, metrics)
     if baseline_error is not None:
@@ -353,14 +364,15 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
         baseline, source = facts.baseline_error, "config"
     else:
         baseline, source = 0.0, "default"
-    if baseline < 0 or not math.isfinite(baseline):
+    problem = _out_of_range(baseline, complement, "error")
+    if problem:
         raise UserError(where="--baseline-error" if source == "flag" else "diagnose.baseline_error",
-                        expected="a non-negative error", received=baseline,
-                        file=None if source == "flag" else str(path / CONFIG_FILE))
+                        expected=problem, received=baseline, file=None if source == "flag" else str(path / CONFIG_FILE))
     if tolerance is not None:
         tolerance = _flag_number(tolerance, "--tolerance", "a non-negative gap")
-        if tolerance < 0 or not math.isfinite(tolerance):
-            raise UserError(where="--tolerance", expected="a non-negative gap", received=tolerance)
+        problem = _out_of_range(tolerance, complement, "gap")
+        if problem:
+            raise UserError(where="--tolerance", expected=problem, received=tolerance)
 
     try:
         figures = judge(metrics, task, baseline, tolerance)  # read_metrics checked every value it uses
@@ -596,16 +608,18 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     Vanishing: a layer whose gradient norm stays below 1/10 of that of a layer closer to the output (at the
     same epoch) in most recorded epochs; normalization layers are not judged. Exploding: a NaN/inf norm,
     or a gradient norm growing over 100 times its first recorded value to above 1.
+
+    The work grows with the number of rows only (one pass, then sorting), whatever mix of epochs and layer
+    names the file holds.
     """
     by_epoch: Dict[int, Dict[str, Tuple[float, float]]] = {}
-    order: List[str] = []
+    order: Dict[str, int] = {}  # layer -> position, input side first (the order the monitor writes them)
     for row in rows:
         epoch = _number(row.get("epoch"))
         layer = str(row.get("layer", ""))
         if not math.isfinite(epoch) or not layer:
             continue
-        if layer not in order:
-            order.append(layer)
+        order.setdefault(layer, len(order))
         by_epoch.setdefault(int(epoch), {})[layer] = (_number(row.get("grad_norm")),
                                                       _number(row.get("weight_norm")))
     if not by_epoch:
@@ -614,12 +628,12 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     notes: List[Note] = []
 
     # Exploding: non-finite norms, or growth far beyond the first value.
-    bad_layers: List[str] = []
+    bad_layers: Dict[str, None] = {}
     first_bad: Optional[int] = None
     for epoch in epochs:
         for layer, (grad, weight) in by_epoch[epoch].items():
             if not (math.isfinite(grad) and math.isfinite(weight)) and layer not in bad_layers:
-                bad_layers.append(layer)
+                bad_layers[layer] = None
                 first_bad = epoch if first_bad is None else first_bad
     if bad_layers:
         notes.append(Note(
@@ -629,16 +643,20 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
             EXPLODING_REMEDIES, layers=_ordered(bad_layers, order), epoch=first_bad,
         ))
     else:
+        series: Dict[str, List[Tuple[int, float]]] = {}
+        for epoch in epochs:
+            for layer, (grad, _) in by_epoch[epoch].items():
+                series.setdefault(layer, []).append((epoch, grad))
         grown: List[Tuple[str, float, int]] = []
-        for layer in order:
-            series = [(e, by_epoch[e][layer][0]) for e in epochs if layer in by_epoch[e]]
-            if len(series) < 2 or not series[0][1] > 0:
+        for layer in _ordered(series, order):
+            values = series[layer]
+            if len(values) < 2 or not values[0][1] > 0:
                 continue
-            peak_epoch, peak = max(series[1:], key=lambda item: item[1])
+            peak_epoch, peak = max(values[1:], key=lambda item: item[1])
             # Growth from a near-zero start (a balanced output bias at init) is not an explosion: the
             # peak must also be large in absolute terms.
-            if peak > EXPLODING_GROWTH * series[0][1] and peak > EXPLODING_MINIMUM:
-                grown.append((layer, peak / series[0][1], peak_epoch))
+            if peak > EXPLODING_GROWTH * values[0][1] and peak > EXPLODING_MINIMUM:
+                grown.append((layer, peak / values[0][1], peak_epoch))
         if grown:
             worst = max(grown, key=lambda item: item[1])
             notes.append(Note(
@@ -657,14 +675,12 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     zero_weights = {layer: True for layer in judged}
     counted = 0
     for epoch in epochs:
-        norms = {layer: by_epoch[epoch][layer] for layer in judged if layer in by_epoch[epoch]}
+        norms = {layer: values for layer, values in by_epoch[epoch].items() if layer in small_count}
         if not any(math.isfinite(g) and g > 0 for g, _ in norms.values()):
             continue
         counted += 1
         later_max = 0.0
-        for layer in reversed(judged):  # from the output back
-            if layer not in norms:
-                continue
+        for layer in reversed(_ordered(norms, order)):  # from the output back
             grad, weight = norms[layer]
             if math.isfinite(grad) and grad < VANISHING_RATIO * later_max:
                 small_count[layer] += 1
@@ -690,13 +706,18 @@ def gradient_notes(rows: Sequence[Dict[str, str]]) -> List[Note]:
     return notes
 
 
-def _ordered(layers: Sequence[str], order: Sequence[str]) -> List[str]:
-    return sorted(layers, key=order.index)
+NAMES_SHOWN = 10  # layers named in a note's message; its layers list holds every one
 
 
-def _names(layers: Sequence[str], order: Sequence[str]) -> str:
+def _ordered(layers: Iterable[str], order: Dict[str, int]) -> List[str]:
+    return sorted(layers, key=order.__getitem__)
+
+
+def _names(layers: Iterable[str], order: Dict[str, int]) -> str:
     names = _ordered(layers, order)
-    return ("layer " if len(names) == 1 else "layers ") + ", ".join(names)
+    shown = ", ".join(names[:NAMES_SHOWN]) + (f" and {len(names) - NAMES_SHOWN:,} more" if len(names) > NAMES_SHOWN
+                                              else "")
+    return ("layer " if len(names) == 1 else "layers ") + shown
 
 
 # ------------------------------------------------------------------------------------------ output

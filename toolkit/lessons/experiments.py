@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 from toolkit.errors import UserError
 from toolkit.lessons.run_files import columns, first_line, read_history_rows
-from toolkit.results import BEST_DIR, METRICS_FILE, check_new_dir, make_dir
+from toolkit.results import check_new_dir, finished_best_run, make_dir
 
 DEFAULT_OUT = Path("runs") / "experiments"
 TAIL = 10  # epochs at the end whose training-loss spread is reported (tail_sd)
@@ -47,8 +47,9 @@ class SuiteResult:
         out = []
         for path in [self.out_dir / name for name in self.names]:
             if path in self.sweep_dirs:
-                if (path / BEST_DIR / METRICS_FILE).is_file():
-                    out.append(path / BEST_DIR)
+                best = finished_best_run(path)
+                if best is not None:
+                    out.append(best)
             else:
                 out.append(path)
         return out
@@ -56,8 +57,10 @@ class SuiteResult:
 
 def suite_configs(suite: Union[str, Path]) -> List[Path]:
     """The variant configs of a suite folder, sorted by name (``base*`` and ``_*`` files excluded)."""
-    path = Path(suite)
     expected = "a folder of configs, e.g. experiments/initialization"
+    if str(suite) == "":  # Path("") is the current folder: an empty argument is a mistake, not "."
+        raise UserError("an empty path", expected=expected, received="")
+    path = Path(suite)
     try:
         if not path.is_dir():
             raise UserError("suite folder not found" if not path.exists() else "not a folder", expected=expected,
@@ -118,6 +121,8 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
                 parse_search(config)
             except UserError as error:
                 raise error.at(file=str(config_path)) from None
+    if out_dir is not None and str(out_dir) == "":
+        raise UserError("an empty path", where="--out", expected="a new or empty folder", received="")
     out = _claim_default_out(suite_path) if out_dir is None else _check_out(Path(out_dir))
 
     result = SuiteResult(suite=suite_path, out_dir=out)

@@ -12,6 +12,13 @@ layer: below 1e-7 passes, up to 1e-5 warns, above fails. eps is 1e-7, scaled by 
 when that is above 1 (round-off grows with the cost). The check is made at the initialized weights,
 with parameters that are exactly 0 (biases) moved by a small random amount so that no ReLU sits on its kink.
 
+A big model is not checked whole by default: the check of one parameter costs two evaluations of the
+whole model, so :func:`gradient_check` compares at most ``max_parameters`` parameters, a sample of every
+weight tensor drawn with the config's seed (small tensors whole, the rest spread evenly over the larger
+ones), and reports how many of how many it compared. The default, "auto", is 1,000 parameters, fewer for
+a model of over 200,000 (down to 100: the work, parameters compared times the model's size, stays about
+the same); ``max_parameters=None`` compares every one.
+
 The cost is evaluated *statelessly* (Keras' ``StatelessScope``): the weights are substituted by tensors,
 so nothing in the model (batch-norm moving statistics, random-generator state, loss trackers) changes.
 :func:`model_cost` is also what the gradient monitor (``toolkit.lessons.monitor``) uses.
@@ -20,7 +27,8 @@ so nothing in the model (batch-norm moving statistics, random-generator state, l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -29,7 +37,12 @@ from toolkit.errors import UserError
 PASS_BELOW = 1e-7
 WARN_UP_TO = 1e-5
 EPSILON = 1e-7
-BLOCK = 256  # perturbed parameters evaluated per call
+BLOCK = 256  # perturbed parameters evaluated per call (fewer when a block would hold too much memory)
+BLOCK_BYTES = 256 * 2**20  # memory a block of perturbed weight vectors and activations may take
+DEFAULT_MAX_PARAMETERS = 1000  # parameters compared by default (two cost evaluations each) ...
+DEFAULT_WORK = 200_000_000  # ... fewer in a big model: compared parameters x model parameters stays below this
+MIN_DEFAULT_PARAMETERS = 100  # ... but never fewer than this
+PROGRESS_EVERY_S = 2.0  # a progress line at most this often during a long check
 ZERO_JITTER = 0.05  # standard deviation of the value given to parameters that are exactly 0
 
 # Layers whose training-mode output is random, and the config argument that turns the randomness off.
@@ -174,7 +187,9 @@ def without_dropout(config: Any) -> Any:
 
 
 def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = None,
-                   max_parameters_per_layer: Optional[int] = None, data: Any = None) -> GradcheckResult:
+                   max_parameters_per_layer: Optional[int] = None, data: Any = None,
+                   max_parameters: Union[int, str, None] = "auto",
+                   progress: Optional[Callable[[str], None]] = None) -> GradcheckResult:
     """Checks the model's backpropagation gradients against centered finite differences.
 
     Args:
@@ -183,23 +198,29 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
         epsilon: the finite-difference step; default 1e-7 (the course's), scaled up by the cube root of
             the cost when the cost is above 1: the round-off error of a difference grows with the cost,
             and the cube root balances it against the truncation error of centered differences.
-        max_parameters_per_layer: compare at most this many parameters per layer (chosen at random with
-            the config's seed); None compares every parameter, as the course does.
+        max_parameters_per_layer: compare at most this many parameters per layer; None: no limit per layer.
         data: an already loaded :class:`toolkit.data.Dataset`; loaded from the config when None.
+        max_parameters: compare at most this many parameters in all (at least one of every weight tensor);
+            "auto" (the default): :func:`default_max_parameters` of the model's size; None: every parameter,
+            as the course does. A model with more is checked on a sample of every weight tensor, drawn
+            with the config's seed.
+        progress: called with a line saying how many of how many parameters are compared before the
+            check starts, and with a progress line (and the time left) every few seconds of a long check.
 
     Returns:
         A :class:`GradcheckResult`; its ``status`` is "fail" when the overall difference exceeds 1e-5.
 
     Raises:
-        UserError: a bad config, no training examples, or a cost that is random in training mode.
+        UserError: a bad config or argument, no training examples, or a cost that is random in training mode.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(where="--samples", expected="a positive number of examples", received=samples)
-    if max_parameters_per_layer is not None and (isinstance(max_parameters_per_layer, bool) or not isinstance(
-            max_parameters_per_layer, int) or max_parameters_per_layer < 1):
-        raise UserError(where="--max-per-layer", expected="a positive number of parameters",
-                        received=max_parameters_per_layer)
-    if epsilon is not None and not (isinstance(epsilon, (int, float)) and 0 < epsilon < 1):
+    for where, value in (("--max-per-layer", max_parameters_per_layer),
+                         ("--max-params", None if max_parameters == "auto" else max_parameters)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(where=where, expected="a positive number of parameters", received=value)
+    if epsilon is not None and (isinstance(epsilon, bool) or not isinstance(epsilon, (int, float))
+                                or not 0 < epsilon < 1):
         raise UserError(where="epsilon", expected="a finite-difference step in (0, 1)", received=epsilon)
     import keras
     import tensorflow as tf
@@ -220,14 +241,79 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
         x = tf.constant(np.asarray(data.x_train[:samples], dtype=np.float64))
         y_np = np.asarray(data.y_train[:samples])
         y = tf.constant(y_np if data.task == "multiclass" else y_np.astype(np.float64))
-        return _check(model, x, y, int(x.shape[0]), epsilon, max_parameters_per_layer, config.seed)
+        limits = _Limits(max_parameters, max_parameters_per_layer)
+        return _check(model, x, y, int(x.shape[0]), epsilon, limits, config.seed, progress)
     finally:
         keras.config.set_floatx(previous_floatx)
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], max_per_layer: Optional[int],
-           seed: int) -> GradcheckResult:
+@dataclass
+class _Limits:
+    """How many parameters are compared: in all, and per layer (None: no limit)."""
+
+    total: Union[int, str, None]  # "auto": default_max_parameters of the model's size
+    per_layer: Optional[int]
+
+
+def default_max_parameters(parameters: int) -> int:
+    """How many of a model's `parameters` gradcheck compares by default: 1,000, fewer for a model of over
+    200,000 parameters (each comparison evaluates the whole model twice), but at least 100."""
+    return int(max(MIN_DEFAULT_PARAMETERS, min(DEFAULT_MAX_PARAMETERS, DEFAULT_WORK // max(parameters, 1))))
+
+
+def spread(sizes: Sequence[int], cap: Optional[int]) -> List[int]:
+    """How many entries to take from containers of these sizes: at most `cap` in all (None: all of them).
+
+    Small containers are taken whole and what they leave is shared evenly among the larger ones; every
+    non-empty container gets at least one entry, so the total exceeds `cap` only when there are more
+    containers than `cap`.
+    """
+    sizes = [int(size) for size in sizes]
+    if cap is None or sum(sizes) <= cap:
+        return sizes
+    counts = [0] * len(sizes)
+    left = cap
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for rank, i in enumerate(order):
+        counts[i] = min(sizes[i], max(1, left // (len(order) - rank)))
+        left = max(0, left - counts[i])
+    return counts
+
+
+def _sample(sizes: Sequence[int], owners: Sequence[str], limits: _Limits, rng: Any) -> List[np.ndarray]:
+    """The flat indices compared in each weight tensor: all of them, or a seeded sample within the limits."""
+    counts = list(sizes)
+    if limits.per_layer is not None:
+        for layer in dict.fromkeys(owners):
+            tensors = [i for i, owner in enumerate(owners) if owner == layer]
+            for i, count in zip(tensors, spread([sizes[i] for i in tensors], limits.per_layer)):
+                counts[i] = count
+    counts = spread(counts, default_max_parameters(sum(sizes)) if limits.total == "auto" else limits.total)
+    chosen, offset = [], 0
+    for size, count in zip(sizes, counts):
+        if count == size:
+            chosen.append(np.arange(offset, offset + size, dtype=np.int64))
+        else:
+            chosen.append(offset + np.sort(rng.choice(size, size=count, replace=False)).astype(np.int64))
+        offset += size
+    return chosen
+
+
+def _activation_size(model: Any) -> int:
+    """Values one example produces in the model's layers (for the memory of a block of evaluations)."""
+    total = 0
+    for layer in model.layers:
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer used twice, or not built symbolically
+            continue
+        total += int(np.prod([d or 1 for d in shape[1:]]))
+    return total
+
+
+def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], limits: _Limits, seed: int,
+           progress: Optional[Callable[[str], None]] = None) -> GradcheckResult:
     import tensorflow as tf
 
     variables = model.trainable_variables
@@ -273,24 +359,22 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
                         where="model.layers")
 
     owners = layer_of_variables(model)
-    layer_order: List[str] = []
-    index_by_layer: Dict[str, List[np.ndarray]] = {}
-    offset = 0
-    for owner, size in zip(owners, sizes):
-        if owner not in index_by_layer:
-            layer_order.append(owner)
-            index_by_layer[owner] = []
-        index_by_layer[owner].append(np.arange(offset, offset + size))
-        offset += size
-    chosen: Dict[str, np.ndarray] = {}
-    for layer in layer_order:
-        every = np.concatenate(index_by_layer[layer])
-        if max_per_layer is not None and len(every) > max_per_layer:
-            every = np.sort(rng.choice(every, size=max_per_layer, replace=False))
-        chosen[layer] = every
+    per_tensor = _sample(sizes, owners, limits, rng)
+    layer_order: List[str] = list(dict.fromkeys(owners))
+    chosen = {layer: np.concatenate([idx for idx, owner in zip(per_tensor, owners) if owner == layer])
+              for layer in layer_order}
+    totals = {layer: sum(size for size, owner in zip(sizes, owners) if owner == layer) for layer in layer_order}
+    every_chosen = np.concatenate([chosen[layer] for layer in layer_order]).astype(np.int32)
+    if progress is not None:
+        progress(f"gradcheck: comparing {len(every_chosen):,} of {len(theta0):,} parameters"
+                 + ("" if len(every_chosen) == len(theta0) else " (a seeded sample of every weight tensor)"))
 
     # J(theta + eps e_i) and J(theta - eps e_i) for a block of parameters per call (vectorized over the
-    # block), instead of two calls into TensorFlow per parameter.
+    # block), instead of two calls into TensorFlow per parameter. Each evaluation in a block holds a
+    # perturbed copy of every weight and the model's activations: the block is as large as memory allows.
+    per_evaluation = 2 * 8 * (len(theta0) + samples * _activation_size(model))
+    block_size = int(max(1, min(BLOCK, BLOCK_BYTES // max(per_evaluation, 1))))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
     def centered_differences(indices: Any) -> Any:
         base = tf.constant(theta0)
@@ -303,10 +387,19 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
             2 * epsilon)
 
     g_num = np.full_like(theta0, np.nan)
-    every_chosen = np.concatenate([chosen[layer] for layer in layer_order]).astype(np.int32)
-    for start in range(0, len(every_chosen), BLOCK):
-        block = every_chosen[start:start + BLOCK]
+    last_line = time.monotonic()
+    first_done, first_time = 0, last_line  # the rate is measured after the first block (which is traced)
+    for start in range(0, len(every_chosen), block_size):
+        block = every_chosen[start:start + block_size]
         g_num[block] = centered_differences(tf.constant(block)).numpy()
+        now, done = time.monotonic(), start + len(block)
+        if start == 0:
+            first_done, first_time = done, now
+        elif progress is not None and now - last_line >= PROGRESS_EVERY_S and done < len(every_chosen):
+            left = (now - first_time) / (done - first_done) * (len(every_chosen) - done)
+            progress(f"gradcheck: {done:,} of {len(every_chosen):,} parameters compared "
+                     f"({done / len(every_chosen):.0%}), about {_duration(left)} left")
+            last_line = now
 
     # Finite differences cannot resolve differences below their round-off error (about machine epsilon
     # times the cost, over eps, per parameter): a layer whose gradients differ by no more than that passes.
@@ -316,7 +409,6 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
     with np.errstate(over="ignore", invalid="ignore"):  # a diverged cost: inf/NaN figures, reported as such
         for layer in layer_order:
             idx = chosen[layer]
-            total = int(sum(len(part) for part in index_by_layer[layer]))
             diff = relative_difference(g_auto[idx], g_num[idx])
             status = status_for(diff)
             absolute = float(np.linalg.norm(g_auto[idx] - g_num[idx]))
@@ -326,16 +418,41 @@ def _check(model: Any, x: Any, y: Any, samples: int, epsilon: Optional[float], m
                              f"within the round-off of finite differences "
                              f"({floor_per_parameter * np.sqrt(len(idx)):.1e}); its relative difference "
                              f"({diff:.1e}) is not meaningful")
-            checks.append(LayerCheck(layer, diff, status, int(len(idx)), total, float(np.linalg.norm(g_auto[idx]))))
+            checks.append(LayerCheck(layer, diff, status, int(len(idx)), int(totals[layer]),
+                                     float(np.linalg.norm(g_auto[idx]))))
     every = every_chosen
     overall = relative_difference(g_auto[every], g_num[every])
     ranks = ["pass", "warn", "fail"]
     overall_status = max([status_for(overall)] + [c.status for c in checks], key=ranks.index)
+    if len(every) < len(theta0):
+        notes.append(_sampling_note(len(every), len(theta0), limits))
     if not np.isfinite(j0):
         notes.append(f"the cost is {j0} at the initial weights: the comparison is meaningless")
     return GradcheckResult(difference=overall, status=overall_status, layers=checks, samples=samples,
                            epsilon=epsilon, cost=j0, checked=int(len(every)), parameters=int(len(theta0)),
                            model_name=model.name, notes=notes)
+
+
+def _sampling_note(checked: int, parameters: int, limits: _Limits) -> str:
+    """The report's note on a check of a sample of the parameters: which limits chose how many."""
+    said = []
+    if limits.total is not None:
+        total = default_max_parameters(parameters) if limits.total == "auto" else limits.total
+        said.append(f"at most {total:,} in all" + (", the default for this size" if limits.total == "auto" else "")
+                    + (", but one of every weight tensor" if checked > total else ""))
+    if limits.per_layer is not None:
+        said.append(f"{limits.per_layer:,} per layer")
+    return (f"{checked:,} of {parameters:,} parameters compared: a sample of every weight tensor, drawn with the "
+            f"config's seed ({' and '.join(said)}); --max-params N compares more, --all every one (two cost "
+            f"evaluations each)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def relative_difference(g_auto: np.ndarray, g_num: np.ndarray) -> float:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from toolkit import errors
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, SPLITS, SWEEP_FILE,
-                             SWEEP_MARKER, TRIALS_FILE, YAML_LOADER)
+                             SWEEP_MARKER, TRIALS_FILE, YAML_LOADER, finished_best_run)
 
 PathLike = Union[str, Path]
 
@@ -46,9 +46,11 @@ def check_run_dir(run_dir: PathLike) -> Path:
     """`run_dir` as a Path when it is a finished run directory (it holds ``metrics.json``).
 
     Raises:
-        UserError: the path is missing, not a directory, a sweep directory (pointing at its ``best/``), or a
+        UserError: the path is empty, missing, not a directory, a sweep directory (pointing at its ``best/``), or a
             directory without ``metrics.json``.
     """
+    if str(run_dir) == "":  # Path("") is the current folder: an empty argument is a mistake, not "."
+        raise UserError("an empty path", expected=RUN_DIR_EXPECTED, received="")
     path = Path(run_dir)
     try:
         if not path.is_dir():
@@ -56,7 +58,7 @@ def check_run_dir(run_dir: PathLike) -> Path:
                             expected=RUN_DIR_EXPECTED, received=str(path))
         finished = (path / METRICS_FILE).exists()
         sweep = any((path / name).exists() for name in (TRIALS_FILE, SWEEP_MARKER, SWEEP_FILE))
-        best_finished = (path / BEST_DIR / METRICS_FILE).exists()
+        best_finished = finished_best_run(path) is not None
     except (OSError, ValueError) as error:  # a name too long, a NUL byte, a folder that cannot be searched
         raise UserError(f"cannot read the run directory ({first_line(error)})", expected=RUN_DIR_EXPECTED,
                         received=str(path)) from None
