@@ -169,9 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(p)
 
     p = commands.add_parser("predict", help="predictions of a run's model for the rows of a CSV, parquet or npz file")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a sweep directory: its best/ run)")
-    p.add_argument("input", metavar="INPUT", help="a .csv, .parquet or .npz file with the model's feature columns")
-    p.add_argument("--output", metavar="FILE", help="write to FILE, a new file (default: standard output)")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path("a run or sweep directory"),
+                   help="a run directory (or a sweep directory: its best/ run)")
+    p.add_argument("input", metavar="INPUT", type=_path("a CSV, parquet or npz file"),
+                   help="a .csv, .parquet or .npz file with the model's feature columns")
+    p.add_argument("--output", metavar="FILE", type=_path("a file"),
+                   help="write to FILE, a new file (default: standard output)")
     p.add_argument("--format", choices=["csv", "json", "parquet"],
                    help="output format (default: by --output's suffix, else csv)")
     p.add_argument("--batch-size", type=int, default=1024, metavar="N", help="rows per model call (default 1024)")
@@ -180,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbose(p)
 
     p = commands.add_parser("export", help="export a run's model, preprocessing included, for serving")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or a sweep directory: its best/ run)")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=_path("a run or sweep directory"),
+                   help="a run directory (or a sweep directory: its best/ run)")
     p.add_argument("--format", required=True, choices=["saved_model", "litert", "onnx"])
-    p.add_argument("--out", required=True, metavar="PATH", help="where to write it (must not exist)")
+    p.add_argument("--out", required=True, metavar="PATH", type=_path("a new path"),
+                   help="where to write it (must not exist)")
     _add_verbose(p)
     return parser
 
