@@ -186,7 +186,7 @@ def test_numbers_keras_cannot_use_are_refused_by_validate_and_run(tmp_path, caps
     (["training.metrics=[acuracy]"], "training.metrics.0: expected a Keras metric; received 'acuracy'."),
     (["training.early_stopping={monitor: val_acuracy}"],
      "training.early_stopping.monitor: not a quantity this model reports; received 'val_acuracy'. Valid choices: "
-     "accuracy, loss, mae, val_accuracy, val_loss, val_mae. Did you mean 'val_accuracy'?"),
+     "accuracy, loss, val_accuracy, val_loss. Did you mean 'val_accuracy'?"),  # iris: a classifier, no mae
     (["task=regression", "training.early_stopping={monitor: val_accuracy}"],
      "training.early_stopping.monitor: not a quantity this model reports; received 'val_accuracy'. Valid choices: "
      "loss, mae, val_loss, val_mae."),
