@@ -193,19 +193,22 @@ def _key(key: Any, limit: int) -> str:
 
 
 def shorten(text: str, limit: int = SHOWN, ellipsis: str = "...") -> str:
-    """`text` cut to at most `limit` characters (the ellipsis included), never inside a character.
-
-    Cuts between whole characters, and never between a character and the marks that combine with it
-    (an accent, a variation selector, a joiner in an emoji sequence), so the end reads cleanly.
-    """
+    """`text` cut to at most `limit` characters (the ellipsis included), never inside a character."""
     if len(text) <= limit:
         return text
-    end = max(limit - len(ellipsis), 0)
+    return cut(text, max(limit - len(ellipsis), 0)) + ellipsis
+
+
+def cut(text: str, length: int) -> str:
+    """The first `length` characters of `text` or fewer: never a character cut from the marks that combine
+    with it (an accent, a variation selector, a skin tone, a joiner in an emoji sequence), so the end reads
+    cleanly. The one truncation of text for people (messages, tables, progress lines)."""
+    end = min(max(length, 0), len(text))
     while 0 < end < len(text) and _joins_previous(text[end]):
         end -= 1
     if end > 0 and text[end - 1] == "\u200d":  # a zero-width joiner needs the character after it
         end -= 1
-    return text[:end] + ellipsis
+    return text[:end]
 
 
 def _joins_previous(char: str) -> bool:
