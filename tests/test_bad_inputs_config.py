@@ -538,7 +538,7 @@ def test_keys_and_words_yaml_did_not_read_as_text_say_to_quote_them(capsys, conf
                                                "name the same class; expected one weight per class."),
     (["training.class_weight={setosa: 1, 0: 2}"], "training.class_weight: two weights for one class: keys 'setosa' "
                                                   "and 0 both name class 'setosa'; expected one weight per class."),
-    (["training.class_weight={7: 2}"], "training.class_weight.7: expected a class name or an index from 0 to 2; "
+    (["training.class_weight={7: 2}"], "training.class_weight.7: expected a class name or index from 0 to 2; "
                                        "received 7. Valid choices: setosa, versicolor, virginica."),
     (["training.class_weight={-1: 2}"], "training.class_weight.-1: expected a class index from 0 (or a class name); "
                                         "received -1."),
@@ -585,7 +585,7 @@ def test_validate_refuses_what_run_refuses(tmp_path, capsys, config, overrides, 
      "{training.optimizer.name: [sgd]}."),
     ("{training.class_weight: {choice: [balanced, {9: 1}]}}",
      "search.space.training.class_weight: the value {9: 1} makes the config invalid: training.class_weight.9: "
-     "expected a class name or an index from 0 to 2"),
+     "expected a class name or index from 0 to 2"),
     ("{training.early_stopping.monitor: {choice: [val_loss, val_mae]}}",
      "the value 'val_mae' makes the config invalid: training.early_stopping.monitor: not a quantity this model "
      "reports"),
@@ -684,7 +684,7 @@ def test_a_piecewise_schedule_trains_with_the_arguments_ktk_fills_in(tmp_path, c
     ("modell: {hidden: [3]}\n", "base.yaml: modell: unknown key; received 'modell'."),
     ("model: {dropout: 3}\n", "base.yaml: model.dropout: expected a rate in [0, 1); received 3."),
     ("training: {optimizer: {name: adam, lrr: 3}}\n", "base.yaml: training.optimizer.lrr: expected an argument of Adam"),
-    ("training: {class_weight: {9: 1}}\n", "base.yaml: training.class_weight.9: expected a class name or an index"),
+    ("training: {class_weight: {9: 1}}\n", "base.yaml: training.class_weight.9: expected a class name or index"),
     ("search: {space: {model.dropout: {float: [0.5, 0.1]}}}\n", "base.yaml: search.space.model.dropout: empty range"),
 ])
 def test_a_mistake_in_a_base_file_names_that_file(tmp_path, capsys, base, message):

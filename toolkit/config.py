@@ -718,7 +718,7 @@ def class_weight_indices(config: Config, task: str, class_names: Optional[Sequen
         elif text.isdigit() and int(text) < len(names):
             index = int(text)
         else:
-            raise UserError(where=f"training.class_weight.{key}", expected=f"a class name or an index from 0 to "
+            raise UserError(where=f"training.class_weight.{key}", expected=f"a class name or index from 0 to "
                             f"{len(names) - 1}", received=key, choices=names)
         if index in keys:
             raise UserError(f"two weights for one class: keys {show(keys[index])} and {show(key)} both name class "
