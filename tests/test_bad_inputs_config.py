@@ -599,6 +599,12 @@ def test_validate_refuses_search_spaces_tune_refuses(capsys, config, space, mess
     assert message in refused(capsys, "validate", config)
 
 
+def test_validate_refuses_an_objective_the_model_does_not_report(capsys, config):
+    config.write_text(BASE + "search: {objective: val_mae, space: {model.dropout: {float: [0.0, 0.5]}}}\n")
+    assert refused(capsys, "validate", config).endswith(
+        "search.objective: not a metric of this model; received 'val_mae'. Valid choices: val_accuracy, val_loss.\n")
+
+
 def test_plain_validate_says_it_did_not_build_the_model(capsys, config):
     assert main(["validate", str(config)]) == 0
     assert "# model: not built (--deep builds it, and every searched value, with Keras)" in capsys.readouterr().out

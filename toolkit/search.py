@@ -898,8 +898,15 @@ def check_space_with_data(spec: SearchSpec, config: Any, data: Any) -> None:
         UserError: naming ``search.space.<path>``.
     """
     from toolkit.config import check_with_data
+    from toolkit.training import DEFAULT_METRICS  # light: no Keras at import
 
     by_path = {p.path: p for p in spec.space}
+    metrics = config.training.metrics if config.training.metrics is not None else DEFAULT_METRICS[data.task]
+    if all(isinstance(m, str) for m in metrics):  # (a metric object's name is only known once Keras makes it)
+        names = ["val_loss"] + [f"val_{m}" for m in metrics]
+        if spec.objective.name not in names:
+            raise UserError("not a metric of this model", where="search.objective", received=spec.objective.name,
+                            choices=sorted(names), file=getattr(config, "source", None))
     try:
         for param in spec.space:
             for value, values in candidates(param, by_path):
