@@ -329,7 +329,8 @@ class _Range:
         else:
             text = "an integer" if self.integer else "a number"
             if self.low is not None and self.high is not None:
-                text += f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+                opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                text += f" in {opening}{self.low:g}, {self.high:g}{closing}"
             elif self.low is not None:
                 text += f" {'>' if self.low_open else '>='} {self.low:g}"
             elif self.high is not None:

@@ -20,7 +20,8 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, ClassVar, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Annotated, Any, Callable, ClassVar, Dict, Iterator, List, Literal, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
                       model_serializer, model_validator)
