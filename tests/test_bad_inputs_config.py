@@ -186,7 +186,7 @@ def test_numbers_keras_cannot_use_are_refused_by_validate_and_run(tmp_path, caps
     (["training.metrics=[acuracy]"], "training.metrics.0: expected a Keras metric; received 'acuracy'."),
     (["training.early_stopping={monitor: val_acuracy}"],
      "training.early_stopping.monitor: not a quantity this model reports; received 'val_acuracy'. Valid choices: "
-     "accuracy, loss, mae, val_accuracy, val_loss, val_mae. Did you mean 'val_accuracy'?"),
+     "accuracy, loss, val_accuracy, val_loss. Did you mean 'val_accuracy'?"),  # iris: a classifier, no mae
     (["task=regression", "training.early_stopping={monitor: val_accuracy}"],
      "training.early_stopping.monitor: not a quantity this model reports; received 'val_accuracy'. Valid choices: "
      "loss, mae, val_loss, val_mae."),
@@ -391,3 +391,340 @@ def test_a_refused_config_reads_as_one_message(tmp_path, capsys):
     err = refused(capsys, "validate", path)
     assert err.splitlines() == [f"ktk: error: {path}: seed: expected an integer; received true.",
                                 f"  also: {path}: training.epochs: expected an integer; received inf."]
+
+
+# ------------------------------------------------------------- values of any size, in any message
+
+
+HUGE = "9" * 5000  # past Python's 4300-digit limit for turning an integer into text
+IRIS = "data: {source: sklearn.iris}\n"
+
+
+@pytest.mark.parametrize("text", [f"seed: {HUGE}", f"model: {{dropout: 0x{'f' * 5000}}}", f"seed: {HUGE}.5",
+                                  f"training:\n  class_weight:\n    ? {HUGE}\n    : 1", f"model: {{hidden: [-{HUGE}]}}"],
+                         ids=["int", "hex", "float", "key", "negative in a list"])
+def test_numbers_too_long_to_be_meant_are_refused_where_they_are(tmp_path, capsys, config, text):
+    path = tmp_path / "long.yaml"
+    path.write_text(IRIS + text + "\n")
+    err = refused(capsys, "validate", path)
+    assert "a number written with 5,00" in err and "characters is too long; expected a number of at most 100 " \
+                                                "characters." in err and len(err) < 300
+    err = refused(capsys, "validate", config, "--set", f"seed={HUGE}")
+    assert err.endswith("--set seed: line 1, column 1: a number written with 5,000 characters is too long; expected a "
+                        "number of at most 100 characters.\n")
+
+
+@pytest.mark.parametrize("value, shown", [(10 ** 5000, "an integer of 5001 digits"),
+                                          (-10 ** 400, "a negative integer of 401 digits"),
+                                          ([1, 10 ** 5000], "[1, an integer of 5001 digits]"),
+                                          ("é" * 300, "'" + "é" * 195 + "'...")],
+                         ids=["huge", "negative", "in a list", "long text"])
+def test_messages_show_values_of_any_size(value, shown):
+    from toolkit.config import parse_config
+
+    for raw in ({"data": {"source": "sklearn.iris"}, "seed": value},
+                {"data": {"source": "sklearn.iris"}, "model": {"dropout": value}}):
+        with pytest.raises(UserError) as info:
+            parse_config(raw, source="api.yaml")
+        assert f"received {shown}" in str(info.value)
+
+
+def test_long_values_are_cut_between_characters(capsys, config):
+    from toolkit.errors import shorten
+
+    err = refused(capsys, "validate", config, "--set", "name=" + "é" * 300)
+    assert "received '" + "é" * 195 + "'...\n" in err and "\ufffd" not in err
+    decomposed = "e\u0301" * 150  # é as e + a combining accent: a cut never strips the accent off
+    err = refused(capsys, "validate", config, "--set", "name=" + decomposed)
+    assert "received '" + "e\u0301" * 97 + "'..." in err
+    for text in ("ab" + "e\u0301" * 5, "ab👍🏽cdefgh", "a👨\u200d👩xyzabc"):
+        assert shorten(text, 6) in ("ab...", "a👨...")
+    assert shorten("short", 6) == "short"
+
+
+def test_many_problems_read_as_one_bounded_message(tmp_path, capsys):
+    path = tmp_path / "many.yaml"
+    path.write_text(BASE + "".join(f"key{i}: 1\n" for i in range(20)))
+    lines = refused(capsys, "validate", path).splitlines()
+    assert len(lines) == 7 and lines[-1] == "  ... and 14 more problems"
+
+
+# ------------------------------------------------------------------------------ YAML 1.1 surprises
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1:30", "YAML 1.1 reads 1:30 as the base-60 (sexagesimal) number 90; expected a decimal number (90), or quotes "
+             "('1:30') for text."),
+    ("0x1F", "YAML 1.1 reads 0x1F as the hexadecimal number 31; expected a decimal number (31)"),
+    ("017", "YAML 1.1 reads 017 as the octal number 15; expected a decimal number (15)"),
+    ("-0b101", "YAML 1.1 reads -0b101 as the binary number -5"),
+    ("1:30.5", "YAML 1.1 reads 1:30.5 as the base-60 (sexagesimal) number 90.5"),
+])
+def test_number_notations_of_yaml_1_1_are_refused_saying_how_they_read(tmp_path, capsys, config, value, message):
+    assert f"--set seed: line 1, column 1: {message}" in refused(capsys, "validate", config, "--set", f"seed={value}")
+    config.write_text(IRIS + f"training: {{epochs: 1, batch_size: {value}}}\n")
+    column = len("training: {epochs: 1, batch_size: ") + 1
+    assert f"c.yaml: line 2, column {column}: {message}" in refused(capsys, "validate", config)
+
+
+def test_decimal_numbers_and_quoted_notations_are_fine(capsys, config):
+    config.write_text(IRIS + "seed: 1_000\nname: '0x1F'\ntraining: {epochs: 1, batch_size: 016.5e0}\n")
+    assert main(["validate", str(config)]) == 2  # (016.5e0 is a float: not a batch size)
+    capsys.readouterr()
+    config.write_text(BASE + "seed: 1_000\nname: '0x1F'\n")
+    assert main(["validate", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 1000\n" in out and "name: 0x1F\n" in out.replace("'", "")
+
+
+# ------------------------------------------------------------------------------------- merge keys
+
+
+def test_yaml_merge_keys_merge(capsys, config):
+    config.write_text("data: {source: sklearn.iris}\ntraining: {epochs: 1}\nmodel:\n  layers:\n"
+                      "    - &block {units: 4, activation: tanh}\n    - {<<: *block, units: 3}\n"
+                      "    - <<: [*block]\n      dropout: 0.2\n")
+    assert main(["validate", str(config)]) == 0
+    layers = yaml.safe_load(capsys.readouterr().out.split("\n", 3)[3])["model"]["layers"]
+    assert [(l["units"], l["activation"], l["dropout"]) for l in layers] == [(4, "tanh", None), (3, "tanh", None),
+                                                                           (4, "tanh", 0.2)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {<<: {hidden: [3]}, hidden: [5], hidden: [6]}\n", "malformed YAML: duplicate key 'hidden'"),
+    ("model: {<<: 3}\n", "expected a mapping or list of mappings for merging"),
+    ("diagnose: {<<: {k: [*a8]}}\n", "the YAML holds more than 100000 values once its aliases are expanded"),
+    ("diagnose: &d {<<: *d}\n", "an alias refers to a collection that contains it"),
+])
+def test_merge_keys_keep_the_bounds(tmp_path, capsys, text, message):
+    path = tmp_path / "merge.yaml"
+    path.write_text((alias_bomb() + "\n" if "*a8" in text else "") + IRIS + text)
+    assert message in refused(capsys, "validate", path)
+
+
+# ------------------------------------------------------------------- keys and words YAML did not read as text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("true: 2", "c.yaml: expected a text key; received true (YAML reads unquoted true/false/yes/no/on/off as a "
+                "boolean; quote it for text)."),
+    ("~: 2", "c.yaml: expected a text key; received null (YAML reads unquoted ~, null or nothing as null; quote it "
+             "for text)."),
+    ("2020-01-01: 2", "c.yaml: expected a text key; received 2020-01-01 (YAML reads it as a date; quote it for text)."),
+    ("model: {on: 2}", "c.yaml: model: expected a text key; received true (YAML reads unquoted"),
+    ("training: {optimizer: {name: sgd, 3: 4}}", "c.yaml: training.optimizer: expected a text key; received 3 (YAML "
+                                                 "reads it as a number; quote it for text)."),
+    ("data: {source: sklearn.iris, options: {1.5: 2}}", "c.yaml: data.options: expected a text key; received 1.5"),
+    ("search: {space: {no: {choice: [1]}}}", "c.yaml: search.space: expected dot paths as keys; received false (YAML "
+                                             "reads unquoted"),
+    ("name: yes", "c.yaml: name: expected a string; received true (YAML reads unquoted true/false/yes/no/on/off as a "
+                  "boolean; quote it for text)."),
+    ("model: {hidden: [4], activation: off}", "c.yaml: model.activation: expected a string; received false (YAML reads"),
+    ("task: no", "c.yaml: task: expected one of the valid choices; received false (YAML reads unquoted"),
+    ("training: {class_weight: {yes: 2, no: 1}}", "c.yaml: training.class_weight: expected class names or indexes as "
+                                                  "keys; received true (YAML reads unquoted true/false/yes/no/on/off "
+                                                  "as a boolean; quote it for text)."),
+])
+def test_keys_and_words_yaml_did_not_read_as_text_say_to_quote_them(capsys, config, text, message):
+    config.write_text(text + "\n" + ("" if text.startswith("data:") else IRIS))
+    assert message in refused(capsys, "validate", config)
+
+
+# ---------------------------------------------------------------------------------- class weights
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.class_weight={'0': 1, 0: 2}"], "training.class_weight: two weights for one class: keys '0' and 0 "
+                                               "name the same class; expected one weight per class."),
+    (["training.class_weight={setosa: 1, 0: 2}"], "training.class_weight: two weights for one class: keys 'setosa' "
+                                                  "and 0 both name class 'setosa'; expected one weight per class."),
+    (["training.class_weight={7: 2}"], "training.class_weight.7: expected a class name or index from 0 to 2; "
+                                       "received 7. Valid choices: setosa, versicolor, virginica."),
+    (["training.class_weight={-1: 2}"], "training.class_weight.-1: expected a class index from 0 (or a class name); "
+                                        "received -1."),
+    (["training.class_weight={setosaa: 2}"], "received 'setosaa'. Valid choices: setosa, versicolor, virginica. Did "
+                                             "you mean 'setosa'?"),
+    (["data.source=sklearn.diabetes", "training.class_weight=balanced"],
+     "training.class_weight: expected no class weights for a regression task; received 'balanced'."),
+    (["data.source=synthetic.regression", "training.class_weight={0: 2}"],
+     "training.class_weight: expected no class weights for a regression task"),
+    (["task=regression", "data.source=sklearn.diabetes", "training.class_weight={0: 2}"],
+     "training.class_weight: expected no class weights for a regression task"),
+])
+def test_class_weights_are_checked_by_validate_as_run_checks_them(tmp_path, capsys, config, overrides, message):
+    args = [a for override in overrides for a in ("--set", override)]
+    assert message in refused(capsys, "validate", config, *args)
+    assert message in refused(capsys, "run", config, *args, "--out", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------- what validate promises: run's checks
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.early_stopping={monitor: val_mae}"],
+     "training.early_stopping.monitor: not a quantity this model reports; received 'val_mae'. Valid choices: "
+     "accuracy, loss, val_accuracy, val_loss."),
+    (["data.source=sklearn.diabetes", "training.early_stopping={monitor: val_accuracy}"],
+     "received 'val_accuracy'. Valid choices: loss, mae, val_loss, val_mae."),
+    (["training.schedule={name: exponential_decay, decay_steps: 0, decay_rate: 0.9}"],
+     "training.schedule.decay_steps: expected a number > 0; received 0."),
+])
+def test_validate_refuses_what_run_refuses(tmp_path, capsys, config, overrides, message):
+    args = [a for override in overrides for a in ("--set", override)]
+    assert message in refused(capsys, "validate", config, *args)
+    assert message in refused(capsys, "run", config, *args, "--out", tmp_path / "run")
+
+
+@pytest.mark.parametrize("space, message", [
+    ("{training.optimizer.momentum: {float: [0.1, 0.5]}}",
+     "search.space.training.optimizer.momentum: the value 0.1 makes the config invalid: training.optimizer.momentum: "
+     "expected an argument of Adam; received 'momentum'."),
+    ("{training.optimizer.name: {choice: [sgd, adam]}, training.optimizer.momentum: {float: [0.1, 0.5]}}",
+     "search.space.training.optimizer.momentum: momentum is not an argument of the adam optimizer; expected when: "
+     "{training.optimizer.name: [sgd]}."),
+    ("{training.class_weight: {choice: [balanced, {9: 1}]}}",
+     "search.space.training.class_weight: the value {9: 1} makes the config invalid: training.class_weight.9: "
+     "expected a class name or index from 0 to 2"),
+    ("{training.early_stopping.monitor: {choice: [val_loss, val_mae]}}",
+     "the value 'val_mae' makes the config invalid: training.early_stopping.monitor: not a quantity this model "
+     "reports"),
+    ("{training.schedule.decay_rate: {float: [0.5, 2.0]}}", "the value 2.0 makes the config invalid: "
+                                                             "training.schedule.decay_rate: expected a number in (0, 1]"),
+])
+def test_validate_refuses_search_spaces_tune_refuses(capsys, config, space, message):
+    config.write_text(BASE.replace("training: {epochs: 1}", "training: {epochs: 1, early_stopping: true, schedule: "
+                                   "{name: exponential_decay, decay_steps: 10, decay_rate: 0.9}}")
+                      + f"search: {{space: {space}}}\n")
+    assert message in refused(capsys, "validate", config)
+
+
+def test_validate_refuses_an_objective_the_model_does_not_report(capsys, config):
+    config.write_text(BASE + "search: {objective: val_mae, space: {model.dropout: {float: [0.0, 0.5]}}}\n")
+    assert refused(capsys, "validate", config).endswith(
+        "search.objective: not a metric of this model; received 'val_mae'. Valid choices: val_accuracy, val_loss.\n")
+
+
+def test_plain_validate_says_it_did_not_build_the_model(capsys, config):
+    assert main(["validate", str(config)]) == 0
+    assert "# model: not built (--deep builds it, and every searched value, with Keras)" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ optimizer and schedule arguments
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.schedule={name: exponential_decay, initial_learning_rate: -1, decay_steps: 10, decay_rate: 0.5}",
+     "training.schedule.initial_learning_rate: expected a number > 0; received -1."),
+    ("training.optimizer={name: adam, beta_1: 2}", "training.optimizer.beta_1: expected a number in [0, 1); received 2."),
+    ("training.optimizer={name: adamw, beta_2: 1}", "training.optimizer.beta_2: expected a number in [0, 1)"),
+    ("training.optimizer={name: sgd, clipnorm: -1}", "training.optimizer.clipnorm: expected a number > 0 or null"),
+    ("training.optimizer={name: rmsprop, epsilon: 0}", "training.optimizer.epsilon: expected a number > 0; received 0."),
+    ("training.optimizer={name: adam, weight_decay: -5}", "training.optimizer.weight_decay: expected a number >= 0"),
+    ("training.optimizer={name: adamw, weight_decay: null}", "training.optimizer.weight_decay: expected a number >= 0; "
+                                                              "received null."),
+    ("training.optimizer={name: sgd, momentum: 1.5}", "training.optimizer.momentum: expected a number in [0, 1]"),
+    ("training.optimizer={name: rmsprop, rho: -0.1}", "training.optimizer.rho: expected a number in [0, 1)"),
+    ("training.optimizer={name: lion, beta_1: 0}", "training.optimizer.beta_1: expected a number in (0, 1]"),
+    ("training.optimizer={name: ftrl, learning_rate_power: 0.5}", "learning_rate_power: expected a number <= 0"),
+    ("training.optimizer={name: sgd, nesterov: 3}", "training.optimizer.nesterov: expected true or false; received 3."),
+    ("training.optimizer={name: sgd, gradient_accumulation_steps: 1}",
+     "gradient_accumulation_steps: expected an integer >= 2 or null"),
+    ("training.optimizer={name: sgd, momentum: '0.9'}", "training.optimizer.momentum: expected a number in [0, 1]; "
+                                                        "received '0.9'."),
+    ("training.optimizer={name: sgd, clipnorm: 1, global_clipnorm: 1}",
+     "training.optimizer: Keras clips gradients one way only; received clipnorm and global_clipnorm"),
+    ("training.schedule={name: cosine_decay, decay_steps: 10, alpha: 5}", "training.schedule.alpha: expected a number "
+                                                                          "in [0, 1]"),
+    ("training.schedule={name: cosine_decay_restarts, first_decay_steps: 10, t_mul: -1}",
+     "training.schedule.t_mul: expected a number >= 1"),
+    ("training.schedule={name: cosine_decay_restarts, first_decay_steps: 0}",
+     "training.schedule.first_decay_steps: expected a number > 0"),
+    ("training.schedule={name: exponential_decay, decay_steps: 10, decay_rate: 1e30}",
+     "training.schedule.decay_rate: expected a number in (0, 1] (above 1 the rate grows without bound)"),
+    ("training.schedule={name: inverse_time_decay, decay_steps: 10, decay_rate: -1}",
+     "training.schedule.decay_rate: expected a number >= 0"),
+    ("training.schedule={name: polynomial_decay, decay_steps: 10, power: -2}", "training.schedule.power: expected a "
+                                                                               "number >= 0"),
+    ("training.schedule={name: exponential_decay, decay_steps: 10, decay_rate: 0.5, staircase: 1}",
+     "training.schedule.staircase: expected true or false"),
+    ("training.schedule={name: piecewise_constant_decay, boundaries: [10, 5], values: [0.1, 0.01, 0.1]}",
+     "training.schedule.boundaries: expected a list of steps >= 0 in ascending order"),
+    ("training.schedule={name: piecewise_constant_decay, boundaries: [10], values: [0.1]}",
+     "training.schedule.values: expected a list of 2 learning rates > 0"),
+])
+def test_optimizer_and_schedule_numbers_are_range_checked(tmp_path, capsys, config, override, message):
+    assert message in refused(capsys, "validate", config, "--set", override)
+    assert message in refused(capsys, "run", config, "--set", override, "--out", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", [
+    "training.schedule={name: piecewise_constant_decay, boundaries: [10], values: [0.1, 0.01]}",
+    "training.schedule={name: cosine_decay, decay_steps: 10, initial_learning_rate: 0, warmup_target: 0.1, "
+    "warmup_steps: 5}",
+    "training.optimizer={name: sgd, momentum: 1, nesterov: true, clipnorm: null}",
+    "training.optimizer={name: adam, beta_1: 0, epsilon: 1.0e-8, gradient_accumulation_steps: null}",
+])
+def test_arguments_in_range_validate(capsys, config, override):
+    assert main(["validate", str(config), "--set", override]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_a_piecewise_schedule_trains_with_the_arguments_ktk_fills_in(tmp_path, capsys, config):
+    args = ["--set", "training.schedule={name: piecewise_constant_decay, boundaries: [2], values: [0.1, 1]}",
+            "--set", "training.optimizer={name: sgd, momentum: 1}", "--set", "training.class_weight={setosa: 2}"]
+    assert main(["run", str(config), "-q", "--out", str(tmp_path / "run"), *args]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert history[1].endswith(",1.0")  # the learning rate after 4 steps: the second value
+    assert read_yaml(tmp_path / "run" / "config.yaml")["training"]["schedule"] == {
+        "name": "piecewise_constant_decay", "boundaries": [2], "values": [0.1, 1.0]}
+
+
+# --------------------------------------------------------------------------------------- extends
+
+
+@pytest.mark.parametrize("base, message", [
+    ("modell: {hidden: [3]}\n", "base.yaml: modell: unknown key; received 'modell'."),
+    ("model: {dropout: 3}\n", "base.yaml: model.dropout: expected a rate in [0, 1); received 3."),
+    ("training: {optimizer: {name: adam, lrr: 3}}\n", "base.yaml: training.optimizer.lrr: expected an argument of Adam"),
+    ("training: {class_weight: {9: 1}}\n", "base.yaml: training.class_weight.9: expected a class name or index"),
+    ("search: {space: {model.dropout: {float: [0.5, 0.1]}}}\n", "base.yaml: search.space.model.dropout: empty range"),
+])
+def test_a_mistake_in_a_base_file_names_that_file(tmp_path, capsys, base, message):
+    (tmp_path / "base.yaml").write_text("data: {source: sklearn.iris}\n" + base)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nmodel: {hidden: [4]}\ntraining: {epochs: 1}\n")
+    assert refused(capsys, "validate", child).startswith(f"ktk: error: {tmp_path / message}")
+
+
+def test_a_key_the_child_or_set_overrides_is_theirs(tmp_path, capsys):
+    (tmp_path / "base.yaml").write_text("data: {source: sklearn.iris}\nmodel: {hidden: [4], dropout: 0.1}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nmodel: {dropout: 2}\n")
+    assert refused(capsys, "validate", child).startswith(f"ktk: error: {child}: model.dropout: expected a rate")
+    child.write_text("extends: base.yaml\n")
+    assert refused(capsys, "validate", child, "--set", "model.dropout=3").startswith(
+        f"ktk: error: {child}: model.dropout: expected a rate")
+
+
+@pytest.mark.parametrize("content", [
+    "root:*:20228:0:99999:7:::\ndaemon:*:20228:0:99999:7:::\nsecret_user:$6$abc:20228:0:99999:7:::\n",
+    "x1,x2,y\n1,2,0\n3,4,1\n",
+    "- 1\n- 2\n",
+    "7\n",
+])
+def test_extends_of_a_file_that_is_not_a_config_is_one_message_without_its_content(tmp_path, capsys, content):
+    (tmp_path / "other").write_text(content)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: other\n")
+    err = refused(capsys, "validate", child)
+    assert err.startswith(f"ktk: error: {child}: extends: not a config file: ") and err.count("\n") == 1
+    assert f"expected a YAML config file (a mapping of config sections: data, diagnose, extends, model, name, search, " \
+           f"seed, task, training); received '{tmp_path / 'other'}'." in err
+    assert not any(word in err for word in ("daemon", "secret", "x1", "20228"))
+    err = refused(capsys, "validate", tmp_path / "other")
+    assert err.startswith(f"ktk: error: {tmp_path / 'other'}: not a config file: ") and err.count("\n") == 1
+    assert not any(word in err for word in ("daemon", "secret", "x1", "20228"))

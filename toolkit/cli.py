@@ -202,7 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         config_file = getattr(args, "config", None)
         if config_file and not (error.where or "").startswith("--"):
-            error.at(file=config_file)  # builder and data errors name a key path of this file
+            loaded = getattr(args, "loaded_config", None)  # a key a base file (extends:) set is that file's
+            error.at(file=loaded.file_of(error.where) if loaded is not None else config_file)
         print(f"ktk: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -227,7 +228,8 @@ def _join_descending_sort(argv: List[str]) -> List[str]:
 def _load(args: argparse.Namespace):
     from toolkit.config import load_config
 
-    return load_config(args.config, overrides=args.overrides)
+    args.loaded_config = load_config(args.config, overrides=args.overrides)
+    return args.loaded_config
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -24,13 +24,13 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       ValidationError, field_validator, model_validator)
 
 from toolkit.dotpath import get_path, set_path
-from toolkit.errors import InvalidValue, UserError
-from toolkit.safe_yaml import ValueLoader, dump_yaml, parse_yaml, read_yaml_file
+from toolkit.errors import InvalidValue, UserError, did_you_mean, quote_hint, show
+from toolkit.safe_yaml import ValueLoader, dump_yaml, parse_yaml, read_text, read_yaml_file
 
 # The dot-path helpers (toolkit.dotpath) and the YAML helpers (toolkit.safe_yaml) belong to the config
 # language too: other modules import them from here.
 __all__ = ["Config", "load_config", "parse_config", "parse_override", "deep_merge", "schema_step", "get_path",
-           "set_path", "dump_yaml", "read_yaml_file", "parse_yaml"]
+           "set_path", "dump_yaml", "read_yaml_file", "parse_yaml", "check_with_data", "class_weight_indices"]
 
 INT32_MAX = 2**31 - 1  # sizes and counts TensorFlow holds in 32 bits
 SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds
@@ -310,6 +310,112 @@ class ModelConfig(_Section):
         return None if value in (None, False, "none") else value
 
 
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """What one optimizer or schedule argument takes: a number in a range, an integer, or true/false."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+    integer: bool = False
+    boolean: bool = False
+    nullable: bool = False  # null (Keras' default, "off") is allowed
+    why: str = ""
+
+    def expected(self) -> str:
+        if self.boolean:
+            text = "true or false"
+        else:
+            text = "an integer" if self.integer else "a number"
+            if self.low is not None and self.high is not None:
+                opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+                text += f" in {opening}{self.low:g}, {self.high:g}{closing}"
+            elif self.low is not None:
+                text += f" {'>' if self.low_open else '>='} {self.low:g}"
+            elif self.high is not None:
+                text += f" {'<' if self.high_open else '<='} {self.high:g}"
+        return text + (" or null" if self.nullable else "") + (f" ({self.why})" if self.why else "")
+
+    def takes(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if self.boolean:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or not (value >= self.high if self.high_open else value > self.high)
+
+
+_POSITIVE = _Range(0, low_open=True)
+_NON_NEGATIVE = _Range(0)
+_FRACTION = _Range(0, 1, high_open=True)  # a decay or averaging factor: 1 would never move
+_UNIT = _Range(0, 1)
+_BOOLEAN = _Range(boolean=True)
+_CLIP = _Range(0, low_open=True, nullable=True)
+
+# Every argument of Keras' optimizers that takes a number or a flag, by name (the same name means the same
+# thing in every optimizer), with the ranges Keras itself enforces or outside which training breaks (NaN,
+# a division by zero, a rate that never moves). Arguments not listed are still checked to be finite.
+OPTIMIZER_ARGUMENTS: Dict[str, _Range] = {
+    "beta_1": _FRACTION, "beta_2": _FRACTION, "adam_beta_1": _FRACTION, "adam_beta_2": _FRACTION,
+    "rho": _FRACTION, "momentum": _UNIT, "ema_momentum": _UNIT,
+    "epsilon": _POSITIVE, "epsilon_1": _POSITIVE, "epsilon_2": _POSITIVE, "clip_threshold": _POSITIVE,
+    "clipnorm": _CLIP, "clipvalue": _CLIP, "global_clipnorm": _CLIP,
+    "weight_decay": _Range(0, nullable=True), "adam_weight_decay": _NON_NEGATIVE,
+    "initial_accumulator_value": _NON_NEGATIVE, "learning_rate_power": _Range(high=0),
+    "l1_regularization_strength": _NON_NEGATIVE, "l2_regularization_strength": _NON_NEGATIVE,
+    "l2_shrinkage_regularization_strength": _NON_NEGATIVE, "beta": _NON_NEGATIVE,
+    "beta_2_decay": _Range(high=0, why="the decay exponent of beta_2"), "rms_rate": _NON_NEGATIVE,
+    "adam_lr_ratio": _POSITIVE, "loss_scale_factor": _CLIP,
+    "gradient_accumulation_steps": _Range(2, integer=True, nullable=True),
+    "ema_overwrite_frequency": _Range(1, integer=True, nullable=True),
+    "ns_steps": _Range(1, integer=True), "warmup_steps": _Range(0, integer=True),
+    "use_ema": _BOOLEAN, "amsgrad": _BOOLEAN, "nesterov": _BOOLEAN, "centered": _BOOLEAN,
+    "relative_step": _BOOLEAN, "exclude_embeddings": _BOOLEAN,
+}
+# (optimizer, argument) where one optimizer differs from the rest.
+OPTIMIZER_EXCEPTIONS: Dict[Tuple[str, str], _Range] = {
+    ("lion", "beta_1"): _Range(0, 1, low_open=True),
+    ("adamw", "weight_decay"): _NON_NEGATIVE,
+}
+# Keras refuses more than one way of clipping gradients.
+_CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
+
+# The same for learning-rate schedules (by snake_case name). Steps count mini-batches.
+SCHEDULE_ARGUMENTS: Dict[str, _Range] = {
+    "initial_learning_rate": _POSITIVE, "decay_steps": _POSITIVE, "first_decay_steps": _POSITIVE,
+    "alpha": _Range(0, 1, why="the fraction of the initial rate the decay ends at"),
+    "end_learning_rate": _NON_NEGATIVE, "power": _NON_NEGATIVE,
+    "warmup_target": _CLIP, "warmup_steps": _NON_NEGATIVE, "staircase": _BOOLEAN, "cycle": _BOOLEAN,
+}
+SCHEDULE_EXCEPTIONS: Dict[Tuple[str, str], _Range] = {
+    ("exponential_decay", "decay_rate"): _Range(0, 1, low_open=True, why="above 1 the rate grows without bound"),
+    ("inverse_time_decay", "decay_rate"): _NON_NEGATIVE,
+    ("cosine_decay", "initial_learning_rate"): _Range(0, why="0 with a warmup_target warms up from 0"),
+    ("cosine_decay_restarts", "t_mul"): _Range(1, why="the growth of each period; below 1 the periods shrink to "
+                                                     "nothing and the rate becomes NaN"),
+    ("cosine_decay_restarts", "m_mul"): _Range(0, 1, why="the fraction of the rate each restart keeps"),
+}
+
+
+def _check_ranges(arguments: Dict[str, Any], table: Mapping[str, _Range],
+                  exceptions: Mapping[Tuple[str, str], _Range], name: str) -> None:
+    """Refuses an argument outside its range; integers given for numbers become floats (Keras wants floats)."""
+    for key, value in arguments.items():
+        wanted = exceptions.get((name, key)) or table.get(key)
+        if wanted is None:
+            continue
+        if not wanted.takes(value):
+            raise InvalidValue(where=key, expected=wanted.expected(), received=value)
+        if not (wanted.integer or wanted.boolean) and isinstance(value, int) and not isinstance(value, bool):
+            arguments[key] = float(value)
+
+
 class _KerasArguments(BaseModel):
     """A Keras object by name with its own arguments as extra keys (checked against Keras by keras_names)."""
 
@@ -331,11 +437,22 @@ class _KerasArguments(BaseModel):
 class OptimizerConfig(_KerasArguments):
     """``{name: ..., learning_rate: ..., <any argument of that Keras optimizer>}``.
 
-    Extra keys are the optimizer's own arguments (``momentum``, ``nesterov``, ``clipnorm``, ...).
+    Extra keys are the optimizer's own arguments (``momentum``, ``nesterov``, ``clipnorm``, ...), each
+    checked against :data:`OPTIMIZER_ARGUMENTS`.
     """
 
     name: str = "adam"
     learning_rate: Number = Field(0.001, gt=0)
+
+    @model_validator(mode="after")
+    def _argument_ranges(self) -> "OptimizerConfig":
+        extra = self.model_extra or {}
+        _check_ranges(extra, OPTIMIZER_ARGUMENTS, OPTIMIZER_EXCEPTIONS, self.name.lower())
+        clipping = [key for key in _CLIPPING if extra.get(key) is not None]
+        if len(clipping) > 1:
+            raise InvalidValue(f"Keras clips gradients one way only; received {' and '.join(clipping)}",
+                               expected=f"one of {', '.join(_CLIPPING)}")
+        return self
 
     @property
     def arguments(self) -> Dict[str, Any]:
@@ -344,14 +461,41 @@ class OptimizerConfig(_KerasArguments):
 
 
 class ScheduleConfig(_KerasArguments):
-    """A Keras learning-rate schedule by snake_case name with its arguments.
+    """A Keras learning-rate schedule by snake_case name with its arguments (see :data:`SCHEDULE_ARGUMENTS`).
 
-    ``initial_learning_rate`` defaults to the optimizer's learning_rate.
+    ``initial_learning_rate`` defaults to the optimizer's learning_rate, for the schedules that take one.
     """
+
+    @model_validator(mode="after")
+    def _argument_ranges(self) -> "ScheduleConfig":
+        from toolkit.keras_names import snake_case
+
+        extra = self.model_extra or {}
+        name = snake_case(self.name)
+        _check_ranges(extra, SCHEDULE_ARGUMENTS, SCHEDULE_EXCEPTIONS, name)
+        if name == "piecewise_constant_decay":
+            _piecewise(extra.get("boundaries"), extra.get("values"))
+        return self
 
     @property
     def arguments(self) -> Dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+def _piecewise(boundaries: Any, values: Any) -> None:
+    """PiecewiseConstantDecay: ascending step boundaries, and one learning rate more than boundaries."""
+    if boundaries is None or values is None:
+        return  # a missing argument is named by the argument check
+    if not isinstance(boundaries, list) or not boundaries or not all(_NON_NEGATIVE.takes(b) for b in boundaries) \
+            or any(b >= a for a, b in zip(boundaries[1:], boundaries)):
+        raise InvalidValue(where="boundaries", expected="a list of steps >= 0 in ascending order, e.g. [1000, 2000]",
+                           received=boundaries)
+    if not isinstance(values, list) or not all(_POSITIVE.takes(v) for v in values) or \
+            len(values) != len(boundaries) + 1:
+        raise InvalidValue(where="values", expected=f"a list of {len(boundaries) + 1} learning rates > 0 (one more "
+                                                    f"than boundaries: before, between and after them)",
+                           received=values)
+    values[:] = [float(v) for v in values]  # learning rates: one dtype, whatever the YAML wrote
 
 
 class EarlyStoppingConfig(_Section):
@@ -395,10 +539,16 @@ class TrainingConfig(_Section):
             return value
         if not isinstance(value, dict):
             raise InvalidValue(expected="'balanced' or a mapping {class name or index: weight}", received=value)
-        weights = {}
+        weights: Dict[Union[int, str], float] = {}
         for key, weight in value.items():
             if isinstance(key, bool) or not isinstance(key, (int, str)):
-                raise InvalidValue(where=str(key), expected="a class name or index as key", received=key)
+                raise InvalidValue(expected="class names or indexes as keys", received=key, hint=quote_hint(key))
+            if isinstance(key, int) and key < 0:
+                raise InvalidValue(where=str(key), expected="a class index from 0 (or a class name)", received=key)
+            twin = next((k for k in weights if str(k) == str(key)), None)
+            if twin is not None:
+                raise InvalidValue(f"two weights for one class: keys {show(twin)} and {show(key)} name the same "
+                                   "class", expected="one weight per class")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or not 0 <= weight <= FLOAT32_MAX:
                 raise InvalidValue(where=str(key), expected="a finite weight >= 0", received=weight)
@@ -440,6 +590,7 @@ class Config(_Section):
     search: Optional[Any] = None
 
     _source: Optional[str] = PrivateAttr(default=None)
+    _origins: Dict[str, str] = PrivateAttr(default_factory=dict)  # key path -> the file that set it (extends:)
 
     @field_validator("search", mode="before")
     @classmethod
@@ -454,10 +605,21 @@ class Config(_Section):
             raise InvalidValue(expected="a mapping (tuner, objective, max_trials, space, ...)", received=value)
         return SearchConfig.model_validate(value)  # its errors are located below search. by _problems
 
+    @model_validator(mode="after")
+    def _no_class_weights_for_regression(self) -> "Config":
+        if self.task == "regression" and self.training.class_weight is not None:
+            raise InvalidValue(where="training.class_weight", expected="no class weights for a regression task",
+                               received=self.training.class_weight)
+        return self
+
     @property
     def source(self) -> Optional[str]:
         """The YAML file this config came from (None when built from a dict)."""
         return self._source
+
+    def file_of(self, where: Optional[str]) -> Optional[str]:
+        """The file that set the key path `where`: the config's own file, or a base file it ``extends:``."""
+        return _file_of(self._origins, where, self._source)
 
     @property
     def base_dir(self) -> Path:
@@ -471,9 +633,11 @@ class Config(_Section):
     def with_values(self, values: Mapping[str, Any]) -> "Config":
         """A new validated config with dot-path values applied (``{"model.dropout": 0.3}``)."""
         raw = self.to_dict()
+        origins = dict(self._origins)
         for path, value in values.items():
             set_path(raw, path, copy.deepcopy(value), where=path)
-        return parse_config(raw, source=self._source)
+            _replace_origins(origins, path, value, self._source)
+        return _parse(raw, self._source, origins)
 
 
 def _yaml_data(value: Any) -> Any:
@@ -492,19 +656,25 @@ def load_config(path: Union[str, Path], overrides: Iterable[str] = ()) -> Config
     """Reads a YAML config (following ``extends:``), applies ``--set`` overrides and validates it.
 
     Raises:
-        UserError: for a missing, unreadable or malformed file, or any invalid value, naming file and key path.
+        UserError: for a missing, unreadable or malformed file, or any invalid value, naming file and key path
+            (the base file's, for a key that a base file named by ``extends:`` holds).
     """
     path = Path(path)
-    raw = _read_with_extends(path, chain=())
+    raw, origins = _read_with_extends(path, chain=())
     for text in overrides:
         key, value = parse_override(text)
         set_path(raw, key, value, where=f"--set {key}")
+        _replace_origins(origins, key, value, str(path))
     raw.setdefault("name", path.stem)
-    return parse_config(raw, source=str(path))
+    return _parse(raw, str(path), origins)
 
 
 def parse_config(raw: Any, source: Optional[str] = None) -> Config:
     """Validates a plain dict (as read from YAML) into a :class:`Config`."""
+    return _parse(raw, source, {})
+
+
+def _parse(raw: Any, source: Optional[str], origins: Dict[str, str]) -> Config:
     if not isinstance(raw, dict):
         raise UserError(expected="a mapping of config sections (data, model, training, ...)",
                         received=raw, file=source)
@@ -515,12 +685,71 @@ def parse_config(raw: Any, source: Optional[str] = None) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise _translate(error, source) from None
+        raise _translate(error, source, origins) from None
     config._source = source
+    config._origins = origins
     return config
 
 
-def _read_with_extends(path: Path, chain: Tuple[Path, ...], named_by: Optional[Path] = None) -> dict:
+def class_weight_indices(config: Config, task: str, class_names: Optional[Sequence[str]],
+                         num_classes: Optional[int]) -> Optional[Dict[int, float]]:
+    """``training.class_weight`` given as a mapping, as {class index: weight} for the data's classes.
+
+    A key is a class name, else an index; two keys naming one class are refused. ``balanced`` (weights from
+    the training split's counts) and no weights give None.
+
+    Raises:
+        UserError: at ``training.class_weight`` (a regression task) or ``training.class_weight.<key>``.
+    """
+    spec = config.training.class_weight
+    if spec is None:
+        return None
+    if task == "regression":
+        raise UserError(where="training.class_weight", expected="no class weights for a regression task",
+                        received=spec)
+    if spec == "balanced":
+        return None
+    names = [str(n) for n in class_names] if class_names else [str(i) for i in range(num_classes or 2)]
+    weights: Dict[int, float] = {}
+    keys: Dict[int, Any] = {}
+    for key, value in spec.items():
+        text = str(key)
+        if text in names:
+            index = names.index(text)
+        elif text.isdigit() and int(text) < len(names):
+            index = int(text)
+        else:
+            raise UserError(where=f"training.class_weight.{key}", expected=f"a class name or index from 0 to "
+                            f"{len(names) - 1}", received=key, choices=names)
+        if index in keys:
+            raise UserError(f"two weights for one class: keys {show(keys[index])} and {show(key)} both name class "
+                            f"{show(names[index])}", where="training.class_weight", expected="one weight per class")
+        keys[index] = key
+        weights[index] = float(value)
+    return weights
+
+
+def check_with_data(config: Config, data: Any) -> None:
+    """The checks of a config that need its data, as ``ktk run`` and ``ktk tune`` make them before training:
+    class weights name the data's classes (and there are classes), and the early-stopping monitor is a
+    metric the model of the data's task reports. Imports no Keras.
+
+    Args:
+        data: a loaded :class:`toolkit.data.Dataset` (its task, class names and number of classes).
+    """
+    from toolkit.keras_names import check_config_monitor
+
+    class_weight_indices(config, data.task, data.class_names, data.num_classes)
+    check_config_monitor(config, data.task)
+
+
+# The config sections: a file whose top-level keys are none of these (nor close to one) is not a config.
+_SECTIONS = ("data", "diagnose", "extends", "model", "name", "search", "seed", "task", "training")
+
+
+def _read_with_extends(path: Path, chain: Tuple[Path, ...],
+                       named_by: Optional[Path] = None) -> Tuple[dict, Dict[str, str]]:
+    """The config of `path` merged over the bases it extends, and which file set each key path."""
     where = "extends" if named_by is not None else None
     file = str(named_by) if named_by is not None else None
     try:
@@ -530,22 +759,92 @@ def _read_with_extends(path: Path, chain: Tuple[Path, ...], named_by: Optional[P
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise UserError("extends: forms a cycle", received=cycle, file=file, where=where)
-    raw = read_yaml_file(path, where=where, file=file)
+    text = read_text(path, where=where, file=file)
+    raw = parse_yaml(text, source=str(path))
     if raw is None:
         raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(expected="a mapping of config sections (data, model, training, ...)",
-                        received=raw, file=str(path))
+    _check_is_config(raw, text, path, where, file)
     parent = raw.pop("extends", None)
+    origins: Dict[str, str] = {}
     if parent is None:
-        return raw
+        _replace_origins(origins, None, raw, str(path))
+        return raw, origins
     if not isinstance(parent, str) or not parent:
         raise UserError(where="extends", expected="the path of a base config file", received=parent,
-                        file=str(path))
+                        file=str(path), hint=quote_hint(parent) if parent is not None else None)
     base_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
-    base = _read_with_extends(base_path, (*chain, resolved), named_by=path)
+    base, origins = _read_with_extends(base_path, (*chain, resolved), named_by=path)
     base.pop("name", None)  # a derived config is named after its own file unless it says otherwise
-    return deep_merge(base, raw)
+    origins.pop("name", None)
+    _merge_origins(origins, base, raw, str(path))
+    return deep_merge(base, raw), origins
+
+
+def _check_is_config(raw: Any, text: str, path: Path, where: Optional[str], file: Optional[str]) -> None:
+    """Refuses, in one message that does not echo it, a file that is not a config (a CSV, /etc/passwd):
+    not a mapping, or a mapping none of whose top-level keys is a config section or close to one."""
+    expected = f"a YAML config file (a mapping of config sections: {', '.join(_SECTIONS)})"
+    received = str(path) if where else UserError._UNSET
+    if not isinstance(raw, dict):
+        kind = "text" if isinstance(raw, str) else "a list" if isinstance(raw, list) else "a single value"
+        raise UserError(f"not a config file: it holds {kind}, not a mapping of config sections", where=where,
+                        expected=expected, received=received, file=file or str(path))
+    keys = list(raw)
+    if not keys or not all(isinstance(k, str) for k in keys):
+        return  # a non-text key is said where it is (see _one)
+    if any(k in _SECTIONS or did_you_mean(k, _SECTIONS) for k in keys if len(k) <= 100):
+        return  # a config; a misspelt section is an unknown key with a "did you mean"
+    raise UserError(f"not a config file: none of its top-level keys is a config section (the first is at "
+                    f"{_first_key_line(text)})", where=where, expected=expected, received=received,
+                    file=file or str(path))
+
+
+def _first_key_line(text: str) -> str:
+    import yaml
+
+    from toolkit.safe_yaml import ConfigLoader
+
+    try:
+        node = yaml.compose(text, Loader=ConfigLoader)  # parsed once already: it composes
+        return f"line {node.value[0][0].start_mark.line + 1}"
+    except (yaml.YAMLError, AttributeError, IndexError, TypeError):
+        return "its start"
+
+
+def _replace_origins(origins: Dict[str, str], path: Optional[str], value: Any, file: Optional[str]) -> None:
+    """Records that `file` set `value` at key path `path` (None: the whole config), replacing what was there."""
+    if path is not None:
+        for key in [k for k in origins if k == path or k.startswith(path + ".")]:
+            del origins[key]
+        if file is not None:
+            origins[path] = file
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        _replace_origins(origins, f"{path}.{key}" if path is not None else str(key), item, file)
+
+
+def _merge_origins(origins: Dict[str, str], base: Mapping, override: Mapping, file: str,
+                   prefix: Optional[str] = None) -> None:
+    """The origins of ``deep_merge(base, override)``: mappings merge key by key, anything else replaces."""
+    for key, value in override.items():
+        path = f"{prefix}.{key}" if prefix is not None else str(key)
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            origins[path] = file
+            _merge_origins(origins, base[key], value, file, path)
+        else:
+            _replace_origins(origins, path, value, file)
+
+
+def _file_of(origins: Mapping[str, str], where: Optional[str], default: Optional[str]) -> Optional[str]:
+    """The file that set the longest leading part of key path `where` (keys may hold dots: search.space)."""
+    if not where or not origins:
+        return default
+    parts = str(where).split(".")
+    for end in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:end]))
+        if found is not None:
+            return found
+    return default
 
 
 # ------------------------------------------------------------------------------- the schema's shape
@@ -637,11 +936,23 @@ def _located(loc: Sequence[Any]) -> Tuple[str, List[str]]:
 # ------------------------------------------------------------------------- pydantic -> UserError
 
 
-def _translate(error: ValidationError, source: Optional[str]) -> UserError:
+MAX_PROBLEMS = 6  # problems one message lists; a file that is mostly wrong says how many more there are
+
+
+def _translate(error: ValidationError, source: Optional[str], origins: Mapping[str, str]) -> UserError:
     # (pydantic reports the errors of a section validated on its own, search:, at their full locations)
-    problems = [_one(item, source) for item in error.errors(include_url=False)]
+    problems = []
+    for item in error.errors(include_url=False):
+        problem = _one(item, source)
+        problem.file = _file_of(origins, problem.where, problem.file or source)
+        problem.args = (problem.message,)
+        problems.append(problem)
     if len(problems) > 1:
-        return _Multiple(problems[0], "\n".join("  also: " + p.message for p in problems[1:]))
+        shown = problems[1:MAX_PROBLEMS]
+        extra = "\n".join("  also: " + p.message for p in shown)
+        if len(problems) > MAX_PROBLEMS:
+            extra += f"\n  ... and {len(problems) - MAX_PROBLEMS} more problems"
+        return _Multiple(problems[0], extra)
     return problems[0]
 
 
@@ -659,11 +970,17 @@ def _one(item: Mapping[str, Any], source: Optional[str]) -> UserError:
     kind = item["type"]
     received = item.get("input")
     cause = item.get("ctx", {}).get("error")
+    loc = list(item["loc"])
+    if kind == "invalid_key" or (kind == "string_type" and loc[-1:] == ["[key]"]):
+        # A key YAML did not read as text (`yes:`, `~:`, `1:`): pydantic puts the key itself, or "[key]", last.
+        where = _located(loc[:-2] if loc[-1:] == ["[key]"] else loc[:-1])[0] or None
+        return UserError(where=where, expected="a text key", received=received,
+                         hint=quote_hint(received) or "quote it for text", file=source)
     if kind == "extra_forbidden":
-        where, _ = _located(item["loc"])
-        _, keys = _located(item["loc"][:-1])
-        return UserError("unknown key", where=where, received=str(item["loc"][-1]), choices=keys, file=source)
-    where = _located(item["loc"])[0] or None
+        where, _ = _located(loc)
+        _, keys = _located(loc[:-1])
+        return UserError("unknown key", where=where, received=str(loc[-1]), choices=keys, file=source)
+    where = _located(loc)[0] or None
     if isinstance(cause, InvalidValue):
         located = copy.copy(cause.error)
         return located.at(file=source, prefix=where)
@@ -672,9 +989,11 @@ def _one(item: Mapping[str, Any], source: Optional[str]) -> UserError:
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(item.get("ctx", {}).get("expected", "")))
         return UserError(where=where, expected="one of the valid choices", received=received, choices=choices,
-                         file=source)
+                         file=source, hint=quote_hint(received) if not isinstance(received, str) else None)
     message = re.sub(r"^(Value error, |Input should be )", "", str(item["msg"]))
-    return UserError(where=where, expected=_PLAIN_TYPES.get(kind, message), received=received, file=source)
+    hint = quote_hint(received) if kind == "string_type" else None
+    return UserError(where=where, expected=_PLAIN_TYPES.get(kind, message), received=received, file=source,
+                     hint=hint)
 
 
 _PLAIN_TYPES = {

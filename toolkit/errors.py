@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from typing import Any, Iterable, Optional, Sequence
 
 
@@ -26,6 +27,7 @@ class UserError(Exception):
         received: the value that was received (shown with :func:`show`).
         choices: the valid choices, listed in the message.
         file: the file the key path is in; filled in by the caller when it knows it.
+        hint: a few words after the received value, in parentheses (how YAML read it, what to write).
     """
 
     _UNSET = object()
@@ -39,8 +41,10 @@ class UserError(Exception):
         received: Any = _UNSET,
         choices: Optional[Iterable[Any]] = None,
         file: Optional[str] = None,
+        hint: Optional[str] = None,
     ):
         self.problem = problem
+        self.hint = hint
         self.where = where
         self.expected = expected
         self.received = received
@@ -50,20 +54,21 @@ class UserError(Exception):
 
     @property
     def message(self) -> str:
-        place = ": ".join(str(p) for p in (self.file, self.where) if p)
+        place = ": ".join(shorten(str(p), 2 * SHOWN) for p in (self.file, self.where) if p)
         parts = []
         if self.problem:
             parts.append(self.problem)
         if self.expected:
             parts.append(f"expected {self.expected}")
         if self.received is not UserError._UNSET:
-            parts.append(f"received {show(self.received)}")
+            parts.append(f"received {show(self.received)}" + (f" ({self.hint})" if self.hint else ""))
         text = "; ".join(parts) if parts else "invalid value"
         if not text.endswith((".", "?", "!")):
             text += "."
         if self.choices is not None:
-            text += " Valid choices: " + (", ".join(str(c) for c in self.choices) or "(none)") + "."
-            if isinstance(self.received, str):
+            text += " Valid choices: " + (", ".join(c if isinstance(c, str) else show(c) for c in self.choices)
+                                          or "(none)") + "."
+            if isinstance(self.received, str) and len(self.received) <= SHOWN:
                 guess = did_you_mean(self.received, self.choices)
                 if guess is not None:
                     text += f" Did you mean '{guess}'?"
@@ -94,6 +99,20 @@ class InvalidValue(ValueError):
         super().__init__(self.error.message)
 
 
+def quote_hint(value: Any) -> Optional[str]:
+    """Why a value is not text where text was expected, when YAML made it so: an unquoted ``yes``, ``~``,
+    ``2020-01-01`` or ``1.5`` is read as a boolean, null, date or number. None for other values."""
+    if isinstance(value, bool):
+        return "YAML reads unquoted true/false/yes/no/on/off as a boolean; quote it for text"
+    if value is None:
+        return "YAML reads unquoted ~, null or nothing as null; quote it for text"
+    if isinstance(value, (int, float)):
+        return "YAML reads it as a number; quote it for text"
+    if type(value).__name__ in ("date", "datetime"):
+        return "YAML reads it as a date; quote it for text"
+    return None
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library messages can run to many lines), or its type."""
     text = str(error).strip().splitlines()
@@ -115,24 +134,86 @@ def reason(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def show(value: Any) -> str:
-    """Formats a received value for a message: strings quoted, everything else as YAML would show it."""
+SHOWN = 200  # characters of a value a message shows; longer ones end in "..."
+
+
+def show(value: Any, limit: int = SHOWN) -> str:
+    """Formats a received value for a message: strings quoted, everything else as YAML would show it.
+
+    Safe for any value: long text, lists and mappings are cut (by characters, never inside one) to about
+    `limit` characters, and an integer too long to print is described by its number of digits.
+    """
     if isinstance(value, str):
-        return repr(value)
+        if len(value) <= limit:
+            return repr(value)
+        return repr(shorten(value, max(limit - 5, 1), ellipsis="")) + "..."  # the quotes stay closed
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value) if not isinstance(value, (dict, list)) else _compact(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    if isinstance(value, int) and value.bit_length() > _INT_BITS_SHOWN:
+        return f"a{' negative' if value < 0 else 'n'} integer of {_digits(value)} digits"
+    if isinstance(value, (dict, list, tuple)):
+        return _compact(value, limit)
+    if type(value).__name__ in ("date", "datetime") and hasattr(value, "isoformat"):
+        return value.isoformat()  # as YAML wrote it (an unquoted 2020-01-01 is a date)
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value that cannot describe itself is still shown
+        text = f"<{type(value).__name__}>"
+    return shorten(text, limit)
 
 
-def _compact(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_compact(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_compact(v) for v in value) + "]"
-    return show(value)
+_INT_BITS_SHOWN = 330  # about 100 digits: more is unreadable (and Python refuses to print over 4300)
+
+
+def _digits(value: int) -> int:
+    """Decimal digits of an integer, counted without converting it to text."""
+    value = abs(value)
+    digits = max(1, int(value.bit_length() * 0.30102999566398120))  # log10(2): the count or one less
+    return digits + 1 if value >= 10 ** digits else digits
+
+
+def _compact(value: Any, limit: int) -> str:
+    """A list or mapping in YAML's flow style, cut after about `limit` characters."""
+    opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    text = opening
+    for i, (key, item) in enumerate(items):
+        if len(text) >= limit:
+            return text + ("..." if i == 0 else ", ...") + closing
+        room = max(limit - len(text), 10)
+        part = show(item, room) if key is None else f"{_key(key, room)}: {show(item, room)}"
+        text += (", " if i else "") + part
+    return text + closing
+
+
+def _key(key: Any, limit: int) -> str:
+    return shorten(key, limit) if isinstance(key, str) else show(key, limit)
+
+
+def shorten(text: str, limit: int = SHOWN, ellipsis: str = "...") -> str:
+    """`text` cut to at most `limit` characters (the ellipsis included), never inside a character."""
+    if len(text) <= limit:
+        return text
+    return cut(text, max(limit - len(ellipsis), 0)) + ellipsis
+
+
+def cut(text: str, length: int) -> str:
+    """The first `length` characters of `text` or fewer: never a character cut from the marks that combine
+    with it (an accent, a variation selector, a skin tone, a joiner in an emoji sequence), so the end reads
+    cleanly. The one truncation of text for people (messages, tables, progress lines)."""
+    end = min(max(length, 0), len(text))
+    while 0 < end < len(text) and _joins_previous(text[end]):
+        end -= 1
+    if end > 0 and text[end - 1] == "\u200d":  # a zero-width joiner needs the character after it
+        end -= 1
+    return text[:end]
+
+
+def _joins_previous(char: str) -> bool:
+    return unicodedata.category(char) in ("Mn", "Me", "Mc") or "\ufe00" <= char <= "\ufe0f" or \
+        char == "\u200d" or "\U0001f3fb" <= char <= "\U0001f3ff"  # (skin tones)
 
 
 def did_you_mean(name: str, choices: Sequence[Any]) -> Optional[str]:

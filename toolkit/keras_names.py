@@ -316,8 +316,12 @@ def _bases_arguments(module: str, classdef: ast.ClassDef) -> Optional[Tuple[Froz
 # ------------------------------------------------------------------------------------ the checks
 
 
-def check_config_names(config: Any) -> bool:
+def check_config_names(config: Any, task: Optional[str] = None) -> bool:
     """Checks every Keras name and argument in the config, without importing Keras.
+
+    Args:
+        task: the task the data gives (``data.task``), when the config's ``task`` is ``auto``. Without it the
+            early-stopping monitor is checked only when the config names its task (see :func:`check_config_monitor`).
 
     Raises:
         UserError: for a name Keras does not export, an argument its class does not take (or a required
@@ -350,11 +354,21 @@ def check_config_names(config: Any) -> bool:
     readable = True
     for kind, where, value in checks:
         readable = _check(kind, where, value) and readable
-    unnamed = [m for m in training.metrics or [] if isinstance(m, dict) and not (m.get("config") or {}).get("name")]
-    if not unnamed:  # (the name Keras gives a metric object is only known once Keras makes it)
-        check_monitor(config, training.metrics, ("binary", "multiclass", "regression") if config.task == "auto"
-                      else (config.task,))
+    check_config_monitor(config, task)
     return readable
+
+
+def check_config_monitor(config: Any, task: Optional[str] = None) -> None:
+    """The early-stopping monitor against the metrics the model of this task reports.
+
+    The task is the config's own, else `task` (the data's); when neither is known the check waits for the
+    data (``ktk validate`` loads it), so the valid choices it lists are only those of the model's task.
+    """
+    tasks = (config.task,) if config.task != "auto" else (task,) if task else ()
+    unnamed = [m for m in config.training.metrics or [] if isinstance(m, dict) and
+               not (m.get("config") or {}).get("name")]
+    if tasks and not unnamed:  # (the name Keras gives a metric object is only known once Keras makes it)
+        check_monitor(config, config.training.metrics, tasks)
 
 
 def _check(kind: str, where: str, value: Any) -> bool:
@@ -366,7 +380,7 @@ def _check(kind: str, where: str, value: Any) -> bool:
         name, arguments, name_at = value.name, dict(value.arguments), f"{where}.name"
         if kind == "optimizer":
             arguments.pop("learning_rate")  # given by ktk itself, always an argument of an optimizer
-        else:
+        elif _takes_initial_learning_rate(name):
             arguments.setdefault("initial_learning_rate", None)  # filled with the optimizer's learning rate
     elif isinstance(value, dict):
         name, arguments, name_at = value["class_name"], dict(value.get("config") or {}), f"{where}.class_name"
@@ -386,6 +400,13 @@ def _check(kind: str, where: str, value: Any) -> bool:
             raise UserError(f"{name} needs arguments", where=where, received=name,
                             expected=f"{{class_name: {cls[1]}, config: {{{needed}}}}}")
     return True
+
+
+def _takes_initial_learning_rate(schedule: str) -> bool:
+    """Whether ktk fills in ``initial_learning_rate`` (PiecewiseConstantDecay takes none: its values are the rates)."""
+    cls = class_of("schedule", schedule)
+    found = constructor_arguments(*cls) if cls else None
+    return found is None or "initial_learning_rate" in found[0]
 
 
 def _check_arguments(kind: str, name: str, arguments: Dict[str, Any], where: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-from toolkit.config import Config, dump_yaml
+from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
 from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
                              RUN_MARKER, SPLITS, atomic_write_text, check_new_dir, history_logger, make_dir,
@@ -63,6 +63,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         check_new_dir(out_dir, "run directory")  # said now, not after seconds of importing TensorFlow
     if data is None:
         data = load_data(config)
+    check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
     model = training.prepare_model(config, data)
     claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
     try:
@@ -124,8 +125,11 @@ def save_model(run_dir: Path, model: Any, data: Any) -> None:
 def validate(config: Config, deep: bool = False) -> str:
     """Checks a config and that its data loads, without training; returns a printable report.
 
-    With `deep`, also builds the model and optimizer with Keras (imports TensorFlow) to check layer,
-    initializer, activation, optimizer and schedule names and report the parameter count.
+    Makes every check ``ktk run`` and ``ktk tune`` make before training, except those only Keras can make:
+    names and arguments of Keras objects are read from Keras' files, and the data's task and classes
+    check the class weights and the early-stopping monitor. With `deep`, also builds the model and
+    optimizer with Keras (imports TensorFlow), and every candidate trial of a search, and reports the
+    parameter count.
     """
     from toolkit.data import load_data
     from toolkit.keras_names import check_config_names
@@ -137,6 +141,12 @@ def validate(config: Config, deep: bool = False) -> str:
 
         spec = parse_search(config)
     data = load_data(config)
+    check_with_data(config, data)
+    base = config.with_values({"search": None}) if spec is not None else config
+    if spec is not None:
+        from toolkit.search import check_space_with_data
+
+        check_space_with_data(spec, base, data)
     lines = [f"# {config.source or config.name}: valid", f"# data: {data.describe()}"]
     if spec is not None:
         trials = f"{spec.max_trials} trials" if spec.max_trials else "trials until the space is covered"
@@ -151,6 +161,12 @@ def validate(config: Config, deep: bool = False) -> str:
         model = build_model(config, data)
         training.compile_model(model, config, data)
         lines.append(f"# model: {len(model.layers)} layers, {model.count_params():,} parameters")
+        if spec is not None:
+            from toolkit.search import check_with_keras
+
+            check_with_keras(spec, base, data)
+    else:
+        lines.append("# model: not built (--deep builds it, and every searched value, with Keras)")
     return "\n".join(lines) + "\n" + dump_yaml(config.to_dict())
 
 

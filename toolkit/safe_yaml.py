@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Set, Union
 
 import yaml
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, show
 
 MAX_BYTES = 1 << 20  # 1 MiB: a config or a run's config.yaml is a few kB
 MAX_DEPTH = 50  # levels of nesting; a config uses fewer than ten
@@ -193,17 +193,74 @@ _FLOAT = re.compile(
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _no_duplicate_keys(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:  # `<<: *base`: its keys may be overridden, that is what it is for
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {show(key, 60)}", key_node.start_mark)
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    return loader.construct_mapping(node, deep=deep)  # (SafeConstructor's: it applies merge keys first)
 
 
 ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+MAX_NUMBER_CHARS = 100  # a number written with more characters is a mistake (a seed has 10 digits)
+_BASES = {"0b": ("binary", 2), "0x": ("hexadecimal", 16)}
+
+
+def _number_length(node: yaml.ScalarNode) -> None:
+    """Refuses a number too long to be meant, before Python converts it (over 4300 digits it cannot)."""
+    if len(node.value) > MAX_NUMBER_CHARS:
+        raise RefusedYAML(f"a number written with {len(node.value):,} characters is too long", node,
+                          expected=f"a number of at most {MAX_NUMBER_CHARS} characters")
+
+
+def _bounded_int(loader: Any, node: yaml.ScalarNode) -> int:
+    _number_length(node)
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
+def _bounded_float(loader: Any, node: yaml.ScalarNode) -> float:
+    _number_length(node)
+    return yaml.constructor.SafeConstructor.construct_yaml_float(loader, node)
+
+
+def _decimal_int(loader: Any, node: yaml.ScalarNode) -> int:
+    """An integer as YAML 1.2 and people read it: decimal digits. YAML 1.1's other notations are refused,
+    saying what they would be read as (``0x1F`` is 31, ``017`` is 15, ``1:30`` is 90)."""
+    value = _bounded_int(loader, node)
+    digits = node.value.replace("_", "").lstrip("+-")
+    how = None
+    if digits[:2] in _BASES:
+        how = f"the {_BASES[digits[:2]][0]} number {value}"
+    elif ":" in digits:
+        how = f"the base-60 (sexagesimal) number {value}"
+    elif len(digits) > 1 and digits[0] == "0":
+        how = f"the octal number {value}"
+    if how is not None:
+        raise RefusedYAML(f"YAML 1.1 reads {node.value} as {how}", node,
+                          expected=f"a decimal number ({value}), or quotes ('{node.value}') for text")
+    return value
+
+
+def _decimal_float(loader: Any, node: yaml.ScalarNode) -> float:
+    value = _bounded_float(loader, node)
+    if ":" in node.value:
+        raise RefusedYAML(f"YAML 1.1 reads {node.value} as the base-60 (sexagesimal) number {value}", node,
+                          expected=f"a decimal number ({value}), or quotes ('{node.value}') for text")
+    return value
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", _decimal_int)
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", _decimal_float)
+ResultLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+ResultLoader.add_constructor("tag:yaml.org,2002:float", _bounded_float)
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -20,12 +20,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Annotated, Any, Callable, ClassVar, Dict, Iterator, List, Literal, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
                       model_serializer, model_validator)
 
-from toolkit.errors import InvalidValue, UserError, show
+from toolkit.errors import InvalidValue, UserError, quote_hint, show
 from toolkit.metrics import best_index, direction_of, is_better
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "quasi_random")
@@ -624,7 +625,7 @@ class SearchConfig(_Schema):
             raise InvalidValue(expected="a non-empty mapping of dot paths to ranges or choices", received=value)
         for path, spec in value.items():
             if not isinstance(path, str):
-                raise InvalidValue(expected="dot paths as keys", received=path)
+                raise InvalidValue(expected="dot paths as keys", received=path, hint=quote_hint(path))
             if not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", path):
                 raise InvalidValue(where=path, expected="a dot path like model.dropout", received=path)
             if not isinstance(spec, Mapping):
@@ -773,8 +774,12 @@ def parse_search(config: Any) -> SearchSpec:
         raise UserError(where="search.executions_per_trial", file=source, received=section.executions_per_trial,
                         expected=f"at most {SEED_MAX + 2 - config.seed} executions with seed {config.seed} "
                                  "(execution k is seeded with seed + k, and seeds stop at 2**32 - 1)")
+    from toolkit.keras_names import check_config_names
+
+    base = config.with_values({"search": None})
     try:
-        _check_paths(section.params, config.with_values({"search": None}))
+        check_config_names(base)  # the base config's own names first: then a refusal below is the value's
+        _check_paths(section.params, base)
     except UserError as error:
         raise error.at(file=source) from None
     return SearchSpec(
@@ -874,12 +879,44 @@ def _check_depth(by_path: Mapping[str, Param], config: Any) -> None:
 
 
 def _check_values(param: Param, config: Any, by_path: Mapping[str, Param]) -> None:
-    """Applies both ends of a range (or every choice) to the base config, which must stay valid."""
+    """Applies both ends of a range (or every choice) to the base config, which must stay valid, Keras'
+    names and arguments included (read from Keras' files, as ``ktk validate`` checks a config)."""
+    from toolkit.keras_names import check_config_names
+
+    _check_optimizer_names_for(param, config, by_path, check_config_names)
     for value, values in candidates(param, by_path):
         try:
-            apply_values(config, values)
+            check_config_names(apply_values(config, values))
         except UserError as error:
             raise _invalid(param, value, values, error, "makes the config invalid") from None
+
+
+def check_space_with_data(spec: SearchSpec, config: Any, data: Any) -> None:
+    """The checks that need the data (:func:`toolkit.config.check_with_data`), for every candidate trial
+    config: class weights of the data's classes, an early-stopping monitor of its task. Imports no Keras.
+
+    Raises:
+        UserError: naming ``search.space.<path>``.
+    """
+    from toolkit.config import check_with_data
+    from toolkit.training import DEFAULT_METRICS  # light: no Keras at import
+
+    by_path = {p.path: p for p in spec.space}
+    metrics = config.training.metrics if config.training.metrics is not None else DEFAULT_METRICS[data.task]
+    if all(isinstance(m, str) for m in metrics):  # (a metric object's name is only known once Keras makes it)
+        names = ["val_loss"] + [f"val_{m}" for m in metrics]
+        if spec.objective.name not in names:
+            raise UserError("not a metric of this model", where="search.objective", received=spec.objective.name,
+                            choices=sorted(names), file=getattr(config, "source", None))
+    try:
+        for param in spec.space:
+            for value, values in candidates(param, by_path):
+                try:
+                    check_with_data(apply_values(config, values), data)
+                except UserError as error:
+                    raise _invalid(param, value, values, error, "makes the config invalid") from None
+    except UserError as error:
+        raise error.at(file=getattr(config, "source", None)) from None
 
 
 def candidates(param: Param, by_path: Mapping[str, Param]) -> Iterator[Tuple[Any, Dict[str, Any]]]:
@@ -920,6 +957,7 @@ def check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
     Raises:
         UserError: naming ``search.space.<path>`` (a value Keras rejects) or ``search.objective``.
     """
+    check_space_with_data(spec, config, data)
     try:
         _check_with_keras(spec, config, data)
     except UserError as error:
@@ -939,7 +977,7 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
         builds_optimizer = param.path.startswith(("training.optimizer.", "training.schedule"))
         if not (builds_model or builds_optimizer):
             continue
-        _check_optimizer_names_for(param, config, by_path)
+        _check_optimizer_names_for(param, config, by_path, lambda trial: training.get_optimizer(trial, 1))
         for value, values in candidates(param, by_path):
             trial_config = apply_values(config, values)
             try:
@@ -967,10 +1005,14 @@ def _check_with_keras(spec: SearchSpec, config: Any, data: Any) -> None:
                         choices=names)
 
 
-def _check_optimizer_names_for(param: Param, config: Any, by_path: Mapping[str, Param]) -> None:
-    """An optimizer argument that only some of the searched optimizers take needs a ``when``."""
-    from toolkit import training
+def _check_optimizer_names_for(param: Param, config: Any, by_path: Mapping[str, Param],
+                               check: Callable[[Any], Any]) -> None:
+    """An optimizer argument that only some of the searched optimizers take needs a ``when``.
 
+    Args:
+        check: raises a UserError for a trial config whose optimizer does not take its arguments (the
+            fast check of Keras' names, or building the optimizer with Keras).
+    """
     name_path = "training.optimizer.name"
     if not param.path.startswith("training.optimizer.") or param.path == name_path or name_path not in by_path \
             or name_path in dict(param.when):
@@ -978,7 +1020,7 @@ def _check_optimizer_names_for(param: Param, config: Any, by_path: Mapping[str, 
     accepting, rejecting = [], []
     for name in by_path[name_path].values:
         try:
-            training.get_optimizer(apply_values(config, {name_path: name, param.path: param.candidates()[0]}), 1)
+            check(apply_values(config, {name_path: name, param.path: param.candidates()[0]}))
             accepting.append(name)
         except UserError:
             rejecting.append(name)

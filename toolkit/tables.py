@@ -22,6 +22,8 @@ import numbers
 import re
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
+from toolkit.errors import cut
+
 # ------------------------------------------------------------------------------------------ values
 
 
@@ -86,7 +88,7 @@ def compact(value: Any, limit: int = COMPACT_LIMIT) -> str:
         else:
             text = str(item)
         if size + len(text) > limit:
-            pieces.append(text[: max(limit - size, 0)] + "...")
+            pieces.append(cut(text, limit - size) + "...")
             break
         pieces.append(text)
         size += len(text)
@@ -123,7 +125,7 @@ def format_metric(value: Any) -> str:
 def shorten(text: Any, width: int) -> str:
     """`text` on one line (runs of whitespace as one space), cut to `width` characters with '...'."""
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+    return text if len(text) <= width else cut(text, width - 3) + "..."
 
 
 def json_value(value: Any) -> Any:

@@ -154,27 +154,15 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool = Fa
 
 def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
     """``training.class_weight`` as {class index: weight}; "balanced" weighs classes by inverse frequency."""
+    from toolkit.config import class_weight_indices
+
     spec = config.training.class_weight
-    if spec is None:
-        return None
-    if data.task == "regression":
-        raise UserError(where="training.class_weight", expected="no class weights for a regression task",
-                        received=spec)
+    weights = class_weight_indices(config, data.task, data.class_names, data.num_classes)
+    if spec != "balanced":
+        return weights
     names = data.class_names or [str(i) for i in range(data.num_classes or 2)]
-    if spec == "balanced":
-        counts = np.bincount(data.y_train.astype(int).ravel(), minlength=len(names))
-        return {i: float(len(data.y_train) / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
-    weights = {}
-    for key, value in spec.items():
-        key_text = str(key)
-        if key_text in names:
-            weights[names.index(key_text)] = float(value)
-        elif key_text.isdigit() and int(key_text) < len(names):
-            weights[int(key_text)] = float(value)
-        else:
-            raise UserError(where=f"training.class_weight.{key}", expected="a class name or index",
-                            received=key, choices=names)
-    return weights
+    counts = np.bincount(data.y_train.astype(int).ravel(), minlength=len(names))
+    return {i: float(len(data.y_train) / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbose: int = 1,

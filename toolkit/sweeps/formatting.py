@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Optional
 
+from toolkit.errors import cut
 from toolkit.results import SPLITS, TRIALS_FILE
 from toolkit.summary import format_metric
 from toolkit.sweeps.records import param_columns
@@ -77,4 +78,4 @@ def last_line(text: Optional[str]) -> str:
 def shorten(text: str, width: int) -> str:
     """`text` on one line, cut to `width` characters with "..." when longer."""
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if len(text) <= width else cut(text, width - 3) + "..."

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from toolkit.errors import shorten, show
 from toolkit.results import (HISTORIES_DIR, RECORDS_DIR, SPLITS, TRIALS_FILE, atomic_write_text, parse_cell,
                              MAX_CSV_BYTES, parse_csv_text, read_small_file, write_json)
 
@@ -204,8 +205,9 @@ def _depth(value: Any) -> int:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return show(value, 40)  # (safe for an integer too long to print, and cut between characters)
+    return shorten(repr(value), 40)
 
 
 def read_trials(sweep_dir: PathLike, warn: Optional[Warn] = None) -> List[Dict[str, Any]]:
