@@ -12,6 +12,7 @@ import pytest
 
 import toolkit.data
 from toolkit.cli import main
+from toolkit.errors import show
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(100, 3))
@@ -213,7 +214,7 @@ CASES = [
     ("npz-dev-zero", "{source: npz, path: /dev/zero}", None,
      "data.path: this is a device, not a data file; expected a regular file; received '/dev/zero'."),
     ("csv-name-too-long", "{source: csv, path: " + "a" * 300 + ".csv, target: y}", None,
-     "data.path: cannot use this path (File name too long); received '" + "a" * 300 + ".csv'."),
+     "data.path: cannot use this path (File name too long); received " + show("a" * 300 + ".csv")),  # ends "..."
     ("options-for-a-file", "{source: csv, path: {file}, target: y, options: {sep: ';'}}", csv(),
      "data.options.sep: data.options are for the sklearn., synthetic. and keras. sources, not csv; "
      "expected no options."),

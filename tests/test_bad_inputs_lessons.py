@@ -84,7 +84,7 @@ DAMAGED_METRICS = {
     "nested value": (b'{"train": {"accuracy": {"a": [1]}}}', "train.accuracy: expected a finite number or null; "
                                                             "received 'dict'."),
     "huge integer": (b'{"train": {"accuracy": 1' + b"0" * 400 + b"}}",
-                     "train.accuracy: expected a finite number or null; received 1000"),
+                     "train.accuracy: expected a finite number or null; received an integer of 401 digits."),
     "validation a list": (b'{"train": {"accuracy": 0.9}, "validation": [1]}',
                           "validation: expected a mapping of metric names to numbers; received 'list'."),
     "test value": (b'{"train": {"accuracy": 0.9}, "test": {"loss": "x"}}',
