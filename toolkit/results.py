@@ -304,6 +304,7 @@ class OutputFolder:
     def record(self, name: str) -> Path:
         """Adds a file just written into the folder (by :meth:`write`, or by a library) to the folder's list."""
         path = self.path / name
+        self._written = None  # read again: another writer of this folder may have added files since
         written = self._read_written()
         try:
             written[name] = {"bytes": os.lstat(path).st_size, "sha256": _sha256(path)}

@@ -293,13 +293,13 @@ def _sweep_plots(sweep: Sweep, prefix: str, warnings: List[str]) -> List[Planned
     return plots
 
 
-def plan_sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "", where: Optional[str] = None,
-                     also: Sequence[str] = ()) -> PlotPlan:
+def plan_sweep_plots(sweep: Union[Sweep, PathLike], out_dir: Union[PathLike, OutputFolder], prefix: str = "",
+                     where: Optional[str] = None, also: Sequence[str] = ()) -> PlotPlan:
     """The plots of one sweep (see :func:`sweep_plots`), checked against `out_dir` but not drawn yet.
 
     Args:
         sweep: the sweep, or its directory.
-        out_dir: the folder for the PNG files.
+        out_dir: the folder for the PNG files (or the caller's :class:`OutputFolder` of it).
         prefix: put before every file name.
         where: the flag that named `out_dir`, for messages.
         also: other files the caller will write into `out_dir` (checked too; no plot takes their names).
@@ -311,7 +311,7 @@ def plan_sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: s
         sweep = read_sweep(sweep)
     warnings = list(sweep.warnings)
     plots = _sweep_plots(sweep, prefix, warnings)
-    return _checked(OutputFolder(out_dir, where), plots, warnings, also)
+    return _checked(_folder(out_dir, where), plots, warnings, also)
 
 
 def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "") -> PlotResult:
@@ -319,12 +319,17 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
 
     Files are named ``<prefix>param-<dot path>.png``, ``<prefix>trial-status.png`` and
     ``<prefix>best-trials.png`` in `out_dir`. A file of such a name that ktk did not write there is never
-    replaced: a UserError says which, before anything is drawn.
+    replaced, nor is anything written inside the sweep directory: a UserError says which, before anything is
+    drawn.
     """
+    if not isinstance(sweep, Sweep):
+        sweep = read_sweep(sweep)
+    check_outside(out_dir, [sweep.path], None)
     return plan_sweep_plots(sweep, out_dir, prefix).write()
 
 
-def plan_table_plots(table: Any, out_dir: PathLike, where: Optional[str] = None, also: Sequence[str] = ()) -> PlotPlan:
+def plan_table_plots(table: Any, out_dir: Union[PathLike, OutputFolder], where: Optional[str] = None,
+                     also: Sequence[str] = ()) -> PlotPlan:
     """The plots of a comparison (see :func:`plot_table`), checked against `out_dir` but not drawn yet.
 
     The caller checks that `out_dir` is not inside the results read (:func:`toolkit.results.check_outside`).
@@ -355,7 +360,7 @@ def plan_table_plots(table: Any, out_dir: PathLike, where: Optional[str] = None,
             continue
         warnings += sweep.warnings
         plots += _sweep_plots(sweep, prefixes[sweep_dir], warnings)
-    return _checked(OutputFolder(out_dir, where), plots, warnings, also)
+    return _checked(_folder(out_dir, where), plots, warnings, also)
 
 
 def plot_table(table: Any, out_dir: PathLike, where: Optional[str] = None) -> PlotResult:
@@ -386,6 +391,10 @@ def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike, where: O
     plan = plan_table_plots(table, out_dir, where)
     plan.warnings = list(table.attrs.get("warnings", [])) + plan.warnings
     return plan.write()
+
+
+def _folder(out_dir: Union[PathLike, OutputFolder], where: Optional[str]) -> OutputFolder:
+    return out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(out_dir, where)
 
 
 def _prefixes(sweeps: Sequence[Path]) -> Dict[Path, str]:

@@ -200,7 +200,7 @@ def _sweep_report(path: Path, folder: OutputFolder) -> Tuple[_Document, List[Pat
                            "the optimum may lie outside it. Widen the range and search again.", css="warning")
 
     images: List[Path] = []
-    plots = plan_sweep_plots(sweep, folder.path, where=folder.where, also=REPORT_FILES).write()
+    plots = plan_sweep_plots(sweep, folder, also=REPORT_FILES).write()
     warnings += [w for w in plots.warnings if w not in warnings]
     document.heading("Plots")
     for image in plots.files:
@@ -280,7 +280,7 @@ def _runs_report(path: Path, folder: OutputFolder) -> Tuple[_Document, List[Path
         winner = list(table["run"]).index(best_row["run"])
     document.table(header, cells, numeric, highlight=winner)
 
-    plots = plan_table_plots(table, folder.path, where=folder.where, also=REPORT_FILES).write()
+    plots = plan_table_plots(table, folder, also=REPORT_FILES).write()
     warnings += plots.warnings
     document.heading("Plots")
     for image in plots.files:

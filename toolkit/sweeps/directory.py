@@ -262,8 +262,8 @@ def check(sweep_dir: Path, config: Any, spec: Any, *, overwrite: bool) -> str:
         foreign = foreign_entries(sweep_dir, most=6)
         if foreign:
             raise UserError(f"--overwrite deletes only what ktk wrote, and this sweep directory also holds "
-                            f"{_listing(foreign, counted=False)}; nothing was deleted. Move them out first, or use --out DIR for "
-                            f"a new sweep", where="--out", received=str(sweep_dir))
+                            f"{_listing(foreign, counted=False)}; nothing was deleted. Move them out first, or use "
+                            f"--out DIR for a new sweep", where="--out", received=str(sweep_dir))
     if not overwrite and kind in (SWEEP, UNMARKED_SWEEP):
         check_same_config(sweep_dir, config, spec)
     return kind
