@@ -89,14 +89,13 @@ def _file_rule(pattern: str) -> Any:
 
 
 # folder kind -> (which file names ktk writes there, {sub-folder pattern: its kind})
-_RUN = (RUN_FILES.__contains__, {})
 _LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
     "sweep": (lambda name: name in OWN_FILES or is_lock_file(name),
               {RECORDS_DIR: "records", HISTORIES_DIR: "histories", BEST_DIR: "run", TOP_DIR: "top",
                TUNER_DIR: "tuner", LOGS_DIR: "logs"}),
     "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
     "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
-    "run": _RUN,
+    "run": (RUN_FILES.__contains__, {}),
     "top": (lambda name: False, {re.escape(TOP_RUN_PREFIX) + _TRIAL_ID: "run"}),
     "tuner": (_file_rule(rf"oracle\.json|{_TUNER_ID}\.json"), {r"trial_" + _TRIAL_ID: "tuner trial"}),
     "tuner trial": (_KERAS_TUNER_TRIAL_FILES.fullmatch, {}),
