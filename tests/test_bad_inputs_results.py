@@ -2,9 +2,10 @@
 
 Two promises are checked class by class, with result directories written by hand (nothing trains):
 
-- A file the user names (``--output``, ``report --out``, ``plot --out``, ``compare --plot``) is written
-  atomically when it is a regular file, written through when it is a link (to its target), a FIFO or a
-  character device, and never replaced by a plain file; what cannot be written is one message, exit 2.
+- A file the user names (``--output``) is written atomically when it is a regular file, written through when
+  it is a link (to its target), a FIFO or a character device, and never replaced by a plain file; files ktk
+  names itself in a folder (``plot --out``, ``compare --plot``, ``report``) never replace a file ktk did not
+  write there; no writer writes inside a run or sweep it reads. What cannot be written is one message, exit 2.
 - A damaged result file (metrics.json, config.yaml, history.csv, trials.csv) is skipped with one warning
   naming it, and the rest is shown: never a traceback, never a hang.
 """
@@ -16,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,7 +134,7 @@ def test_outputs_that_cannot_be_written_are_one_message(runs, tmp_path, capsys):
     assert list((tmp_path / "folder").iterdir()) == []
 
 
-def test_report_and_plot_files_are_never_replaced(runs, tmp_path, capsys):
+def test_report_files_ktk_did_not_write_are_refused_never_written_through(runs, tmp_path, capsys):
     for history in runs.glob("*/history.csv"):
         history.unlink()  # no learning curves to draw: the report is quick
     out = tmp_path / "report"
@@ -141,28 +143,189 @@ def test_report_and_plot_files_are_never_replaced(runs, tmp_path, capsys):
     (out / "report.md").symlink_to(tmp_path / "kept.md")
     os.mkfifo(out / "report.html")
     code, _, err = cli(capsys, "report", runs, "--out", out)
-    assert_user_error(code, err, "--out: cannot write the file (a FIFO that no process is reading)")
+    assert_user_error(code, err, f"--out: report.html is already there, a FIFO that ktk did not write; ktk replaces "
+                                 f"only files it wrote there itself. Move it away, or give a new or empty folder; "
+                                 f"received '{out / 'report.html'}'.")
     assert stat.S_ISFIFO(os.lstat(out / "report.html").st_mode)
     (out / "report.html").unlink()
     code, _, err = cli(capsys, "report", runs, "--out", out)
-    assert code == 0, err
-    assert (out / "report.md").is_symlink() and (tmp_path / "kept.md").read_text().startswith("# Runs report")
+    assert_user_error(code, err, f"--out: report.md is already there, a link that ktk did not write;")
+    assert (out / "report.md").is_symlink() and (tmp_path / "kept.md").read_text() == "old\n"
+    assert sorted(p.name for p in out.iterdir()) == ["report.md"]  # refused before anything was written
 
 
-def test_plot_files_are_never_replaced(runs, tmp_path, capsys):
+def test_plot_files_ktk_did_not_write_are_refused(runs, tmp_path, capsys):
     plots = tmp_path / "plots"
     plots.mkdir()
     (plots / "learning_curves.png").symlink_to(tmp_path / "curves.png")
     code, _, err = cli(capsys, "plot", runs, "--out", plots)
-    assert code == 0, err
-    assert (plots / "learning_curves.png").is_symlink()
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_user_error(code, err, f"--out: learning_curves.png is already there, a link that ktk did not write; ")
+    assert (plots / "learning_curves.png").is_symlink() and not (tmp_path / "curves.png").exists()
     (plots / "learning_curves.png").unlink()
     (plots / "learning_curves.png").mkdir()
-    code, _, err = cli(capsys, "compare", runs, "--plot", plots)
-    assert err.endswith(f"ktk: error: this is a folder, not a file; expected a file to write; "
-                        f"received '{plots / 'learning_curves.png'}'.\n")
-    assert code == 2 and err.count("ktk: error:") == 1
+    code, out, err = cli(capsys, "compare", runs, "--plot", plots)
+    assert_user_error(code, err, f"--plot: learning_curves.png is already there, a directory that ktk did not write; "
+                                 f"ktk replaces only files it wrote there itself. Move it away, or give a new or "
+                                 f"empty folder; received '{plots / 'learning_curves.png'}'.")
+    assert out == ""  # refused before the table was written
+
+
+# ----------------------------------------------------------- writers never touch the results they read
+
+
+def two_sweeps(tmp_path):
+    """Two sweeps whose folders have the same name (xx/sw and yy/sw)."""
+    histories = {"0": HISTORY, "1": HISTORY}
+    return [write_sweep(tmp_path / parent / "sw", TRIALS, histories=histories) for parent in ("xx", "yy")]
+
+
+def test_no_writer_writes_inside_a_run_or_sweep_it_reads(runs, tmp_path, capsys):
+    sweep, _ = two_sweeps(tmp_path)
+    (tmp_path / "into-a").symlink_to(runs / "a")
+    (tmp_path / "history-link.csv").symlink_to(runs / "a" / "history.csv")
+    before = {path: path.read_bytes() for path in list(runs.rglob("*")) + list(sweep.rglob("*")) if path.is_file()}
+    cases = [
+        ("compare", runs / "a", "--output", runs / "a" / "history.csv", "--format", "csv"),
+        ("compare", runs, "--output", runs / "b" / "metrics.json"),
+        ("compare", runs / "a" / "metrics.json", "--output", runs / "a" / "config.yaml"),  # a file given as PATH
+        ("compare", runs, "--output", runs / "a" / "table.md"),  # a new file, but inside a run
+        ("compare", runs, "--output", tmp_path / "history-link.csv"),  # a link into a run
+        ("compare", sweep, "--output", sweep / "histories" / "0.csv"),
+        ("compare", sweep, "--output", sweep / "trials.csv"),
+        ("compare", runs, "--plot", runs / "b"),
+        ("compare", runs, "--plot", tmp_path / "into-a" / "plots"),
+        ("plot", runs, "--out", runs / "a"),
+        ("plot", sweep, "--out", sweep / "histories"),
+        ("plot", tmp_path / "xx", "--out", sweep / "plots"),
+        ("report", sweep, "--out", sweep),
+        ("report", sweep, "--out", sweep / "histories"),
+        ("report", runs, "--out", runs / "b" / "report"),
+        ("report", tmp_path / "xx", "--out", sweep / "report"),  # report/ is the sweep's own only for `report SWEEP`
+    ]
+    for args in cases:
+        flag, target = args[2], args[3]
+        code, out, err = cli(capsys, *args)
+        assert_user_error(code, err, f"{flag}: this is inside ", "ktk never writes into the results it reads; "
+                          f"expected a path outside the runs and sweeps given; received '{target}'.")
+        assert out == ""
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (runs / "a" / "table.md").exists() and not (sweep / "plots").exists()
+    assert not any(path.name == "report" for path in tmp_path.rglob("*"))
+    code, _, err = cli(capsys, "compare", runs, "--output", tmp_path / "table.csv", "--plot", runs / "plots")
+    assert code == 0, err  # beside the runs, not inside one: allowed
+
+
+def test_a_report_writes_into_its_own_folder_of_the_sweep_or_run_and_never_through_a_link(runs, tmp_path, capsys):
+    sweep, other = two_sweeps(tmp_path)
+    code, out, err = cli(capsys, "report", sweep)
+    assert code == 0, err
+    assert out == f"wrote {sweep / 'report' / 'report.html'}\nwrote {sweep / 'report' / 'report.md'}\n"
+    code, _, err = cli(capsys, "report", runs / "a")  # a run directory's report/ is the report's own too
+    assert code == 0 and (runs / "a" / "report" / "report.md").is_file(), err
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "report.md").write_text("mine\n")
+    (other / "report").symlink_to(Path("..") / ".." / "outside")
+    code, out, err = cli(capsys, "report", other)
+    assert_user_error(code, err, f"SWEEP_OR_DIR: {other / 'report'} is a link; a report is written into a real "
+                                 f"report/ folder of the sweep, never through a link to elsewhere. Remove the link, "
+                                 f"or give --out DIR; received '{other / 'report'}'.")
+    assert sorted(p.name for p in outside.iterdir()) == ["report.md"] and (outside / "report.md").read_text() == \
+        "mine\n"
+    (other / "report").unlink()
+    (other / "report").symlink_to(other / "histories")  # a link from the report folder into the sweep itself
+    code, _, err = cli(capsys, "report", other, "--out", other / "report")
+    assert_user_error(code, err, "--out: this is inside ")
+    assert sorted(p.name for p in (other / "histories").iterdir()) == ["0.csv", "1.csv"]
+
+
+def test_files_ktk_did_not_write_in_an_output_folder_are_never_replaced(runs, tmp_path, capsys):
+    sweep, _ = two_sweeps(tmp_path)
+    folder = tmp_path / "od"
+    folder.mkdir()
+    (folder / "learning_curves.png").write_text("mine")
+    (folder / "notes.txt").write_text("mine too")
+    for args in (("plot", runs, "--out", folder), ("compare", runs, "--plot", folder)):
+        code, out, err = cli(capsys, *args)
+        assert_user_error(code, err, f"{args[2]}: learning_curves.png is already there, and ktk did not write it; "
+                                     f"ktk replaces only files it wrote there itself. Move it away, or give a new or "
+                                     f"empty folder; received '{folder / 'learning_curves.png'}'.")
+        assert out == ""
+    assert (folder / "learning_curves.png").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == ["learning_curves.png", "notes.txt"]  # nothing written
+
+    (folder / "learning_curves.png").unlink()
+    for _ in range(2):  # ktk's own plots of an earlier command are replaced; other files stay
+        code, out, err = cli(capsys, "plot", runs, "--out", folder)
+        assert code == 0 and out == f"{folder / 'learning_curves.png'}\n", err
+    assert (folder / "notes.txt").read_text() == "mine too"
+    (folder / "learning_curves.png").write_bytes(b"edited by hand")
+    code, _, err = cli(capsys, "compare", runs, "--plot", folder)
+    assert_user_error(code, err, "--plot: learning_curves.png is already there, changed since ktk wrote it; ")
+    assert (folder / "learning_curves.png").read_bytes() == b"edited by hand"
+
+    code, _, err = cli(capsys, "report", sweep)
+    assert code == 0, err
+    (sweep / "report" / "report.md").write_text("my notes\n")  # the user's own, over ktk's
+    code, _, err = cli(capsys, "report", sweep)
+    assert_user_error(code, err, "SWEEP_OR_DIR: report.md is already there, changed since ktk wrote it; ")
+    assert (sweep / "report" / "report.md").read_text() == "my notes\n"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "report.html").write_text("mine")
+    code, _, err = cli(capsys, "report", runs, "--out", tmp_path / "r")
+    assert_user_error(code, err, f"--out: report.html is already there, and ktk did not write it; ")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.html"]
+
+
+def test_plots_of_sweeps_with_the_same_folder_name_never_share_a_file(tmp_path, capsys):
+    first, second = two_sweeps(tmp_path)
+    for args in (("plot", first, second, "--out", tmp_path / "p"), ("compare", tmp_path, "--plot", tmp_path / "q")):
+        code, out, err = cli(capsys, *args)
+        assert code == 0, err
+        folder = args[-1]
+        files = sorted(p.name for p in folder.iterdir() if p.suffix == ".png")
+        assert len(files) == 9  # learning curves, then per sweep two parameters, trial status, best trials
+        assert {name.split("-", 1)[0] for name in files} == {"learning_curves.png", "xx_sw", "yy_sw"}
+        if args[0] == "plot":
+            assert sorted(out.split()) == [str(folder / name) for name in files]  # each named file is there
+        else:
+            assert "wrote 9 plots into" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--output", ""], "--output: expected a file path; received ''."),
+    (["--output", "  "], "--output: expected a file path; received '  '."),
+    (["--plot", ""], "--plot: expected a folder path; received ''."),
+    (["--sort", ""], "--sort: expected a column name, with a leading '-' to sort in descending order; received ''. "
+                     "Valid choices: run, "),
+    (["--sort", "-"], "--sort: expected a column name, with a leading '-' to sort in descending order; received '-'."),
+    (["--filter", "model.dropout=0.1"], "--filter: '=' is not an operator (did you mean '=='?); expected COLUMN OP "
+     "VALUE, e.g. 'model.dropout>0.1' or 'status==completed', with OP one of the valid choices; received "
+     "'model.dropout=0.1'. Valid choices: ==, !=, >, >=, <, <=."),
+    (["--filter", "model.dropout=>0.1"], "--filter: '=' is not an operator"),
+    (["--filter", "model.dropout===0.1"], "--filter: the value after '==' starts with '='; expected COLUMN OP VALUE"),
+    (["--filter", "name>1"], "--filter: column 'name' holds text, so '>' cannot compare it with the number 1; "
+     "expected a column of numbers for > >= < <=; received 'name>1'."),
+    (["--filter", "validation.accuracy==abc"], "--filter: column 'validation.accuracy' holds numbers, so it never "
+     "equals 'abc'; expected a number after '=='; received 'validation.accuracy==abc'."),
+    (["--filter", "train.loss!=fast"], "--filter: column 'train.loss' holds numbers, so it never equals 'fast'; "
+     "expected a number after '!='"),
+    (["--filter", "validation.loss<low"], "--filter: expected a number after '<'; received 'low'."),
+])
+def test_compare_flags_that_mean_nothing_are_refused(runs, capsys, flags, message):
+    code, out, err = cli(capsys, "compare", runs, *flags)
+    assert_user_error(code, err, f"ktk: error: {message}")
+    assert out == ""
+
+
+def test_compare_filters_that_mean_something_still_work(runs, capsys):
+    write_run(runs / "1", {"name": "1", "model": {"dropout": 0.5}})
+    for expression, rows in (("name==1", ["1"]), ("name!=a", ["1", "b"]), ("model.dropout>=0.2", ["1", "b"]),
+                             ("validation.accuracy==0.85", ["1", "a", "b"]), ("name==none", [])):
+        code, out, err = cli(capsys, "compare", runs, "--filter", expression, "--format", "csv")
+        assert code == 0, (expression, err)
+        assert [line.split(",")[0] for line in out.splitlines()[1:]] == rows, expression
 
 
 # ------------------------------------------------------------------------------ damaged results

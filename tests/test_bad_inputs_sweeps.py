@@ -8,6 +8,7 @@ need Keras (a refused objective, a damaged sweep on resume, --overwrite that rea
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -143,6 +144,110 @@ def test_overwrite_deletes_only_a_marked_sweep_holding_nothing_else(tmp_path, co
     before = snapshot(clean)
     assert "search.tuner" in refused(capsys, ["tune", broken, "--out", clean, "--overwrite"])
     assert snapshot(clean) == before
+
+
+RUN_FILES = ("config.yaml", "metrics.json", "history.csv", "model.keras", "environment.json", ".ktk-run")
+
+
+def full_sweep(folder):
+    """A sweep directory holding every kind of file ktk (and keras-tuner under tuner/) writes into one."""
+    fake_sweep(folder)
+    (folder / "sweep.json").write_text("{}")
+    (folder / "histories" / "0.csv").write_text("epoch,loss\n1,0.5\n")
+    (folder / "records" / "1.json").write_text("{}")
+    (folder / "records" / ".2.json.k3x9_a.tmp").write_text("")  # an atomic write cut short
+    (folder / ".lock.tuner1").write_text("{}")
+    for run in (folder / "best", folder / "top" / "trial_1"):
+        run.mkdir(parents=True)
+        for name in RUN_FILES + ("gradients.csv",):
+            (run / name).write_text("x")
+    (folder / "tuner" / "oracle.json").write_text('{"ongoing_trials": {}}')
+    (folder / "tuner" / "tuner0.json").write_text("{}")
+    (folder / "tuner" / "chief.json").write_text("{}\n")
+    for trial in ("trial_0", "trial_1"):
+        (folder / "tuner" / trial).mkdir()
+        (folder / "tuner" / trial / "trial.json").write_text("{}")
+    (folder / "tuner" / "trial_1" / "checkpoint.weights.h5").write_text("x")
+    (folder / "logs").mkdir()
+    for name in ("chief.json", "workers.json", "tuner0.log", "tuner12.log"):
+        (folder / "logs" / name).write_text("x")
+    return folder
+
+
+FOREIGN = {  # what the user adds -> the path the refusal names first
+    "best/thesis.tex": "best/thesis.tex",
+    "histories/notes.txt": "histories/notes.txt",
+    "records/notes.json": "records/notes.json",
+    "tuner/mine/d.txt": "tuner/mine/",
+    "tuner/notes.json": "tuner/notes.json",  # a tuner's own state is always "{}"
+    "tuner/trial_0/mine.txt": "tuner/trial_0/mine.txt",
+    "top/trial_1/plots/a.png": "top/trial_1/plots/",
+    "top/mine/config.yaml": "top/mine/",
+    "logs/notes.txt": "logs/notes.txt",
+    "sweep.json.bak": "sweep.json.bak",
+    ".git/config": ".git/",
+}
+
+
+@pytest.mark.parametrize("added", sorted(FOREIGN))
+def test_overwrite_refuses_a_file_ktk_did_not_write_anywhere_in_the_sweep(tmp_path, config_file, capsys, added):
+    sweep = full_sweep(tmp_path / "sweep")
+    assert directory.foreign_entries(sweep) == []  # ktk's own layout, all of it: --overwrite may delete it
+    (sweep / added).parent.mkdir(parents=True, exist_ok=True)
+    (sweep / added).write_text("years of work")
+    before = snapshot(sweep)
+    assert refused(capsys, ["tune", config_file, "--out", sweep, "--overwrite"]) == (
+        f"--out: --overwrite deletes only what ktk wrote, and this sweep directory also holds {FOREIGN[added]}; "
+        f"nothing was deleted. Move them out first, or use --out DIR for a new sweep; received '{sweep}'.")
+    assert snapshot(sweep) == before
+
+
+def test_overwrite_refuses_links_fifos_and_files_of_the_wrong_kind(tmp_path, config_file, capsys):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    cases = {
+        "histories": lambda p: (shutil.rmtree(p), p.symlink_to(outside)),  # a link where ktk makes a folder
+        "best/model.keras": lambda p: (p.unlink(), p.symlink_to(outside / "keep.txt")),
+        "records/5.json": lambda p: os.mkfifo(p),
+        "records/0.json": lambda p: (p.unlink(), p.mkdir()),  # a folder where ktk writes a file
+        "tuner/trial_0/trial.json": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("x")),
+    }
+    for number, (name, change) in enumerate(cases.items()):
+        sweep = full_sweep(tmp_path / f"sweep{number}")
+        change(sweep / name)
+        message = refused(capsys, ["tune", config_file, "--out", sweep, "--overwrite"])
+        assert message.startswith(f"--out: --overwrite deletes only what ktk wrote, and this sweep directory also "
+                                  f"holds {name}"), message
+        assert os.path.lexists(sweep / name) and (sweep / "trials.csv").is_file()
+    assert (outside / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_names_the_first_foreign_files_in_order(tmp_path, config_file, capsys):
+    sweep = full_sweep(tmp_path / "sweep")
+    for name in ("tuner/z.txt", "best/a.txt", "records/b.txt", "histories/c.txt", "logs/d.txt", "top/e",
+                 "z.txt", "a.txt"):
+        (sweep / name).write_text("x")
+    assert directory.foreign_entries(sweep, most=20) == [
+        "a.txt", "z.txt", "best/a.txt", "histories/c.txt", "logs/d.txt", "records/b.txt", "top/e", "tuner/z.txt"]
+    assert "also holds a.txt, z.txt, best/a.txt, histories/c.txt, logs/d.txt and more; nothing was deleted" in refused(
+        capsys, ["tune", config_file, "--out", sweep, "--overwrite"])
+
+
+def test_a_retrained_run_holding_other_files_is_never_deleted(tmp_path):
+    sweep = full_sweep(tmp_path / "sweep")
+    directory.check_replaceable_run(sweep / "best", sweep)  # only ktk's files: may be retrained
+    (sweep / "best" / "notes.md").write_text("mine")
+    with pytest.raises(UserError) as error:
+        directory.check_replaceable_run(sweep / "best", sweep)
+    assert str(error.value) == (
+        f"--out: best/ must be retrained, but ktk deletes only what it wrote, and it also holds notes.md; nothing "
+        f"was deleted. Move them out and run ktk tune again; received '{sweep}'.")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (sweep / "top" / "trial_2").symlink_to(outside)
+    with pytest.raises(UserError, match=r"top/trial_2/ must be retrained, .* also holds \(a link\)"):
+        directory.check_replaceable_run(sweep / "top" / "trial_2", sweep)
 
 
 def test_a_damaged_or_changed_sweep_config_is_refused_not_overwritten(tmp_path, config_file, capsys):

@@ -94,12 +94,12 @@ def test_sort_filter_and_top(runs):
 
     assert list(compare(runs, sort="validation.loss", top=2)["run"]) == list(ascending["run"])[:2]
     assert list(compare(runs, filters=["model.dropout>0.1"])["run"]) == ["dropout"]
-    assert list(compare(runs, filters=["model.dropout=0"], sort="run")["run"]) == ["fast", "plain"]
+    assert list(compare(runs, filters=["model.dropout==0"], sort="run")["run"]) == ["fast", "plain"]
     assert list(compare(runs, filters=["status==completed"])["run"]) == ["dropout", "fast", "plain"]
     assert list(compare(runs, filters=["model.activation==relu", "training.optimizer.learning_rate<0.1",
                                        "model.dropout<=0"])["run"]) == ["plain"]
     assert len(compare(runs, filters=["status!=completed"])) == 0
-    assert len(compare(runs, filters=["model.batchnorm==false", "model.hidden==[64, 64]", "kind=run"])) == 3
+    assert len(compare(runs, filters=["model.batchnorm==false", "model.hidden==[64, 64]", "kind==run"])) == 3
     assert len(compare(runs, filters=["model.batchnorm==true"])) == 0
     # a column used to sort or filter stays visible even when it does not differ among the rows left
     narrowed = compare(runs, filters=["training.optimizer.learning_rate==0.05"], sort="epochs")
@@ -118,8 +118,9 @@ def test_unknown_columns_and_bad_filters_are_user_errors(runs):
         compare(runs, filters=["model.dropot>0.1"])
     with pytest.raises(UserError) as error:
         compare(runs, filters=["model.dropout ~ 3"])
-    assert str(error.value) == ("--filter: expected COLUMN OP VALUE with OP one of == != > >= < <= "
-                                "(e.g. 'model.dropout>0.1' or 'status==completed'); received 'model.dropout ~ 3'.")
+    assert str(error.value) == ("--filter: expected COLUMN OP VALUE, e.g. 'model.dropout>0.1' or "
+                                "'status==completed', with OP one of the valid choices; received 'model.dropout ~ 3'. "
+                                "Valid choices: ==, !=, >, >=, <, <=.")
     with pytest.raises(UserError, match=r"^--filter: expected a number after '>'; received 'high'\.$"):
         compare(runs, filters=["model.dropout>high"])
     with pytest.raises(UserError, match=r"^--top: expected a positive number of rows; received 0\.$"):

@@ -276,38 +276,47 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import shutil
 
-    from toolkit.analysis.compare import compare, render
-    from toolkit.results import check_output_path, make_dir, save_output
+    from toolkit.analysis.compare import compare, render, result_dirs
+    from toolkit.results import check_output_path, check_outside, check_path_given, save_output
 
-    if args.output:
-        check_output_path(args.output, where="--output")  # before the work, not after
-    if args.plot:
-        make_dir(args.plot, where="--plot")
+    check_path_given(args.output, "--output", "a file path")
+    check_path_given(args.plot, "--plot", "a folder path")
+    if args.output is not None or args.plot is not None:  # before the work, not after
+        inputs = result_dirs(args.paths)
+        if args.output is not None:
+            check_output_path(args.output, where="--output")
+            check_outside(args.output, inputs, "--output")
+        if args.plot is not None:
+            check_outside(args.plot, inputs, "--plot")
     table = compare(args.paths, all_params=args.all_params, sort=args.sort, top=args.top, filters=args.filters)
     _warn(table.attrs.get("warnings", []))
     if table.empty:
         print("ktk: no rows match the filters", file=sys.stderr)
-    to_terminal = args.format == "table" and not args.output and sys.stdout.isatty()
+    to_terminal = args.format == "table" and args.output is None and sys.stdout.isatty()
     text = render(table, args.format, width=shutil.get_terminal_size().columns if to_terminal else None)
-    if args.output:
+    plots = None
+    if args.plot is not None:
+        from toolkit.analysis.plots import plan_table_plots
+
+        plots = plan_table_plots(table, args.plot, where="--plot")  # checked before anything is written
+    if args.output is not None:
         save_output(args.output, text, where="--output")
         print(f"wrote {args.output} ({len(table)} rows)", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    if args.plot:
-        from toolkit.analysis.plots import plot_table
-
-        plots = plot_table(table, args.plot)
-        _warn(plots.warnings)
-        print(f"wrote {len(plots.files)} plots into {args.plot}", file=sys.stderr)
+    if plots is not None:
+        drawn = plots.write()
+        _warn(drawn.warnings)
+        print(f"wrote {len(drawn.files)} plots into {args.plot}", file=sys.stderr)
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from toolkit.analysis.plots import plot
-    from toolkit.results import make_dir
+    from toolkit.results import check_path_given
 
-    plots = plot(args.paths, make_dir(args.out))
+    check_path_given(args.out, "--out", "a folder path")
+    plots = plot(args.paths, args.out, where="--out")
     _warn(plots.warnings)
     for path in plots.files:
         print(path)

@@ -5,6 +5,10 @@ never leaves a half-written ``metrics.json`` behind; a path that is not a regula
 a device) is never replaced (:func:`atomic_write_bytes`). The readers read only regular files of bounded
 size and raise OSError (cannot be read) or ValueError (damaged) for everything else, so a caller can
 skip a damaged file with one warning.
+
+What ktk writes for people (a table, plots, a report) never lands inside the results it reads
+(:func:`check_outside`), and files ktk names itself in a folder (plots, a report) never replace a file ktk did
+not write there (:class:`OutputFolder`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from toolkit.errors import UserError
 from toolkit.safe_yaml import ResultLoader, load, read_bytes
@@ -38,6 +42,7 @@ ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
 LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.deploy.schema)
 RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER)
 # A sweep directory (its config.yaml is CONFIG_FILE too):
 TRIALS_FILE = "trials.csv"
 RECORDS_DIR = "records"            # records/<trial_id>.json, one per finished trial
@@ -48,6 +53,8 @@ SWEEP_FILE = "sweep.json"
 TUNER_DIR = "tuner"                # keras-tuner's project
 LOGS_DIR = "logs"                  # distributed sweeps: chief.json and one log per local worker
 SWEEP_MARKER = ".ktk-sweep"        # written first into every sweep directory: what --overwrite may delete
+# A folder of plots or a report: the files ktk wrote there, each with its size and hash (what may be replaced)
+WRITTEN_LIST = ".ktk-written"
 SPLITS = ("train", "validation", "test")
 
 PathLike = Union[str, Path]
@@ -175,6 +182,160 @@ def save_output(path: PathLike, content: Union[str, bytes], where: Optional[str]
         raise UserError(f"cannot write the file ({error.strerror or error})", where=where,
                         received=str(path)) from None
     return path
+
+
+def check_path_given(path: Any, where: str, what: str = "a file path") -> None:
+    """Refuses an empty (or blank) path for a flag: it would mean the current folder, or nothing at all.
+
+    Raises:
+        UserError: naming `where`.
+    """
+    if path is not None and not str(path).strip():
+        raise UserError(where=where, expected=what, received=str(path))
+
+
+def _real(path: PathLike) -> Optional[Path]:
+    """`path` with every link resolved (None when it cannot be: a NUL byte, a loop of links...)."""
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return None
+
+
+def check_outside(path: PathLike, folders: Sequence[PathLike], where: Optional[str], own: Optional[PathLike] = None,
+                  what: str = "a run or sweep directory this command reads") -> None:
+    """Refuses to write `path` (a file or a folder of outputs) inside any of `folders`: the results a command reads.
+
+    Links are followed, as a write would follow them. `own` is the one place inside them that the command
+    owns (``report``'s ``SWEEP/report`` folder): `path` may be it, or lie below it.
+
+    Raises:
+        UserError: naming `where`, `path` and the folder it lies in.
+    """
+    target = _real(path)
+    if target is None:
+        return  # a path that cannot be resolved cannot be written either: the write says why
+    owned = _real(own) if own is not None else None
+    if owned is not None and (target == owned or owned in target.parents):
+        return
+    for folder in folders:
+        real = _real(folder)
+        if real is not None and (target == real or real in target.parents):
+            raise UserError(f"this is inside {folder}, {what}; ktk never writes into the results it reads",
+                            where=where, expected="a path outside the runs and sweeps given", received=str(path))
+
+
+class OutputFolder:
+    """A folder of files that ktk names itself (plots, a report), written without replacing anything else.
+
+    A file there may be replaced only when ktk wrote it, and it is unchanged since: the folder's
+    :data:`WRITTEN_LIST` lists the files ktk wrote with their size and SHA-256. Any other file of a name ktk
+    is about to write (the user's own ``learning_curves.png``, a link, a FIFO, a folder) is refused, before
+    anything is written (:meth:`check`); files of other names are left alone.
+
+    Args:
+        path: the folder (created by :meth:`create` when absent).
+        where: the flag or argument that named it, for messages.
+    """
+
+    def __init__(self, path: PathLike, where: Optional[str] = None):
+        self.path = Path(path)
+        self.where = where
+        self._written: Optional[Dict[str, Any]] = None
+
+    def check(self, names: Sequence[str]) -> None:
+        """Checks, only reading, that every file in `names` may be written: absent, or written by ktk and unchanged.
+
+        Raises:
+            UserError: the folder is a file or cannot be read, or a name is taken by something ktk did not write.
+        """
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as error:
+            raise UserError(f"cannot use this path ({getattr(error, 'strerror', None) or error})", where=self.where,
+                            received=str(self.path)) from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise UserError("this is a file, not a folder", where=self.where, expected="a folder for the files",
+                            received=str(self.path))
+        written = self._read_written()
+        for name in names:
+            problem = self._problem(name, written)
+            if problem:
+                raise UserError(f"{problem}; ktk replaces only files it wrote there itself. Move it away, or give a "
+                                f"new or empty folder", where=self.where, received=str(self.path / name))
+
+    def _problem(self, name: str, written: Dict[str, Any]) -> Optional[str]:
+        path = self.path / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return f"{name} cannot be checked ({error.strerror or error})"
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a link" if stat.S_ISLNK(info.st_mode) else _kind(info.st_mode)
+            return f"{name} is already there, {kind} that ktk did not write"
+        entry = written.get(name)
+        if not isinstance(entry, dict):
+            return f"{name} is already there, and ktk did not write it"
+        if entry.get("bytes") != info.st_size or entry.get("sha256") != _sha256(path):
+            return f"{name} is already there, changed since ktk wrote it"
+        return None
+
+    def _read_written(self) -> Dict[str, Any]:
+        if self._written is None:
+            self._written = {}
+            path = self.path / WRITTEN_LIST
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise UserError(f"{WRITTEN_LIST} (ktk's list of the files it wrote there) is not a file",
+                                    where=self.where, received=str(path))
+                data = read_json(path)
+            except (OSError, ValueError):
+                data = None  # absent or damaged: ktk vouches for no file here
+            files = data.get("files") if isinstance(data, dict) else None
+            self._written = dict(files) if isinstance(files, dict) else {}
+        return self._written
+
+    def create(self) -> Path:
+        """Creates the folder if needed; returns its path."""
+        return make_dir(self.path, where=self.where)
+
+    def write(self, name: str, content: Union[str, bytes]) -> Path:
+        """Writes one file (checked before with :meth:`check`) and adds it to the folder's list."""
+        path = self.path / name
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        try:
+            atomic_write_bytes(path, data, make_parents=False)
+        except OSError as error:
+            raise UserError(f"cannot write the file ({error.strerror or error})", where=self.where,
+                            received=str(path)) from None
+        return self.record(name)
+
+    def record(self, name: str) -> Path:
+        """Adds a file just written into the folder (by :meth:`write`, or by a library) to the folder's list."""
+        path = self.path / name
+        self._written = None  # read again: another writer of this folder may have added files since
+        written = self._read_written()
+        try:
+            written[name] = {"bytes": os.lstat(path).st_size, "sha256": _sha256(path)}
+            write_json(self.path / WRITTEN_LIST, {"made_by": "ktk", "files": written})
+        except OSError as error:
+            raise UserError(f"cannot write the file ({error.strerror or error})", where=self.where,
+                            received=str(self.path / WRITTEN_LIST)) from None
+        return path
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_new_dir(path: PathLike, what: str = "directory") -> Path:

@@ -452,6 +452,18 @@ class Found:
     runs: List[Path] = field(default_factory=list)
     sweeps: List[Path] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    unfinished: List[Path] = field(default_factory=list)  # run directories without metrics.json (skipped)
+
+
+def result_dirs(paths: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Path]:
+    """Every run and sweep directory under `paths` (unfinished runs included): where a command that reads
+    them must never write (:func:`toolkit.results.check_outside`).
+
+    Raises:
+        UserError: as :func:`find`.
+    """
+    found = find([paths] if isinstance(paths, (str, Path)) else paths)
+    return found.runs + found.sweeps + found.unfinished
 
 
 def find(paths: Sequence[Union[str, Path]]) -> Found:
@@ -499,6 +511,7 @@ def _walk(top: Path, found: Found, seen: set) -> None:
             found.runs.append(directory)
         elif CONFIG_FILE in names and names & {HISTORY_FILE, ENVIRONMENT_FILE, MODEL_FILE}:
             found.warnings.append(f"{directory}: no {METRICS_FILE} (unfinished or failed run); skipped")
+            found.unfinished.append(directory)
         else:
             subdirs = sorted((item.name for item in items if not item.name.startswith(".")
                               and item.name not in _SKIP_DIRS and _is_dir(item)), reverse=True)
@@ -632,7 +645,7 @@ def compare(
         column, mask = _filter_mask(frame, text)
         used.add(column)
         frame = frame[mask]
-    if sort:
+    if sort is not None:
         column, descending = _sort_column(frame, sort)
         used.add(column)
         # numbers before text (a batch size of 64 and one of "full"), in order; missing values last
@@ -728,7 +741,9 @@ def _hashable(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------- sort and filter
 
+OPERATORS = ("==", "!=", ">", ">=", "<", "<=")
 _FILTER = re.compile(r"^\s*(?P<column>[^<>=!\s]+?)\s*(?P<op>==|!=|>=|<=|>|<|=)\s*(?P<value>.*?)\s*$")
+_FILTER_FORM = "COLUMN OP VALUE, e.g. 'model.dropout>0.1' or 'status==completed', with OP one of the valid choices"
 
 
 def _column_error(flag: str, column: str, frame) -> UserError:
@@ -738,9 +753,26 @@ def _column_error(flag: str, column: str, frame) -> UserError:
 def _sort_column(frame, sort: str) -> Tuple[str, bool]:
     descending = sort.startswith("-")
     column = sort[1:] if descending else sort
+    if not column.strip():
+        raise UserError(where="--sort", expected="a column name, with a leading '-' to sort in descending order",
+                        received=sort, choices=list(frame.columns))
     if column not in frame.columns:
         raise _column_error("--sort", column, frame)
     return column, descending
+
+
+def column_kind(series) -> str:
+    """What a table column holds, in words: "numbers", "text", "true/false", "numbers and text" or "no values"."""
+    cells = [v for v in series if not is_missing(v)]
+    has_numbers = any(is_number(v) for v in cells)
+    others = [v for v in cells if not is_number(v)]
+    if not cells:
+        return "no values"
+    if not others:
+        return "numbers"
+    if has_numbers:
+        return "numbers and text"
+    return "true/false" if all(isinstance(v, bool) or type(v).__name__ == "bool_" for v in others) else "text"
 
 
 def _filter_mask(frame, text: str):
@@ -748,21 +780,38 @@ def _filter_mask(frame, text: str):
 
     match = _FILTER.match(text)
     if not match:
-        raise UserError(where="--filter", expected="COLUMN OP VALUE with OP one of == != > >= < <= "
-                        "(e.g. 'model.dropout>0.1' or 'status==completed')", received=text)
+        raise UserError(where="--filter", expected=_FILTER_FORM, received=text, choices=OPERATORS)
     column, op, raw = match.group("column"), match.group("op"), match.group("value")
-    op = "==" if op == "=" else op
+    if op == "=":
+        raise UserError("'=' is not an operator (did you mean '=='?)", where="--filter", expected=_FILTER_FORM,
+                        received=text, choices=OPERATORS)
+    if raw[:1] in ("=", "<", ">"):  # 'x===1', 'x>=>1': a mistyped operator, not a value
+        raise UserError(f"the value after '{op}' starts with '{raw[0]}'", where="--filter", expected=_FILTER_FORM,
+                        received=text, choices=OPERATORS)
     if column not in frame.columns:
         raise _column_error("--filter", column, frame)
     value = parse_cell(raw.strip("'\""), words=True)
     series = frame[column]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    kind = column_kind(series)
+    is_a_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if op not in ("==", "!="):
+        if not is_a_number:
+            raise UserError(where="--filter", expected=f"a number after '{op}'", received=raw)
+        if kind in ("text", "true/false"):
+            raise UserError(f"column {column!r} holds {kind}, so '{op}' cannot compare it with the number {raw}",
+                            where="--filter", expected=f"a column of numbers for {' '.join(OPERATORS[2:])}",
+                            received=text)
+    elif value is not None and kind == "numbers" and not is_a_number:
+        raise UserError(f"column {column!r} holds numbers, so it never equals {raw!r}", where="--filter",
+                        expected=f"a number after '{op}'", received=text)
+    elif value is not None and kind == "true/false" and not isinstance(value, bool):
+        raise UserError(f"column {column!r} holds true/false, so it never equals {raw!r}", where="--filter",
+                        expected=f"true or false after '{op}'", received=text)
+    if is_a_number and kind not in ("text", "true/false"):
         numbers = pd.to_numeric(series.map(lambda v: v if is_number(v) else None), errors="coerce")
         compare = {"==": numbers.__eq__, "!=": numbers.__ne__, ">": numbers.__gt__, ">=": numbers.__ge__,
                    "<": numbers.__lt__, "<=": numbers.__le__}[op]
         return column, compare(value).fillna(False).astype(bool)
-    if op not in ("==", "!="):
-        raise UserError(where="--filter", expected=f"a number after '{op}'", received=raw)
     text_value = compact(value) if value is not None else ""
     equal = series.map(lambda v: _cell_text(v) == text_value)
     return column, equal if op == "==" else ~equal

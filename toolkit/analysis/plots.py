@@ -12,17 +12,21 @@ notebook that imports ktk.
   in the title when the best value sits at the edge of the searched range.
 - :func:`status_plot`: the share of trials per status (how many failed).
 - :func:`plot_table` / :func:`plot`: all of the above for the rows of a comparison.
+
+Every file name is planned before the first plot is drawn: no two plots of one command share a file, and a
+file in the output folder that ktk did not write is never replaced (:class:`toolkit.results.OutputFolder`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from toolkit.analysis.compare import BEST, TRIAL, Parameter, Sweep, history_file, parameters, read_sweep, row_kind
-from toolkit.results import make_dir, read_history_csv, save_output
+from toolkit.results import OutputFolder, check_outside, read_history_csv, save_output
 from toolkit.sweeps.records import trial_history_file
 from toolkit.tables import format_value, is_finite, is_number, shorten
 
@@ -211,23 +215,66 @@ def best_trials(sweep: Sweep, k: int = BEST_TRIALS) -> List[Dict[str, Any]]:
     return sweep.ranked()[:k]
 
 
-def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "") -> PlotResult:
-    """Every plot of one sweep: one per searched parameter, the trial statuses, the best trials' curves.
+@dataclass
+class PlannedPlot:
+    """One PNG file to draw: its name in the output folder, and the function drawing it into a path."""
 
-    Files are named ``<prefix>param-<dot path>.png``, ``<prefix>trial-status.png`` and
-    ``<prefix>best-trials.png`` in `out_dir`.
+    name: str
+    draw: Callable[[Path], PlotResult]
+
+
+@dataclass
+class PlotPlan:
+    """The plots of a command, named and checked against their folder before the first is drawn.
+
+    Made by :func:`plan_sweep_plots` and :func:`plan_table_plots`; :meth:`write` draws them.
     """
-    if not isinstance(sweep, Sweep):
-        sweep = read_sweep(sweep)
-    out_dir = make_dir(out_dir, where=None)
-    result = PlotResult(warnings=list(sweep.warnings))
-    if not sweep.trials:
-        result.warnings.append(f"{sweep.path}: no trials yet; nothing to plot")
+
+    folder: OutputFolder
+    plots: List[PlannedPlot] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+
+    def write(self) -> PlotResult:
+        """Creates the folder and draws every plot into it (each file added to the folder's list of ktk's files)."""
+        result = PlotResult(warnings=list(self.warnings))
+        self.folder.create()
+        for planned in self.plots:
+            drawn = planned.draw(self.folder.path / planned.name)
+            for path in drawn.files:
+                self.folder.record(path.name)
+            result.files += drawn.files
+            result.warnings += drawn.warnings
         return result
+
+
+def _checked(folder: OutputFolder, plots: List[PlannedPlot], warnings: List[str], also: Sequence[str]) -> PlotPlan:
+    """The plan with every file name unique (also from `also`, the caller's own files), the folder checked."""
+    taken = {name.lower() for name in also}
+    for planned in plots:
+        stem, suffix = planned.name.rsplit(".", 1)
+        name, n = planned.name, 1
+        while name.lower() in taken:  # (case-insensitive: two names one file on some file systems)
+            n += 1
+            name = f"{stem}-{n}.{suffix}"
+        planned.name = name
+        taken.add(name.lower())
+    folder.check([p.name for p in plots] + list(also))
+    return PlotPlan(folder, plots, warnings)
+
+
+def _sweep_plots(sweep: Sweep, prefix: str, warnings: List[str]) -> List[PlannedPlot]:
+    """The plots of one sweep, named ``<prefix>param-<dot path>.png``, ``<prefix>trial-status.png`` and
+    ``<prefix>best-trials.png``; what cannot be drawn is added to `warnings`."""
+    if not sweep.trials:
+        warnings.append(f"{sweep.path}: no trials yet; nothing to plot")
+        return []
+    plots = []
     for parameter in parameters(sweep):
         if any(t.get(parameter.name) is not None for t in sweep.trials):
-            result.files.append(parameter_plot(sweep, parameter, out_dir / f"{prefix}param-{_safe(parameter.name)}.png"))
-    result.files.append(status_plot(sweep, out_dir / f"{prefix}trial-status.png"))
+            plots.append(PlannedPlot(f"{prefix}param-{_safe(parameter.name)}.png",
+                                     lambda path, parameter=parameter: PlotResult(
+                                         [parameter_plot(sweep, parameter, path)])))
+    plots.append(PlannedPlot(f"{prefix}trial-status.png", lambda path: PlotResult([status_plot(sweep, path)])))
     top = best_trials(sweep)
     if top:
         curves = []
@@ -235,60 +282,131 @@ def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = 
             try:
                 history = trial_history_file(sweep.path, trial["trial_id"])
             except ValueError as error:
-                result.warnings.append(f"{sweep.path}: {error}; no learning curve")
+                warnings.append(f"{sweep.path}: {error}; no learning curve")
                 continue
             curves.append(Curve(f"trial {trial['trial_id']} ({format_value(trial['score'])})", history,
                                 _epoch(trial.get("best_epoch"))))
-        drawn = learning_curves(curves, out_dir / f"{prefix}best-trials.png",
-                                title=f"The {len(top)} best trials by {sweep.objective[0]}")
-        result.files += drawn.files
-        result.warnings += drawn.warnings
-    return result
+        title = f"The {len(top)} best trials by {sweep.objective[0]}"
+        if curves:
+            plots.append(PlannedPlot(f"{prefix}best-trials.png",
+                                     lambda path: learning_curves(curves, path, title=title)))
+    return plots
 
 
-def plot_table(table: Any, out_dir: PathLike) -> PlotResult:
-    """The plots for the rows of a comparison (as returned by :func:`toolkit.analysis.compare.compare`).
+def plan_sweep_plots(sweep: Union[Sweep, PathLike], out_dir: Union[PathLike, OutputFolder], prefix: str = "",
+                     where: Optional[str] = None, also: Sequence[str] = ()) -> PlotPlan:
+    """The plots of one sweep (see :func:`sweep_plots`), checked against `out_dir` but not drawn yet.
 
-    Writes ``learning_curves.png`` overlaying every row that has a per-epoch history (runs, sweep trials,
-    sweep best runs), and the sweep plots of every sweep a row comes from (on all of its trials).
+    Args:
+        sweep: the sweep, or its directory.
+        out_dir: the folder for the PNG files (or the caller's :class:`OutputFolder` of it).
+        prefix: put before every file name.
+        where: the flag that named `out_dir`, for messages.
+        also: other files the caller will write into `out_dir` (checked too; no plot takes their names).
+
+    Raises:
+        UserError: a file of a plot's name is there and ktk did not write it (:class:`OutputFolder`).
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = read_sweep(sweep)
+    warnings = list(sweep.warnings)
+    plots = _sweep_plots(sweep, prefix, warnings)
+    return _checked(_folder(out_dir, where), plots, warnings, also)
+
+
+def sweep_plots(sweep: Union[Sweep, PathLike], out_dir: PathLike, prefix: str = "") -> PlotResult:
+    """Every plot of one sweep: one per searched parameter, the trial statuses, the best trials' curves.
+
+    Files are named ``<prefix>param-<dot path>.png``, ``<prefix>trial-status.png`` and
+    ``<prefix>best-trials.png`` in `out_dir`. A file of such a name that ktk did not write there is never
+    replaced, nor is anything written inside the sweep directory: a UserError says which, before anything is
+    drawn.
+    """
+    if not isinstance(sweep, Sweep):
+        sweep = read_sweep(sweep)
+    check_outside(out_dir, [sweep.path], None)
+    return plan_sweep_plots(sweep, out_dir, prefix).write()
+
+
+def plan_table_plots(table: Any, out_dir: Union[PathLike, OutputFolder], where: Optional[str] = None,
+                     also: Sequence[str] = ()) -> PlotPlan:
+    """The plots of a comparison (see :func:`plot_table`), checked against `out_dir` but not drawn yet.
+
+    The caller checks that `out_dir` is not inside the results read (:func:`toolkit.results.check_outside`).
+
+    Raises:
+        UserError: a file of a plot's name is there and ktk did not write it (:class:`OutputFolder`).
     """
     if "path" not in table.columns:
         raise ValueError("the table has no 'path' column: pass the DataFrame compare() returned")
-    out_dir = make_dir(out_dir, where=None)
-    result = PlotResult()
+    warnings: List[str] = []
     curves, sweeps = [], []
     for row in table.to_dict(orient="records"):
         kind, path, trial_id = row_kind(row), Path(row["path"]), str(row.get("trial_id") or "")
         try:
             curves.append(Curve(str(row["run"]), history_file(path, kind, trial_id), _epoch(row.get("best_epoch"))))
         except ValueError as error:
-            result.warnings.append(f"{path}: {error}; no learning curve")
+            warnings.append(f"{path}: {error}; no learning curve")
         sweep_dir = path if kind == TRIAL else path.parent if kind == BEST else None
         if sweep_dir is not None and sweep_dir not in sweeps:
             sweeps.append(sweep_dir)
-    drawn = learning_curves(curves, out_dir / "learning_curves.png")
-    result.files += drawn.files
-    result.warnings += drawn.warnings
+    plots = [PlannedPlot("learning_curves.png", lambda path: learning_curves(curves, path))] if curves else []
+    prefixes = _prefixes(sweeps)
     for sweep_dir in sweeps:
-        prefix = "" if len(sweeps) == 1 else _safe(sweep_dir.name) + "-"
         try:
-            drawn = sweep_plots(sweep_dir, out_dir, prefix=prefix)
+            sweep = read_sweep(sweep_dir)
         except ValueError as error:
-            result.warnings.append(f"{sweep_dir}: {error}; no sweep plots")
+            warnings.append(f"{sweep_dir}: {error}; no sweep plots")
             continue
-        result.files += drawn.files
-        result.warnings += drawn.warnings
-    return result
+        warnings += sweep.warnings
+        plots += _sweep_plots(sweep, prefixes[sweep_dir], warnings)
+    return _checked(_folder(out_dir, where), plots, warnings, also)
 
 
-def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike) -> PlotResult:
-    """Finds the runs and sweeps under `paths` (as :func:`toolkit.analysis.compare.compare` does) and plots them."""
-    from toolkit.analysis.compare import compare
+def plot_table(table: Any, out_dir: PathLike, where: Optional[str] = None) -> PlotResult:
+    """The plots for the rows of a comparison (as returned by :func:`toolkit.analysis.compare.compare`).
 
+    Writes ``learning_curves.png`` overlaying every row that has a per-epoch history (runs, sweep trials,
+    sweep best runs), and the sweep plots of every sweep a row comes from (on all of its trials), each
+    sweep's files named after its path when there are several. No two plots share a file, and a file ktk
+    did not write in `out_dir` is never replaced (a UserError says which, before anything is drawn), nor is
+    anything written inside a run or sweep directory of the table.
+    """
+    if "path" in table.columns:
+        check_outside(out_dir, [Path(p) for p in table["path"]], where)
+    return plan_table_plots(table, out_dir, where).write()
+
+
+def plot(paths: Union[PathLike, Sequence[PathLike]], out_dir: PathLike, where: Optional[str] = None) -> PlotResult:
+    """Finds the runs and sweeps under `paths` (as :func:`toolkit.analysis.compare.compare` does) and plots them.
+
+    Raises:
+        UserError: as :func:`toolkit.analysis.compare.compare`; `out_dir` lies inside one of the runs or sweeps;
+            or a file of a plot's name is there and ktk did not write it.
+    """
+    from toolkit.analysis.compare import compare, result_dirs
+
+    check_outside(out_dir, result_dirs(paths), where)
     table = compare(paths)
-    result = plot_table(table, out_dir)
-    result.warnings = list(table.attrs.get("warnings", [])) + result.warnings
-    return result
+    plan = plan_table_plots(table, out_dir, where)
+    plan.warnings = list(table.attrs.get("warnings", [])) + plan.warnings
+    return plan.write()
+
+
+def _folder(out_dir: Union[PathLike, OutputFolder], where: Optional[str]) -> OutputFolder:
+    return out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(out_dir, where)
+
+
+def _prefixes(sweeps: Sequence[Path]) -> Dict[Path, str]:
+    """A file name prefix per sweep: none for one sweep; else its path from the folder all of them share
+    (``xx/sw`` and ``yy/sw`` give ``xx_sw-`` and ``yy_sw-``)."""
+    if len(sweeps) <= 1:
+        return {sweep: "" for sweep in sweeps}
+    absolute = [os.path.abspath(s) for s in sweeps]
+    common = os.path.commonpath(absolute)
+    if common in absolute:
+        common = os.path.dirname(common)
+    return {sweep: _safe(os.path.relpath(a, common).replace(os.sep, "_")) + "-" for sweep, a in zip(sweeps, absolute)}
 
 
 def _epoch(value: Any) -> Optional[int]:

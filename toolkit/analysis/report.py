@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import os
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from toolkit import tables
-from toolkit.analysis.compare import (TRIAL, Sweep, compare, main_metric, parameters, read_sweep, row_kind,
-                                      table_cells)
+from toolkit.analysis.compare import (TRIAL, Sweep, compare, main_metric, parameters, read_sweep, result_dirs,
+                                      row_kind, table_cells)
 from toolkit.errors import UserError
 from toolkit.metrics import direction_of
-from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, SPLITS, TRIALS_FILE, finished_best_run, make_dir,
-                             read_json, save_output)
+from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, SPLITS, TRIALS_FILE, OutputFolder, check_outside,
+                             check_path_given, finished_best_run, read_json)
 from toolkit.search import DEPTH_PATH
 from toolkit.tables import compact, format_value, is_number
 
@@ -84,8 +85,16 @@ class _Document:
         self.markdown.append(f"![{tables.markdown_text(caption)}]({urllib.parse.quote(path.name)})")
 
 
+REPORT_FILES = ("report.html", "report.md")
+REPORT_DIR = "report"  # the default: <sweep or folder>/report
+
+
 def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
     """Writes ``report.html`` and ``report.md`` (and the PNG plots they show) for a sweep or a folder of runs.
+
+    Files in the output folder that ktk did not write there (a report.md of the user's, a link, a FIFO) are
+    never replaced, and nothing is written inside a run or sweep directory the report reads, except its own
+    default folder ``<path>/report`` (which must be a real folder, not a link).
 
     Args:
         path: a sweep directory, or a folder of run (and sweep) directories.
@@ -95,33 +104,51 @@ def report(path: PathLike, out_dir: Optional[PathLike] = None) -> ReportResult:
         The files written and the warnings about results that could not be read.
 
     Raises:
-        UserError: when `path` does not exist or holds no runs or sweeps.
+        UserError: when `path` does not exist or holds no runs or sweeps, or the output folder is refused.
     """
     path = Path(path)
     if not path.is_dir():
         raise UserError("not found" if not path.exists() else "not a folder", where="SWEEP_OR_DIR",
                         expected="a sweep directory or a folder of runs", received=str(path))
     where = "--out" if out_dir is not None else "SWEEP_OR_DIR"
-    out = make_dir(Path(out_dir) if out_dir is not None else path / "report", where=where)
+    check_path_given(out_dir, "--out", "a folder path")
+    out = Path(out_dir) if out_dir is not None else path / REPORT_DIR
+    own = path / REPORT_DIR
+    if out_dir is None and os.path.islink(own):
+        raise UserError(f"{own} is a link; a report is written into a real {REPORT_DIR}/ folder of the sweep, never "
+                        f"through a link to elsewhere. Remove the link, or give --out DIR", where=where,
+                        received=str(own))
+    inputs = result_dirs(path)
+    check_outside(out, [d for d in inputs if not _same(d, path)], where)
+    if any(_same(d, path) for d in inputs):  # a sweep (or run): in it, only into its own report/ folder
+        check_outside(out, [path], where, own=None if own.is_symlink() else own)
+    folder = OutputFolder(out, where)
     is_sweep = (path / TRIALS_FILE).exists() and (path / CONFIG_FILE).exists()
-    document, images, warnings = (_sweep_report if is_sweep else _runs_report)(path, out)
+    document, images, warnings = (_sweep_report if is_sweep else _runs_report)(path, folder)
     if warnings:
         document.heading("Warnings")
         document.items(warnings, css="warning")
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     document.paragraph(f"Written by ktk report on {stamp} from {path}.")
-    html_path, markdown_path = out / "report.html", out / "report.md"
-    save_output(html_path, tables.html_page(document.title, document.html), where=where)
-    save_output(markdown_path, f"# {tables.markdown_text(document.title)}\n\n" + "\n\n".join(document.markdown) + "\n",
-                where=where)
+    html_name, markdown_name = REPORT_FILES
+    html_path = folder.write(html_name, tables.html_page(document.title, document.html))
+    markdown_path = folder.write(markdown_name, f"# {tables.markdown_text(document.title)}\n\n"
+                                 + "\n\n".join(document.markdown) + "\n")
     return ReportResult(html_path, markdown_path, images, warnings)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------ sweeps
 
 
-def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
-    from toolkit.analysis.plots import sweep_plots
+def _sweep_report(path: Path, folder: OutputFolder) -> Tuple[_Document, List[Path], List[str]]:
+    from toolkit.analysis.plots import plan_sweep_plots
 
     try:
         sweep = read_sweep(path)
@@ -173,7 +200,7 @@ def _sweep_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[st
                            "the optimum may lie outside it. Widen the range and search again.", css="warning")
 
     images: List[Path] = []
-    plots = sweep_plots(sweep, out)
+    plots = plan_sweep_plots(sweep, folder, also=REPORT_FILES).write()
     warnings += [w for w in plots.warnings if w not in warnings]
     document.heading("Plots")
     for image in plots.files:
@@ -215,8 +242,8 @@ def _caption(image: Path, sweep: Sweep) -> str:
 # -------------------------------------------------------------------------------------------- runs
 
 
-def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str]]:
-    from toolkit.analysis.plots import plot_table
+def _runs_report(path: Path, folder: OutputFolder) -> Tuple[_Document, List[Path], List[str]]:
+    from toolkit.analysis.plots import plan_table_plots
 
     table = compare(path)
     warnings = list(table.attrs.get("warnings", []))
@@ -253,7 +280,7 @@ def _runs_report(path: Path, out: Path) -> Tuple[_Document, List[Path], List[str
         winner = list(table["run"]).index(best_row["run"])
     document.table(header, cells, numeric, highlight=winner)
 
-    plots = plot_table(table, out)
+    plots = plan_table_plots(table, folder, also=REPORT_FILES).write()
     warnings += plots.warnings
     document.heading("Plots")
     for image in plots.files:

@@ -377,7 +377,7 @@ def diagnose(run_dir: Union[str, Path], baseline_error: Optional[float] = None,
     try:
         figures = judge(metrics, task, baseline, tolerance)  # read_metrics checked every value it uses
     except KeyError:
-        raise UserError(f"no metric in the training results to take an error from", where="train",
+        raise UserError("no metric in the training results to take an error from", where="train",
                         expected="accuracy, a regression error (mae, mse, ...) or the loss",
                         received=", ".join(str(name) for name in list(metrics["train"])[:20]),
                         file=str(path / METRICS_FILE)) from None

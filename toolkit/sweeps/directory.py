@@ -2,21 +2,23 @@
 
 Every sweep directory ktk creates gets a marker (``.ktk-sweep``) before anything else. ``--overwrite`` deletes
 only the entries ktk writes into a sweep directory, and only in a folder with that marker: a folder holding
-anything else, a run directory, or a sweep made before markers existed is refused with the reason, and
-nothing is deleted. Every check here only reads; :func:`prepare` is the first write, after every check.
+anything else anywhere in its tree (a file of another name in ``best/``, a folder in ``tuner/``, a link), a run
+directory, or a sweep made before markers existed is refused with the reason, and nothing is deleted. Every
+check here only reads; :func:`prepare` is the first write, after every check.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from toolkit.errors import UserError, show
 from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR,
-                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER, TOP_DIR,
-                             TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
+                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER,
+                             TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
 from toolkit.results import utc_now
 
@@ -58,8 +60,118 @@ def is_own_entry(name: str) -> bool:
     """Whether ktk writes an entry of this name at the top of a sweep directory."""
     if name in OWN_FILES or name in OWN_DIRS or is_lock_file(name):
         return True
-    # an atomic write interrupted before its rename: .<name>.<random>.tmp
-    return name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in OWN_FILES)
+    return _is_temporary(name, OWN_FILES.__contains__)
+
+
+def _is_temporary(name: str, is_own_file: Any) -> bool:
+    """An atomic write of an own file interrupted before its rename: ``.<name>.<random>.tmp``."""
+    match = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", name)
+    return match is not None and bool(is_own_file(match.group(1)))
+
+
+# ------------------------------------------------------------------ what ktk writes below the top of a sweep
+# Each folder of a sweep directory holds only names of known patterns (docs/ARCHITECTURE.md, "Sweep directory"):
+# records/<trial id>.json, histories/<trial id>.csv, best/ and top/trial_<trial id>/ (run directories), logs/
+# (chief.json, workers.json, tuner<N>.log of local workers) and keras-tuner's project in tuner/: oracle.json,
+# <tuner id>.json (always "{}": BaseTuner keeps no state) and trial_<trial id>/ with trial.json (and the
+# checkpoint files keras-tuner's Tuner would add). Trial ids are keras-tuner's zero-padded counter (a 32-digit
+# hash only for a Trial made without an id); tuner ids are "tuner0", "chief" or a worker id (toolkit.distributed).
+_TRIAL_ID = r"(?:[0-9]{1,20}|[0-9a-f]{32})"
+_TUNER_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_KERAS_TUNER_TRIAL_FILES = re.compile(r"trial\.json|build_config\.json|checkpoint(?:\.weights\.h5|\.index|"
+                                      r"\.data-[0-9]+-of-[0-9]+)?")
+_MOST_CHECKED = 10_000_000  # entries: a sweep of a million trials has ~5 million
+
+
+def _file_rule(pattern: str) -> Any:
+    compiled = re.compile(pattern)
+    return lambda name: compiled.fullmatch(name) is not None
+
+
+# folder kind -> (which file names ktk writes there, {sub-folder pattern: its kind})
+_LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
+    "sweep": (lambda name: name in OWN_FILES or is_lock_file(name),
+              {RECORDS_DIR: "records", HISTORIES_DIR: "histories", BEST_DIR: "run", TOP_DIR: "top",
+               TUNER_DIR: "tuner", LOGS_DIR: "logs"}),
+    "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
+    "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
+    "run": (RUN_FILES.__contains__, {}),
+    "top": (lambda name: False, {re.escape(TOP_RUN_PREFIX) + _TRIAL_ID: "run"}),
+    "tuner": (_file_rule(rf"oracle\.json|{_TUNER_ID}\.json"), {r"trial_" + _TRIAL_ID: "tuner trial"}),
+    "tuner trial": (_KERAS_TUNER_TRIAL_FILES.fullmatch, {}),
+    "logs": (_file_rule(r"chief\.json|workers\.json|tuner[0-9]{1,6}\.log"), {}),
+}
+
+
+def foreign_entries(folder: Path, most: int = 5, run_dir: bool = False) -> List[str]:
+    """The first `most` entries of a sweep directory's tree (or with `run_dir`, of a run directory) that ktk did
+    not write, as paths relative to it, depth first in name order (a foreign folder is named, not entered). A
+    link, a FIFO or a folder where ktk writes a file (or the other way round) is foreign too; a folder that cannot
+    be read is named as foreign, since nothing in it can be vouched for.
+    """
+    found: List[str] = []
+    pending: List[Tuple[Path, str, str]] = [(folder, "", "run" if run_dir else "sweep")]
+    checked = 0
+    while pending and len(found) < most:
+        folder, relative, kind = pending.pop()
+        is_file, folders = _LAYOUT[kind]
+        try:
+            with os.scandir(folder) as scan:
+                items = sorted(scan, key=lambda item: item.name)
+        except OSError as error:
+            found.append(f"{relative or '.'} (cannot be read: {error.strerror or error})")
+            continue
+        below = []
+        for item in items:
+            checked += 1
+            if checked > _MOST_CHECKED:
+                found.append(f"{relative or '.'} (more entries than a sweep has)")
+                return found
+            path = f"{relative}{item.name}"
+            sub_kind = next((k for pattern, k in folders.items() if re.fullmatch(pattern, item.name)), None)
+            try:
+                real_dir = item.is_dir(follow_symlinks=False)
+                real_file = item.is_file(follow_symlinks=False)
+            except OSError:
+                real_dir = real_file = False
+            if real_dir and sub_kind is not None:
+                below.append((Path(item.path), path + "/", sub_kind))
+            elif real_file and (_is_temporary(item.name, is_file) or is_file(item.name) and (
+                    kind != "tuner" or item.name == "oracle.json" or _is_empty_state(Path(item.path)))):
+                continue
+            else:
+                found.append(path + ("/" if real_dir else ""))
+                if len(found) >= most:
+                    break
+        pending.extend(reversed(below))  # popped in name order
+    return found
+
+
+def check_replaceable_run(run_dir: Path, sweep_dir: Path) -> None:
+    """Checks that a retrained run directory of a sweep (best/, top/trial_<id>/) holds only what ktk wrote, before
+    it is deleted to be retrained again.
+
+    Raises:
+        UserError: it is a link or not a folder, or holds something else; nothing is deleted.
+    """
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        foreign = ["(a link)" if run_dir.is_symlink() else "(not a folder)"]
+    else:
+        foreign = foreign_entries(run_dir, most=6, run_dir=True)
+    if foreign:
+        shown = os.path.relpath(run_dir, sweep_dir)
+        raise UserError(f"{shown}/ must be retrained, but ktk deletes only what it wrote, and it also holds "
+                        f"{_listing(foreign, counted=False)}; nothing was deleted. Move them out and run ktk tune "
+                        f"again", where="--out", received=str(sweep_dir))
+
+
+def _is_empty_state(path: Path) -> bool:
+    """Whether a tuner/<tuner id>.json holds keras-tuner's empty tuner state ("{}"), as every one ktk makes does."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).strip() == b"{}"
+    except OSError:
+        return False
 
 
 def entries(path: Path) -> List[str]:
@@ -146,19 +258,21 @@ def check(sweep_dir: Path, config: Any, spec: Any, *, overwrite: bool) -> str:
                         f"so --overwrite cannot tell its files from others and deletes nothing; delete the folder "
                         f"yourself, or use --out DIR for a new sweep", where="--out", received=str(sweep_dir))
     if overwrite and kind == SWEEP:
-        foreign = [name for name in entries(sweep_dir) if not is_own_entry(name)]
+        foreign = foreign_entries(sweep_dir, most=6)
         if foreign:
             raise UserError(f"--overwrite deletes only what ktk wrote, and this sweep directory also holds "
-                            f"{_listing(foreign)}; nothing was deleted. Move them out first, or use --out DIR for "
-                            f"a new sweep", where="--out", received=str(sweep_dir))
+                            f"{_listing(foreign, counted=False)}; nothing was deleted. Move them out first, or use "
+                            f"--out DIR for a new sweep", where="--out", received=str(sweep_dir))
     if not overwrite and kind in (SWEEP, UNMARKED_SWEEP):
         check_same_config(sweep_dir, config, spec)
     return kind
 
 
-def _listing(names: List[str], most: int = 5) -> str:
+def _listing(names: List[str], most: int = 5, counted: bool = True) -> str:
     shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+    if len(names) <= most:
+        return shown
+    return shown + (f" and {len(names) - most} more" if counted else " and more")
 
 
 def prepare(sweep_dir: Path, config: Any, spec: Any, *, overwrite: bool, write_config: bool = True) -> None:

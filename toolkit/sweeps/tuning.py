@@ -392,7 +392,8 @@ class _Sweep:
         metrics_file = run_dir / METRICS_FILE
         if metrics_file.is_file() and (run_dir / CONFIG_FILE).read_text(encoding="utf-8") == wanted:
             return RunResult(run_dir=run_dir, metrics=read_json(metrics_file), config=run_config)
-        if run_dir.exists():  # an interrupted retrain, or the best trial changed since (max_trials raised)
+        if run_dir.exists() or run_dir.is_symlink():  # an interrupted retrain, or the best trial changed since
+            directory.check_replaceable_run(run_dir, self.dir)  # (max_trials raised): only ktk's files go
             shutil.rmtree(run_dir)
         self.say(f"retraining trial {row['trial_id']} into {run_dir} (evaluated once on the test split)")
         return run(run_config, out_dir=run_dir, verbose=progress_verbosity(self.verbose),
