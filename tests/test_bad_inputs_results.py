@@ -33,7 +33,10 @@ HISTORY = "epoch,loss,val_loss\n1,0.6,0.6\n2,0.3,0.4\n3,0.25,0.45\n"
 
 def cli(capsys, *args):
     """`ktk ARGS` in this process: (exit status, stdout, stderr)."""
-    code = main([str(a) for a in args])
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_info:  # argparse's own refusals (an empty path) exit from parse_args
+        code = exit_info.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -294,9 +297,9 @@ def test_plots_of_sweeps_with_the_same_folder_name_never_share_a_file(tmp_path, 
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--output", ""], "--output: expected a file path; received ''."),
+    (["--output", ""], "argument --output: expected a file; received ''."),
     (["--output", "  "], "--output: expected a file path; received '  '."),
-    (["--plot", ""], "--plot: expected a folder path; received ''."),
+    (["--plot", ""], "argument --plot: expected a folder; received ''."),
     (["--sort", ""], "--sort: expected a column name, with a leading '-' to sort in descending order; received ''. "
                      "Valid choices: run, "),
     (["--sort", "-"], "--sort: expected a column name, with a leading '-' to sort in descending order; received '-'."),
