@@ -184,8 +184,6 @@ def test_a_sweep_directory_predicts_with_its_best_run(sweep, tmp_path):
 
 def test_predict_bad_inputs_get_one_message(trained, tmp_path):
     """Every bad input: exit 2 and one ktk: error line, never a traceback; nothing is written."""
-    import pandas as pd
-
     wine_dir = trained["wine"][0]
     raw = trained["wine"][2]
     good = raw.head(5)

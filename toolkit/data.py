@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from toolkit.deploy.schema import NUMBER, TEXT, Column, InputSchema
+from toolkit.schema import NUMBER, TEXT, Column, InputSchema
 from toolkit.errors import UserError, first_line
 from toolkit.results import SPLITS
 

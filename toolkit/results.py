@@ -40,7 +40,7 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
-LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.deploy.schema)
+LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.schema)
 RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, LABELS_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE,
              RUN_MARKER)

@@ -114,8 +114,8 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
 
 def save_model(run_dir: Path, model: Any, data: Any) -> None:
     """Saves the trained model wrapped to take raw inputs (``model.keras``) and what it takes and gives
-    (``labels.json``): see :mod:`toolkit.deploy.serving` and :mod:`toolkit.deploy.schema`."""
-    from toolkit.deploy.schema import write_labels
+    (``labels.json``): see :mod:`toolkit.deploy.serving` and :mod:`toolkit.schema`."""
+    from toolkit.schema import write_labels
     from toolkit.deploy.serving import serving_model
 
     serving_model(model, data.inputs, data.normalization).save(run_dir / MODEL_FILE)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from toolkit.deploy.schema import TEXT, Labels
+from toolkit.schema import TEXT, Labels
 from toolkit.errors import UserError, did_you_mean, show
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}

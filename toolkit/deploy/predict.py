@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Union
 import numpy as np
 
 from toolkit.deploy import inputs as raw_inputs
-from toolkit.deploy.schema import Labels, output_columns, read_labels
+from toolkit.schema import Labels, output_columns, read_labels
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE, SWEEP_FILE, SWEEP_MARKER, new_file_mode,
                              read_json)
@@ -56,7 +56,7 @@ class LoadedRun:
     Attributes:
         run_dir: the run directory.
         model: the saved Keras model (raw inputs in, probabilities or values out).
-        labels: what the model takes and gives (:class:`toolkit.deploy.schema.Labels`).
+        labels: what the model takes and gives (:class:`toolkit.schema.Labels`).
         config: the run's :class:`toolkit.config.Config`.
         metrics: the run's ``metrics.json``.
     """

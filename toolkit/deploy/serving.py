@@ -22,7 +22,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from toolkit.deploy.schema import TEXT, InputSchema
+from toolkit.schema import TEXT, InputSchema
 
 
 def input_name(column: str, index: int) -> str:
@@ -36,7 +36,7 @@ def serving_model(core: Any, schema: InputSchema, normalization: Dict[str, Any])
 
     Args:
         core: the trained Keras model (inputs as ktk prepared them).
-        schema: the raw inputs (:class:`toolkit.deploy.schema.InputSchema`).
+        schema: the raw inputs (:class:`toolkit.schema.InputSchema`).
         normalization: ``Dataset.normalization``: the method and, unless ``none``, the training split's
             float64 ``center`` and ``scale`` of every prepared feature.
     """
