@@ -70,6 +70,16 @@ SWEEP_CONFIG = {
 }
 
 
+# A tiny iris MLP for sweep tests (test_sweeps.py, test_bad_inputs_sweeps.py): seconds per trial.
+IRIS_SWEEP = {
+    "name": "iris-sweep",
+    "seed": 1,
+    "data": {"source": "sklearn.iris"},
+    "model": {"hidden": [8]},
+    "training": {"optimizer": {"name": "adam", "learning_rate": 0.02}, "batch_size": 32, "epochs": 2},
+}
+
+
 def built_once(tmp_path_factory: Any, name: str, build: Any) -> Path:
     """A data folder made once per session by `build(root)` (shared by every test module that asks)."""
     root = tmp_path_factory.getbasetemp() / "compare-data" / name

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import subprocess_env
+from helpers import IRIS_SWEEP, subprocess_env
 from toolkit.cli import main
 from toolkit.config import parse_config
 from toolkit.errors import UserError
@@ -30,11 +30,9 @@ from toolkit.sweeps.records import MAX_RECORD_BYTES, Records, format_trials_csv,
 pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
 
 IRIS = {
+    **IRIS_SWEEP,
     "name": "iris-bad",
-    "seed": 1,
-    "data": {"source": "sklearn.iris"},
-    "model": {"hidden": [8]},
-    "training": {"optimizer": {"name": "adam", "learning_rate": 0.02}, "batch_size": 32, "epochs": 1},
+    "training": {**IRIS_SWEEP["training"], "epochs": 1},
     "search": {"max_trials": 1, "trials_per_process": "inline", "space": {"model.dropout": {"float": [0.0, 0.5]}}},
 }
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from helpers import subprocess_env
+from helpers import IRIS_SWEEP, subprocess_env
 from toolkit import data as data_module
 from toolkit import training
 from toolkit.cli import main
@@ -25,13 +25,7 @@ from toolkit.sweeps.lock import SweepLock, process_start
 # keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
 pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
 
-IRIS = {
-    "name": "iris-sweep",
-    "seed": 1,
-    "data": {"source": "sklearn.iris"},
-    "model": {"hidden": [8]},
-    "training": {"optimizer": {"name": "adam", "learning_rate": 0.02}, "batch_size": 32, "epochs": 2},
-}
+IRIS = IRIS_SWEEP
 SPACE = {
     "model.hidden.0": {"int": [4, 16], "step": 4},
     "training.optimizer.name": {"choice": ["sgd", "adam"]},
@@ -235,10 +229,21 @@ def test_failures_in_a_row_stop_the_search_with_the_reason(tmp_path, capsys):
 # -------------------------------------------------------------------------------------- resume
 
 
+def random_dropout_sweep(tmp_path, max_trials):
+    return sweep_config(tmp_path, {"tuner": "random", "max_trials": max_trials, "trials_per_process": "inline",
+                                   "space": {"model.dropout": {"float": [0.0, 0.5]}}})
+
+
+def record_trials(monkeypatch, ran):
+    """Trials run as usual, and each trial id is appended to `ran` as it starts."""
+    real_task = runner.run_trial_task
+    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: ran.append(task["trial_id"]) or
+                        real_task(task, data))
+
+
 @pytest.mark.slow
 def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path, monkeypatch):
-    config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 4, "trials_per_process": "inline",
-                                     "space": {"model.dropout": {"float": [0.0, 0.5]}}})
+    config = random_dropout_sweep(tmp_path, max_trials=4)
     out = tmp_path / "sweep"
     finished, real_task = [], runner.run_trial_task
 
@@ -257,8 +262,7 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
     assert {p.stem for p in (out / "records").glob("*.json")} == set(before)
     assert not (out / ".lock").exists()
 
-    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: finished.append(task["trial_id"]) or
-                        real_task(task, data))
+    record_trials(monkeypatch, finished)
     result = tune(config, out_dir=out)
     rows = read_csv(out / "trials.csv")
     assert result.resumed == 2 and [r["trial_id"] for r in rows] == ["0", "1", "2", "3"]
@@ -272,12 +276,10 @@ def test_a_trial_recorded_just_before_a_stop_is_not_run_again(tmp_path, monkeypa
     # Stopped after ktk recorded trial 1 but before keras-tuner heard of its end: a resume must not run it again.
     import keras_tuner
 
-    config = sweep_config(tmp_path, {"tuner": "random", "max_trials": 3, "trials_per_process": "inline",
-                                     "space": {"model.dropout": {"float": [0.0, 0.5]}}})
+    config = random_dropout_sweep(tmp_path, max_trials=3)
     out = tmp_path / "sweep"
-    ran, real_task = [], runner.run_trial_task
-    monkeypatch.setattr(runner, "run_trial_task", lambda task, data: ran.append(task["trial_id"]) or
-                        real_task(task, data))
+    ran = []
+    record_trials(monkeypatch, ran)
     real_end = keras_tuner.engine.base_tuner.BaseTuner.on_trial_end
 
     def stop_before_the_second_end(tuner, trial):

@@ -67,12 +67,7 @@ def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     if cls is None:
         raise UserError(where="training.optimizer.name", expected="a Keras optimizer", received=opt.name,
                         choices=sorted(classes))
-    _check_arguments(cls, arguments, "training.optimizer")
-    try:
-        return cls(**arguments)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the optimizer arguments: {reason(error)}",
-                        where="training.optimizer", received=opt.arguments) from None
+    return _construct(cls, arguments, "training.optimizer", "optimizer", opt.arguments)
 
 
 def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
@@ -90,12 +85,17 @@ def get_schedule(schedule: Any, initial_learning_rate: float) -> Any:
     arguments = dict(schedule.arguments)
     if "initial_learning_rate" in inspect.signature(cls.__init__).parameters:
         arguments.setdefault("initial_learning_rate", initial_learning_rate)
-    _check_arguments(cls, arguments, "training.schedule")
+    return _construct(cls, arguments, "training.schedule", "schedule", schedule.arguments)
+
+
+def _construct(cls: type, arguments: Dict[str, Any], where: str, what: str, given: Any) -> Any:
+    """``cls(**arguments)``, its arguments checked against its signature; Keras' refusal as a UserError."""
+    _check_arguments(cls, arguments, where)
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
-        raise UserError(f"Keras rejected the schedule arguments: {reason(error)}",
-                        where="training.schedule", received=schedule.arguments) from None
+        raise UserError(f"Keras rejected the {what} arguments: {reason(error)}", where=where,
+                        received=given) from None
 
 
 def _check_arguments(cls: type, arguments: Dict[str, Any], where: str) -> None:

@@ -187,6 +187,12 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return flat
 
 
+def _counts(source: Dict[str, Any], epochs: str, duration: str) -> Dict[str, Any]:
+    """An Entry's epochs, best epoch, parameters and duration, from metrics.json or a trials.csv row."""
+    return {"epochs": _int_or_none(source.get(epochs)), "best_epoch": _int_or_none(source.get("best_epoch")),
+            "params": _int_or_none(source.get("params")), "duration_s": _float_or_none(source.get(duration))}
+
+
 def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
     """Reads one run directory (metrics.json and config.yaml only).
 
@@ -214,10 +220,7 @@ def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
         path=run_dir,
         config=config,
         metrics=results,
-        epochs=_int_or_none(metrics.get("epochs_run")),
-        best_epoch=_int_or_none(metrics.get("best_epoch")),
-        params=_int_or_none(metrics.get("params")),
-        duration_s=_float_or_none(metrics.get("wall_time_s")),
+        **_counts(metrics, epochs="epochs_run", duration="wall_time_s"),
         task=str(metrics.get("task") or "unknown"),
         nested=nested,
     )
@@ -434,10 +437,7 @@ def trial_entries(sweep: Sweep, label: str) -> List[Entry]:
             metrics=metrics,
             status=trial["status"] or "unknown",
             trial_id=trial["trial_id"],
-            epochs=_int_or_none(trial.get("epochs")),
-            best_epoch=_int_or_none(trial.get("best_epoch")),
-            params=_int_or_none(trial.get("params")),
-            duration_s=_float_or_none(trial.get("duration_s")),
+            **_counts(trial, epochs="epochs", duration="duration_s"),
             message=str(trial.get("message") or ""),
             nested=config,
         ))
