@@ -262,6 +262,7 @@ def test_resume_after_an_interrupted_trial_runs_each_planned_trial_once(tmp_path
     assert {p.stem for p in (out / "records").glob("*.json")} == set(before)
     assert not (out / ".lock").exists()
 
+    monkeypatch.setattr(runner, "run_trial_task", real_task)
     record_trials(monkeypatch, finished)
     result = tune(config, out_dir=out)
     rows = read_csv(out / "trials.csv")
