@@ -8,6 +8,8 @@ import pickle
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import toolkit.data
@@ -63,90 +65,95 @@ ids = pd.DataFrame({"id": [f"user{i:06d}" for i in range(30000)], "a": RNG.norma
 names = pd.DataFrame({"a": RNG.normal(size=300), "name": [f"person {i}" for i in range(300)]})
 small_classes = pd.DataFrame({"a": RNG.normal(size=300), "c": [f"c{i % 120}" for i in range(300)]})
 
+NPZ = "{source: npz, path: {file}}"
+CSV = "{source: csv, path: {file}, target: y}"
+# A bad cell of TABLE (column, row counted from 0, text) and the message after "data.path: "
+CELL_CASES = [
+    ("csv-inf", ("a", 5, "inf"),
+     "column 'a' of {file} has infinite values in data row 6; expected finite numbers; received inf."),
+    ("csv-beyond-float32", ("b", 2, "-1e39"),
+     "column 'b' of {file} has values too large for float32 (the type Keras trains in) in data row 3; expected "
+     "numbers within ±3.4e+38; received -1e+39."),
+    ("csv-nan-feature", ("a", 5, "NaN"),
+     "missing values in column(s) 'a' (data row 6) of {file}; expected no missing values, or data.missing: drop to "
+     "drop those rows."),
+    ("csv-nan-label", ("y", 0, ""),
+     "missing values in column(s) 'y' (data row 1) of {file}; expected no missing values, or data.missing: drop to "
+     "drop those rows."),
+    ("csv-inf-label", ("y", 8, "-inf"),
+     "column 'y' of {file} has infinite values in data row 9; expected finite numbers; received -inf."),
+    ("csv-word-in-numbers", ("b", 7, "abc"),
+     "non-numeric value in numeric feature column 'b' of {file} at data row 8; expected a number; received 'abc'."),
+]
+
 # (case, data section with {file} for the bad file's name, writer of the bad file, the message after the config)
-CASES = [
+CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, message in CELL_CASES] + [
     # npz: shapes, kinds and values
-    ("npz-x-longer-than-y", "{source: npz, path: {file}}", npz(x=X, y=Y[:50]),
+    ("npz-x-longer-than-y", NPZ, npz(x=X, y=Y[:50]),
      "data.path: array 'x' of {file} has 100 rows and 'y' has 50; expected one label per example: x and y with "
      "the same number of rows."),
-    ("npz-y-longer-than-x", "{source: npz, path: {file}}", npz(x=X[:50], y=Y),
+    ("npz-y-longer-than-x", NPZ, npz(x=X[:50], y=Y),
      "data.path: array 'x' of {file} has 50 rows and 'y' has 100; expected one label per example: x and y with "
      "the same number of rows."),
-    ("npz-nan-feature", "{source: npz, path: {file}}", npz(x=with_x(7, 1, np.nan), y=Y),
+    ("npz-nan-feature", NPZ, npz(x=with_x(7, 1, np.nan), y=Y),
      "data.path: array 'x' of {file} has missing (NaN) values in row 7 (counting from 0); expected finite numbers; "
      "received nan."),
-    ("npz-inf-feature", "{source: npz, path: {file}}", npz(x=with_x(9, 0, -np.inf), y=Y),
+    ("npz-inf-feature", NPZ, npz(x=with_x(9, 0, -np.inf), y=Y),
      "data.path: array 'x' of {file} has infinite values in row 9 (counting from 0); expected finite numbers; "
      "received -inf."),
-    ("npz-beyond-float32", "{source: npz, path: {file}}", npz(x=with_x(3, 0, 1e39), y=Y),
+    ("npz-beyond-float32", NPZ, npz(x=with_x(3, 0, 1e39), y=Y),
      "data.path: array 'x' of {file} has values too large for float32 (the type Keras trains in) in row 3 "
      "(counting from 0); expected numbers within ±3.4e+38; received 1e+39."),
-    ("npz-one-nan-label", "{source: npz, path: {file}}", npz(x=X, y=nan_label),
+    ("npz-one-nan-label", NPZ, npz(x=X, y=nan_label),
      "data.path: array 'y' of {file} has missing (NaN) labels in row 4 (counting from 0); expected finite numbers; "
      "received nan."),
-    ("npz-complex-x", "{source: npz, path: {file}}", npz(x=X + 1j, y=Y),
+    ("npz-complex-x", NPZ, npz(x=X + 1j, y=Y),
      "data.path: array 'x' of {file} holds complex numbers; expected real numbers; received 'dtype complex128'."),
-    ("npz-complex-y", "{source: npz, path: {file}}", npz(x=X, y=Y + 1j),
+    ("npz-complex-y", NPZ, npz(x=X, y=Y + 1j),
      "data.path: array 'y' of {file} holds complex numbers; expected real numbers or text labels; "
      "received 'dtype complex128'."),
-    ("npz-pickled-objects", "{source: npz, path: {file}}", npz(x=np.array([[1, "a"]] * 10, dtype=object), y=Y[:10]),
+    ("npz-pickled-objects", NPZ, npz(x=np.array([[1, "a"]] * 10, dtype=object), y=Y[:10]),
      "data.path: array 'x' of {file} holds Python objects, which ktk does not unpickle (unpickling runs code); "
      "expected an array of numbers (or of text labels for y)."),
-    ("npz-text-x", "{source: npz, path: {file}}", npz(x=np.array([["a", "b"]] * 10), y=Y[:10]),
+    ("npz-text-x", NPZ, npz(x=np.array([["a", "b"]] * 10), y=Y[:10]),
      "data.path: array 'x' of {file} is not numeric; expected an array of numbers; received 'dtype <U1'."),
-    ("npz-empty-archive", "{source: npz, path: {file}}", npz(),
+    ("npz-empty-archive", NPZ, npz(),
      "data.path: array 'x' not found in the npz file {file}. Valid choices: (none)."),
-    ("npz-0-d", "{source: npz, path: {file}}", npz(x=np.array(1.0), y=np.array(2.0)),
+    ("npz-0-d", NPZ, npz(x=np.array(1.0), y=np.array(2.0)),
      "data.path: array 'x' of {file} has shape (); expected one row per example, shape (examples, features...); "
      "for one feature per example use x.reshape(-1, 1)."),
-    ("npz-1-d-x", "{source: npz, path: {file}}", npz(x=X[:, 0], y=Y),
+    ("npz-1-d-x", NPZ, npz(x=X[:, 0], y=Y),
      "data.path: array 'x' of {file} has shape (100,); expected one row per example, shape (examples, "
      "features...); for one feature per example use x.reshape(-1, 1)."),
-    ("npz-no-rows", "{source: npz, path: {file}}", npz(x=X[:0], y=Y[:0]),
+    ("npz-no-rows", NPZ, npz(x=X[:0], y=Y[:0]),
      "data.path: array 'x' of {file} has no examples; expected at least one row; received 'shape (0, 3)'."),
-    ("npz-no-features", "{source: npz, path: {file}}", npz(x=np.zeros((10, 0)), y=Y[:10]),
+    ("npz-no-features", NPZ, npz(x=np.zeros((10, 0)), y=Y[:10]),
      "data.path: array 'x' of {file} has no features; expected at least one value per example; "
      "received 'shape (10, 0)'."),
-    ("npz-y-3-d", "{source: npz, path: {file}}", npz(x=X, y=np.zeros((100, 2, 2))),
+    ("npz-y-3-d", NPZ, npz(x=X, y=np.zeros((100, 2, 2))),
      "data.path: array 'y' of {file} has shape (100, 2, 2); expected one label (or one row of targets) per "
      "example: shape (n,) or (n, k)."),
     # npz: files that are not npz archives
-    ("npz-is-npy", "{source: npz, path: {file}}", lambda path: np.save(open(path, "wb"), X),
+    ("npz-is-npy", NPZ, lambda path: np.save(open(path, "wb"), X),
      "data.path: {file} is a .npy file, which holds a single array; expected an npz archive with arrays x and y, "
      "as np.savez(path, x=x, y=y) writes."),
-    ("npz-not-a-zip", "{source: npz, path: {file}}", raw(b"hello,world\n1,2\n"),
+    ("npz-not-a-zip", NPZ, raw(b"hello,world\n1,2\n"),
      "data.path: {file} is not an npz archive (npz files are zip archives); expected an npz archive with arrays "
      "x and y, as np.savez(path, x=x, y=y) writes."),
-    ("npz-pickle", "{source: npz, path: {file}}", raw(pickle.dumps({"x": 1})),
+    ("npz-pickle", NPZ, raw(pickle.dumps({"x": 1})),
      "data.path: {file} is not an npz archive (npz files are zip archives); expected an npz archive with arrays "
      "x and y, as np.savez(path, x=x, y=y) writes."),
-    ("npz-truncated", "{source: npz, path: {file}}", raw(b"PK\x03\x04" + bytes(300)),
+    ("npz-truncated", NPZ, raw(b"PK\x03\x04" + bytes(300)),
      "data.path: could not read the npz file (File is not a zip file); received '{path}'."),
     # csv and parquet: values
-    ("csv-header-only", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n"),
+    ("csv-header-only", CSV, csv(text="a,b,y\n"),
      "data.path: {file} has no data rows (only a header); expected at least one row of data; received '{file}'."),
-    ("csv-empty-file", "{source: csv, path: {file}, target: y}", csv(text=""),
+    ("csv-empty-file", CSV, csv(text=""),
      "data.path: the file is empty; received '{path}'."),
-    ("csv-inf", "{source: csv, path: {file}, target: y}", csv(change=("a", 5, "inf")),
-     "data.path: column 'a' of {file} has infinite values in data row 6; expected finite numbers; received inf."),
-    ("csv-beyond-float32", "{source: csv, path: {file}, target: y}", csv(change=("b", 2, "-1e39")),
-     "data.path: column 'b' of {file} has values too large for float32 (the type Keras trains in) in data row 3; "
-     "expected numbers within ±3.4e+38; received -1e+39."),
-    ("csv-nan-feature", "{source: csv, path: {file}, target: y}", csv(change=("a", 5, "NaN")),
-     "data.path: missing values in column(s) 'a' (data row 6) of {file}; expected no missing values, or "
-     "data.missing: drop to drop those rows."),
-    ("csv-nan-label", "{source: csv, path: {file}, target: y}", csv(change=("y", 0, "")),
-     "data.path: missing values in column(s) 'y' (data row 1) of {file}; expected no missing values, or "
-     "data.missing: drop to drop those rows."),
-    ("csv-inf-label", "{source: csv, path: {file}, target: y}", csv(change=("y", 8, "-inf")),
-     "data.path: column 'y' of {file} has infinite values in data row 9; expected finite numbers; received -inf."),
-    ("csv-word-in-numbers", "{source: csv, path: {file}, target: y}", csv(change=("b", 7, "abc")),
-     "data.path: non-numeric value in numeric feature column 'b' of {file} at data row 8; expected a number; "
-     "received 'abc'."),
-    ("csv-complex", "{source: csv, path: {file}, target: y}",
+    ("csv-complex", CSV,
      csv(TABLE.assign(a=[f"({v}+1j)" for v in range(60)])),
      "data.path: column 'a' of {file} holds complex numbers; expected real numbers; received '(0+1j)'."),
-    ("csv-id-column", "{source: csv, path: {file}, target: y}", csv(ids),
+    ("csv-id-column", CSV, csv(ids),
      "data.features: text column 'id' has 30,000 distinct values in 30,000 rows: an ID or free text, not a "
      "category (one-hot encoding it would add 30,000 features); list the columns to use in data.features to "
      "leave it out, or encode it as numbers; received 'id'."),
@@ -155,16 +162,16 @@ CASES = [
      "a single example: an ID or free text, not a class label; expected a column of class labels or numbers; "
      "received 'name'."),
     ("csv-classes-too-small-to-stratify", "{source: csv, path: {file}, target: c}", csv(small_classes),
-     "data.split.stratify: a stratified split leaves the validation split empty: 120 of 120 classes of 'c' have "
-     "fewer than 4 examples (the smallest, 'c100', has 2), so each is kept whole in the training split; expected "
-     "classes with enough examples (is data.target the right column?), or data.split.stratify: false; "
-     "received true."),
-    ("csv-one-class", "{source: csv, path: {file}, target: y}", csv(TABLE.assign(y="spam")),
+     "data.split.validation: a stratified split leaves the validation split empty: validation: 0.15 gives each of "
+     "the 120 classes of 'c' less than one example (0.15 of the largest class, 'c0', with 3 examples, is 0.45, "
+     "which rounds to 0); expected a validation fraction above 0.167, classes with more examples (is data.target "
+     "the right column?), or data.split.stratify: false; received 0.15."),
+    ("csv-one-class", CSV, csv(TABLE.assign(y="spam")),
      "data.target: the target 'y' has a single value, 'spam'; expected at least two classes to learn from."),
     ("csv-every-row-missing", "{source: csv, path: {file}, target: y, missing: drop}", csv(TABLE.assign(a=np.nan)),
      "data.path: every row of {file} has a missing value, so none is left to use; expected some complete rows; "
      "received '60 rows'."),
-    ("csv-only-the-target", "{source: csv, path: {file}, target: y}", csv(TABLE[["y"]]),
+    ("csv-only-the-target", CSV, csv(TABLE[["y"]]),
      "data.path: {file} has no column besides the target; expected at least one feature column; received ['y']."),
     # csv: data.features and the split column
     ("features-hold-the-target", "{source: csv, path: {file}, target: y, features: [a, y]}", csv(),
@@ -185,11 +192,39 @@ CASES = [
      csv(TABLE.assign(s="train")),
      "data.split.column: the split column 's' has no validation rows; expected rows of each split: train, "
      "validation and test (or a test_path); received 's'."),
+    # csv and parquet: headers that do not name each column once
+    ("csv-repeated-name", CSV, csv(text="x,b,x,y\n1,2,3,0\n4,5,6,1\n"),
+     "data.path: columns 1 and 3 of {file} are both named 'x' in the header; expected a different name for each "
+     "column; received 'x'."),
+    ("csv-repeated-quoted-name", "{source: csv, path: {file}, target: x}", csv(text='"x",y,x\n1,2,3\n4,5,6\n'),
+     "data.path: columns 1 and 3 of {file} are both named 'x' in the header; expected a different name for each "
+     "column; received 'x'."),
+    ("csv-empty-name", CSV, csv(text="a, ,y\n1,2,0\n4,5,1\n"),
+     "data.path: column 2 of {file} has no name in the header; expected a name for every column; "
+     "received ['a', ' ', 'y']."),
+    ("csv-saved-with-its-index", CSV, lambda path: TABLE.to_csv(path),
+     "data.path: column 1 of {file} has no name in the header; expected a name for every column (pandas' to_csv "
+     "saves the index as an unnamed first column: save with index=False); received ['', 'a', 'b', 'y']."),
+    ("csv-a-comma-ending-each-row", CSV, csv(text="a,b,y\n1,2,0,\n4,5,1,\n"),
+     "data.path: the header of {file} names 3 columns, but its data rows have 4 fields (a comma at the end of each "
+     "row?); expected a header naming every field of a row; received '{path}'."),
+    ("parquet-repeated-name", "{source: parquet, path: {file}, target: y}",
+     lambda path: pq.write_table(pa.table([[1, 2], [3, 4], [0, 1]], names=["a", "a", "y"]), path),
+     "data.path: columns 1 and 2 of {file} are both named 'a' in its schema; expected a different name for each "
+     "column; received 'a'."),
+    ("parquet-empty-name", "{source: parquet, path: {file}, target: y}",
+     parquet(pd.DataFrame({"a": [1.0, 2.0], "": [3.0, 4.0], "y": [0, 1]})),
+     "data.path: column 2 of {file} has no name in its schema; expected a name for every column; "
+     "received ['a', '', 'y']."),
+    ("split-column-is-the-target", "{source: csv, path: {file}, target: y, split: {column: y}}", csv(),
+     "data.split.column: column 'y' is the target (data.target), so it cannot be the split column; expected a "
+     "column naming each row's split (train, validation or test), other than the target and the features; "
+     "received 'y'."),
     # csv and parquet: files that cannot be read
-    ("csv-latin-1", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n1,caf\xe9,0\n", encoding="latin-1"),
+    ("csv-latin-1", CSV, csv(text="a,b,y\n1,caf\xe9,0\n", encoding="latin-1"),
      "data.path: could not read the csv file ('utf-8' codec can't decode byte 0xe9 in position 3: unexpected end "
      "of data); received '{path}'."),
-    ("csv-ragged", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n1,2,0\n1,2,3,4,5\n"),
+    ("csv-ragged", CSV, csv(text="a,b,y\n1,2,0\n1,2,3,4,5\n"),
      "data.path: could not read the csv file (Error tokenizing data. C error: Expected 3 fields in line 3, saw 5); "
      "received '{path}'."),
     ("parquet-garbage", "{source: parquet, path: {file}, target: y}", raw(b"PAR1 not really PAR1"),
@@ -204,9 +239,9 @@ CASES = [
      "or text; derive numbers from it (e.g. day of year) or leave it out with data.features; "
      "received 'datetime64[us]'."),
     # files that are not files
-    ("csv-fifo", "{source: csv, path: {file}, target: y}", fifo,
+    ("csv-fifo", CSV, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
-    ("npz-fifo", "{source: npz, path: {file}}", fifo,
+    ("npz-fifo", NPZ, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
     ("csv-directory", "{source: csv, path: ., target: y}", None,
      "data.path: this is a directory, not a data file; expected a regular file; received '{dir}'."),
@@ -215,8 +250,9 @@ CASES = [
     ("csv-name-too-long", "{source: csv, path: " + "a" * 300 + ".csv, target: y}", None,
      "data.path: cannot use this path (File name too long); received '" + "a" * 300 + ".csv'."),
     ("options-for-a-file", "{source: csv, path: {file}, target: y, options: {sep: ';'}}", csv(),
-     "data.options.sep: data.options are for the sklearn., synthetic. and keras. sources, not csv; "
-     "expected no options."),
+     "data.options: source 'csv' does not read options (arguments of the data set or generator, read by the "
+     "sklearn., synthetic. and keras. sources); expected only the keys that apply to csv; received {sep: ';'}. "
+     "Valid choices: source, path, target, features, test_path, missing, split, split.column, normalize."),
 ]
 
 TEST_FILE_CASES = [
