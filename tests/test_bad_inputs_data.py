@@ -5,6 +5,7 @@ traceback, and never a change to the user's files. Nothing here trains or import
 import gzip
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 
 import toolkit.data
 from toolkit.cli import main
+from toolkit.config import parse_config
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(100, 3))
@@ -397,3 +399,171 @@ def test_compressed_csv_files_are_read(tmp_path, capsys):
         config.write_text(f"data: {{source: csv, path: {name}, target: y}}\n")
         assert main(["validate", str(config)]) == 0
         assert "# data: 44 train / 8 validation / 8 test examples, 2 inputs, binary" in capsys.readouterr().out
+
+
+# Keys a source does not read would do nothing: each is refused by name, before any data loads (the source
+# need not exist on disk: keras.mnist is never downloaded here).
+SOURCE_KEY_CASES = [
+    ("{source: sklearn.iris, path: d.csv, target: y, features: [a]}",
+     "data.path: source 'sklearn.iris' does not read path (the data file, read by the csv, parquet and npz "
+     "sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: sklearn.iris, split: {column: s}}",
+     "data.split.column: source 'sklearn.iris' does not read split.column (a column naming each row's split, read "
+     "by the csv and parquet sources); expected only the keys that apply to sklearn.iris; received 's'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: synthetic.moons, test_path: t.csv}",
+     "data.test_path: source 'synthetic.moons' does not read test_path (a separate test file, read by the csv, "
+     "parquet and npz sources); expected only the keys that apply to synthetic.moons; received 't.csv'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: npz, path: d.npz, features: [a], split: {column: s}}",
+     "data.features: source 'npz' does not read features (the feature columns, read by the csv and parquet "
+     "sources), nor split.column; expected only the keys that apply to npz; received ['a']. "
+     "Valid choices: source, path, test_path, split, normalize."),
+    ("{source: keras.mnist, target: label, missing: drop}",
+     "data.target: source 'keras.mnist' does not read target (the target column, read by the csv and parquet "
+     "sources), nor missing; expected only the keys that apply to keras.mnist; received 'label'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: synthetic.blobs, missing: drop}",
+     "data.missing: source 'synthetic.blobs' does not read missing (what to do with missing values in a table, "
+     "read by the csv and parquet sources); expected only the keys that apply to synthetic.blobs; received 'drop'. "
+     "Valid choices: source, options, split, normalize."),
+]
+
+
+@pytest.mark.parametrize("data, message", SOURCE_KEY_CASES, ids=[c[0] for c in SOURCE_KEY_CASES])
+def test_keys_the_source_does_not_read_are_refused(tmp_path, capsys, data, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {data}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, message)
+
+
+@pytest.mark.parametrize("data", ["{source: sklearn.iris}", "{source: npz, path: d.npz}",
+                                  "{source: csv, path: d.csv, target: y, split: {column: s}}"])
+def test_a_resolved_config_with_its_defaults_written_out_is_valid_again(data):
+    # a run directory's config.yaml holds every default (path: null, options: {}, missing: error...)
+    config = load_config_text(f"name: t\ndata: {data}\n")
+    assert parse_config(config.to_dict()).to_dict() == config.to_dict()
+
+
+def load_config_text(text):
+    from toolkit.config import parse_yaml
+
+    return parse_config(parse_yaml(text))
+
+
+@pytest.mark.parametrize("spelling", ["d.{ext}", "./d.{ext}", "sub/../d.{ext}", "{dir}/d.{ext}", "link.{ext}",
+                                      "hardlink.{ext}", "copy.{ext}"])
+@pytest.mark.parametrize("ext", ["csv", "npz"])
+def test_the_training_file_as_test_file_is_refused_however_it_is_named(tmp_path, capsys, spelling, ext):
+    (csv() if ext == "csv" else npz(x=X, y=Y))(tmp_path / f"d.{ext}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / f"link.{ext}").symlink_to(f"d.{ext}")
+    os.link(tmp_path / f"d.{ext}", tmp_path / f"hardlink.{ext}")
+    (tmp_path / f"copy.{ext}").write_bytes((tmp_path / f"d.{ext}").read_bytes())
+    test_path = spelling.format(ext=ext, dir=tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: {ext}, path: d.{ext}, test_path: {test_path}"
+                      + (", target: y}\n" if ext == "csv" else "}\n"))
+    status, err = validate(config, capsys)
+    what = "a copy of the training file" if spelling.startswith("copy") else "the training file"
+    assert_refused(status, err, config, f"data.test_path: the test file is {what} (d.{ext}), so the test split "
+                   "would be training data; expected a file of held-out examples, or no test_path (then split.test "
+                   f"holds out part of the training file); received '{test_path}'.")
+
+
+def test_a_split_column_may_not_name_test_rows_when_a_test_file_gives_the_test_split(tmp_path, capsys):
+    parts = ["train"] * 40 + ["validation"] * 10 + ["test"] * 10
+    csv(TABLE.assign(s=parts))(tmp_path / "d.csv")
+    csv()(tmp_path / "t.csv")
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {source: csv, path: d.csv, test_path: t.csv, target: y, split: {column: s}}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, "data.split.column: the split column 's' names 10 test rows, and "
+                   "data.test_path gives the test split too; expected only train and validation rows in the split "
+                   "column when test_path is set (or no test_path); received 's'.")
+    csv(TABLE.assign(s=["train"] * 50 + ["validation"] * 10))(tmp_path / "d.csv")  # no test rows: nothing is lost
+    assert main(["validate", str(config)]) == 0
+    assert "# data: 50 train / 10 validation / 60 test examples" in capsys.readouterr().out
+
+
+SPLIT_FRACTION_CASES = [
+    ("{source: sklearn.iris, split: {train: 0.98, validation: 0.01, test: 0.01}}",
+     "data.split.validation: a stratified split leaves the validation split empty: validation: 0.01 gives each of "
+     "the 3 classes of 'y' less than one example (0.01 of the largest class, 'setosa', with 50 examples, is 0.5, "
+     "which rounds to 0); expected a validation fraction above 0.01, classes with more examples (is data.target "
+     "the right column?), or data.split.stratify: false; received 0.01."),
+    ("{source: sklearn.wine, split: {train: 0.5, validation: 0.495, test: 0.005}}",
+     "data.split.test: a stratified split leaves the test split empty: test: 0.005 gives each of the 3 classes of "
+     "'y' less than one example (0.005 of the largest class, 'class_1', with 71 examples, is 0.35, which rounds to 0); "
+     "expected a test fraction above 0.00704, classes with more examples (is data.target the right column?), or "
+     "data.split.stratify: false; received 0.005."),
+]
+
+
+@pytest.mark.parametrize("data, message", SPLIT_FRACTION_CASES, ids=[c[0] for c in SPLIT_FRACTION_CASES])
+def test_a_fraction_too_small_for_every_class_is_named(tmp_path, capsys, data, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {data}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, message)
+
+
+def test_a_stratified_split_far_from_its_fractions_warns_once_with_the_sizes(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: multiclass\ndata: {source: sklearn.diabetes}\n")
+    assert main(["validate", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "# data: 384 train / 29 validation / 29 test examples" in captured.out
+    assert captured.err == (
+        "ktk: warning: task: multiclass, but the target 'y' holds 214 distinct numbers in 442 examples (about 2.1 of "
+        "each): is it a regression target (task: regression)?\n"
+        "ktk: warning: data.split.stratify: 185 of 214 classes of 'y' have too few examples to be split (fewer than "
+        "4), so they stay whole in the training split: 384 train / 29 validation / 29 test examples instead of about "
+        "309 / 66 / 66; data.split.stratify: false gives the fractions asked for\n")
+    # a few rare classes in a table: the same warning, naming them; without stratification, no warning
+    rare = pd.DataFrame({"a": RNG.normal(size=100), "c": ["big"] * 60 + [f"r{i}" for i in range(40)]})
+    rare.to_csv(tmp_path / "rare.csv", index=False)
+    config.write_text("data: {source: csv, path: rare.csv, target: c}\n")
+    assert main(["validate", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ktk: warning: data.split.stratify: 40 of 41 classes of 'c' have "
+                                                   "too few examples to be split (fewer than 4)"), err
+    config.write_text("data: {source: csv, path: rare.csv, target: c, split: {stratify: false}}\n")
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("source", ["sklearn.iris", "sklearn.digits", "sklearn.wine", "synthetic.blobs"])
+def test_well_balanced_data_gives_no_warning(tmp_path, capsys, source):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: {source}}}\n")
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+VALID_ARRAYS = {
+    "float16": RNG.normal(size=(60, 3)).astype(np.float16),
+    "float16-extremes": np.tile(np.array([65504, -65504, 0], dtype=np.float16), (60, 1)),
+    "float32-extremes": np.tile(np.array([3.4e38, -3.4e38, 0], dtype=np.float32), (60, 1)),
+    "int64-large": RNG.integers(-2**63, 2**63 - 1, (60, 3), dtype=np.int64),
+    "uint64-large": RNG.integers(0, 2**64 - 1, (60, 3), dtype=np.uint64),
+    "uint8-images": RNG.integers(0, 255, (60, 4, 4, 1), dtype=np.uint8),
+    "int8": RNG.integers(-128, 127, (60, 3), dtype=np.int8),
+    "bool": RNG.random((60, 3)) > 0.5,
+    "longdouble": RNG.normal(size=(60, 3)).astype(np.longdouble),
+}
+
+
+@pytest.mark.parametrize("normalize", ["standard", "minmax", "none"])
+@pytest.mark.parametrize("dtype", list(VALID_ARRAYS))
+def test_valid_data_of_any_dtype_loads_without_python_warnings(tmp_path, capsys, dtype, normalize):
+    y = RNG.integers(0, 2, 60)
+    np.savez(tmp_path / "x.npz", x=VALID_ARRAYS[dtype], y=y.astype(np.float16) if dtype == "float16" else y)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: npz, path: x.npz, normalize: {normalize}}}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stray RuntimeWarning ("overflow encountered in cast") fails here
+        assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""

@@ -152,7 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = globals()[f"_cmd_{args.command}"]
     quiet_tensorflow(verbose=getattr(args, "verbose", False))  # imports nothing: commands that never train stay fast
     try:
-        with warnings.catch_warnings():  # the library's DataWarning as one ktk line; other warnings as Python shows them
+        with warnings.catch_warnings():  # the library's DataWarnings as ktk lines; others as Python shows them
             warnings.showwarning = _data_warnings_as_ktk_lines(warnings.showwarning)
             return int(handler(args) or 0)
     except UserError as error:

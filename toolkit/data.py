@@ -683,7 +683,8 @@ def _load_table(data: Any, base_dir: Path) -> _Raw:
     features = _feature_columns(data, columns)
     tables = [train]
     if test_file is not None:
-        test = _Table(_read_frame(data.source, test_file, data.test_path, "data.test_path"), data.test_path, "data.test_path")
+        test = _Table(_read_frame(data.source, test_file, data.test_path, "data.test_path"), data.test_path,
+                      "data.test_path")
         for column in [*features, data.target]:
             if column not in test.frame.columns:
                 raise UserError(f"column {column!r} of the training file is not in the test file {data.test_path}",
@@ -1179,12 +1180,11 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
         train, val, test = split_indices(len(y), fractions, seed, y if stratify else None)
         parts = [(x[train], y[train]), (x[val], y[val]), (x[test], y[test])]
         if stratify:
-            empty = [name for name, (_, part_y) in zip(SPLITS, parts) if not len(part_y) and fractions[SPLITS.index(name)]]
-            unstratified = split_indices(len(y), fractions, seed)
-            if empty and all(len(p) for p, f in zip(unstratified, fractions) if f):
-                _refuse_stratified_empty_split(y, fractions, total, split, class_names, raw.target_name, empty[0])
+            empty = [name for name, f, (_, part_y) in zip(SPLITS, fractions, parts) if f and not len(part_y)]
             if not empty:
                 _warn_if_stratification_distorts(y, fractions, [len(p) for p in (train, val, test)], raw.target_name)
+            elif all(len(p) for p, f in zip(split_indices(len(y), fractions, seed), fractions) if f):
+                _refuse_stratified_empty_split(y, fractions, total, split, class_names, raw.target_name, empty[0])
     if raw.test is not None:
         parts[2] = (np.asarray(raw.test[0], dtype=np.float64), raw.test[1])
     for name, (_, part_y) in zip(SPLITS, parts):
