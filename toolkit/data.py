@@ -619,27 +619,30 @@ def _refuse_training_file_as_test(train: Path, test: Path, data: Any) -> None:
     """A test file that is the training file (under another spelling, or through a link) or a copy of it
     would report training data as test results."""
     try:
-        same = os.path.samefile(train, test)
-        if not same:
-            infos = os.stat(train), os.stat(test)
-            same = (all(stat.S_ISREG(i.st_mode) for i in infos) and infos[0].st_size == infos[1].st_size
-                    and infos[0].st_size <= MAX_DATA_BYTES and _same_bytes(train, test))
+        if os.path.samefile(train, test):
+            what = "the training file"
+        elif _same_contents(train, test):
             what = "a copy of the training file"
         else:
-            what = "the training file"
+            return
     except OSError:
         return  # reading either file says what is wrong with it
-    if same:
-        raise UserError(f"the test file is {what} ({data.path}), so the test split would be training data",
-                        where="data.test_path", expected="a file of held-out examples, or no test_path (then "
-                        "split.test holds out part of the training file)", received=data.test_path)
+    raise UserError(f"the test file is {what} ({data.path}), so the test split would be training data",
+                    where="data.test_path", expected="a file of held-out examples, or no test_path (then split.test "
+                    "holds out part of the training file)", received=data.test_path)
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    with open(a, "rb") as first, open(b, "rb") as second:
+def _same_contents(a: Path, b: Path) -> bool:
+    """Whether two regular files (of at most MAX_DATA_BYTES) hold the same bytes; FIFOs and devices are
+    never read here."""
+    first, second = os.stat(a), os.stat(b)
+    regular = stat.S_ISREG(first.st_mode) and stat.S_ISREG(second.st_mode)
+    if not regular or first.st_size != second.st_size or first.st_size > MAX_DATA_BYTES:
+        return False
+    with open(a, "rb") as one, open(b, "rb") as other:
         while True:
-            chunk = first.read(2**20)
-            if chunk != second.read(2**20):
+            chunk = one.read(2**20)
+            if chunk != other.read(2**20):
                 return False
             if not chunk:
                 return True
