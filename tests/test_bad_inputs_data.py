@@ -5,13 +5,17 @@ traceback, and never a change to the user's files. Nothing here trains or import
 import gzip
 import os
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import toolkit.data
 from toolkit.cli import main
+from toolkit.config import parse_config
 from toolkit.errors import show
 
 RNG = np.random.default_rng(0)
@@ -64,90 +68,95 @@ ids = pd.DataFrame({"id": [f"user{i:06d}" for i in range(30000)], "a": RNG.norma
 names = pd.DataFrame({"a": RNG.normal(size=300), "name": [f"person {i}" for i in range(300)]})
 small_classes = pd.DataFrame({"a": RNG.normal(size=300), "c": [f"c{i % 120}" for i in range(300)]})
 
+NPZ = "{source: npz, path: {file}}"
+CSV = "{source: csv, path: {file}, target: y}"
+# A bad cell of TABLE (column, row counted from 0, text) and the message after "data.path: "
+CELL_CASES = [
+    ("csv-inf", ("a", 5, "inf"),
+     "column 'a' of {file} has infinite values in data row 6; expected finite numbers; received inf."),
+    ("csv-beyond-float32", ("b", 2, "-1e39"),
+     "column 'b' of {file} has values too large for float32 (the type Keras trains in) in data row 3; expected "
+     "numbers within ±3.4e+38; received -1e+39."),
+    ("csv-nan-feature", ("a", 5, "NaN"),
+     "missing values in column(s) 'a' (data row 6) of {file}; expected no missing values, or data.missing: drop to "
+     "drop those rows."),
+    ("csv-nan-label", ("y", 0, ""),
+     "missing values in column(s) 'y' (data row 1) of {file}; expected no missing values, or data.missing: drop to "
+     "drop those rows."),
+    ("csv-inf-label", ("y", 8, "-inf"),
+     "column 'y' of {file} has infinite values in data row 9; expected finite numbers; received -inf."),
+    ("csv-word-in-numbers", ("b", 7, "abc"),
+     "non-numeric value in numeric feature column 'b' of {file} at data row 8; expected a number; received 'abc'."),
+]
+
 # (case, data section with {file} for the bad file's name, writer of the bad file, the message after the config)
-CASES = [
+CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, message in CELL_CASES] + [
     # npz: shapes, kinds and values
-    ("npz-x-longer-than-y", "{source: npz, path: {file}}", npz(x=X, y=Y[:50]),
+    ("npz-x-longer-than-y", NPZ, npz(x=X, y=Y[:50]),
      "data.path: array 'x' of {file} has 100 rows and 'y' has 50; expected one label per example: x and y with "
      "the same number of rows."),
-    ("npz-y-longer-than-x", "{source: npz, path: {file}}", npz(x=X[:50], y=Y),
+    ("npz-y-longer-than-x", NPZ, npz(x=X[:50], y=Y),
      "data.path: array 'x' of {file} has 50 rows and 'y' has 100; expected one label per example: x and y with "
      "the same number of rows."),
-    ("npz-nan-feature", "{source: npz, path: {file}}", npz(x=with_x(7, 1, np.nan), y=Y),
+    ("npz-nan-feature", NPZ, npz(x=with_x(7, 1, np.nan), y=Y),
      "data.path: array 'x' of {file} has missing (NaN) values in row 7 (counting from 0); expected finite numbers; "
      "received nan."),
-    ("npz-inf-feature", "{source: npz, path: {file}}", npz(x=with_x(9, 0, -np.inf), y=Y),
+    ("npz-inf-feature", NPZ, npz(x=with_x(9, 0, -np.inf), y=Y),
      "data.path: array 'x' of {file} has infinite values in row 9 (counting from 0); expected finite numbers; "
      "received -inf."),
-    ("npz-beyond-float32", "{source: npz, path: {file}}", npz(x=with_x(3, 0, 1e39), y=Y),
+    ("npz-beyond-float32", NPZ, npz(x=with_x(3, 0, 1e39), y=Y),
      "data.path: array 'x' of {file} has values too large for float32 (the type Keras trains in) in row 3 "
      "(counting from 0); expected numbers within ±3.4e+38; received 1e+39."),
-    ("npz-one-nan-label", "{source: npz, path: {file}}", npz(x=X, y=nan_label),
+    ("npz-one-nan-label", NPZ, npz(x=X, y=nan_label),
      "data.path: array 'y' of {file} has missing (NaN) labels in row 4 (counting from 0); expected finite numbers; "
      "received nan."),
-    ("npz-complex-x", "{source: npz, path: {file}}", npz(x=X + 1j, y=Y),
+    ("npz-complex-x", NPZ, npz(x=X + 1j, y=Y),
      "data.path: array 'x' of {file} holds complex numbers; expected real numbers; received 'dtype complex128'."),
-    ("npz-complex-y", "{source: npz, path: {file}}", npz(x=X, y=Y + 1j),
+    ("npz-complex-y", NPZ, npz(x=X, y=Y + 1j),
      "data.path: array 'y' of {file} holds complex numbers; expected real numbers or text labels; "
      "received 'dtype complex128'."),
-    ("npz-pickled-objects", "{source: npz, path: {file}}", npz(x=np.array([[1, "a"]] * 10, dtype=object), y=Y[:10]),
+    ("npz-pickled-objects", NPZ, npz(x=np.array([[1, "a"]] * 10, dtype=object), y=Y[:10]),
      "data.path: array 'x' of {file} holds Python objects, which ktk does not unpickle (unpickling runs code); "
      "expected an array of numbers (or of text labels for y)."),
-    ("npz-text-x", "{source: npz, path: {file}}", npz(x=np.array([["a", "b"]] * 10), y=Y[:10]),
+    ("npz-text-x", NPZ, npz(x=np.array([["a", "b"]] * 10), y=Y[:10]),
      "data.path: array 'x' of {file} is not numeric; expected an array of numbers; received 'dtype <U1'."),
-    ("npz-empty-archive", "{source: npz, path: {file}}", npz(),
+    ("npz-empty-archive", NPZ, npz(),
      "data.path: array 'x' not found in the npz file {file}. Valid choices: (none)."),
-    ("npz-0-d", "{source: npz, path: {file}}", npz(x=np.array(1.0), y=np.array(2.0)),
+    ("npz-0-d", NPZ, npz(x=np.array(1.0), y=np.array(2.0)),
      "data.path: array 'x' of {file} has shape (); expected one row per example, shape (examples, features...); "
      "for one feature per example use x.reshape(-1, 1)."),
-    ("npz-1-d-x", "{source: npz, path: {file}}", npz(x=X[:, 0], y=Y),
+    ("npz-1-d-x", NPZ, npz(x=X[:, 0], y=Y),
      "data.path: array 'x' of {file} has shape (100,); expected one row per example, shape (examples, "
      "features...); for one feature per example use x.reshape(-1, 1)."),
-    ("npz-no-rows", "{source: npz, path: {file}}", npz(x=X[:0], y=Y[:0]),
+    ("npz-no-rows", NPZ, npz(x=X[:0], y=Y[:0]),
      "data.path: array 'x' of {file} has no examples; expected at least one row; received 'shape (0, 3)'."),
-    ("npz-no-features", "{source: npz, path: {file}}", npz(x=np.zeros((10, 0)), y=Y[:10]),
+    ("npz-no-features", NPZ, npz(x=np.zeros((10, 0)), y=Y[:10]),
      "data.path: array 'x' of {file} has no features; expected at least one value per example; "
      "received 'shape (10, 0)'."),
-    ("npz-y-3-d", "{source: npz, path: {file}}", npz(x=X, y=np.zeros((100, 2, 2))),
+    ("npz-y-3-d", NPZ, npz(x=X, y=np.zeros((100, 2, 2))),
      "data.path: array 'y' of {file} has shape (100, 2, 2); expected one label (or one row of targets) per "
      "example: shape (n,) or (n, k)."),
     # npz: files that are not npz archives
-    ("npz-is-npy", "{source: npz, path: {file}}", lambda path: np.save(open(path, "wb"), X),
+    ("npz-is-npy", NPZ, lambda path: np.save(open(path, "wb"), X),
      "data.path: {file} is a .npy file, which holds a single array; expected an npz archive with arrays x and y, "
      "as np.savez(path, x=x, y=y) writes."),
-    ("npz-not-a-zip", "{source: npz, path: {file}}", raw(b"hello,world\n1,2\n"),
+    ("npz-not-a-zip", NPZ, raw(b"hello,world\n1,2\n"),
      "data.path: {file} is not an npz archive (npz files are zip archives); expected an npz archive with arrays "
      "x and y, as np.savez(path, x=x, y=y) writes."),
-    ("npz-pickle", "{source: npz, path: {file}}", raw(pickle.dumps({"x": 1})),
+    ("npz-pickle", NPZ, raw(pickle.dumps({"x": 1})),
      "data.path: {file} is not an npz archive (npz files are zip archives); expected an npz archive with arrays "
      "x and y, as np.savez(path, x=x, y=y) writes."),
-    ("npz-truncated", "{source: npz, path: {file}}", raw(b"PK\x03\x04" + bytes(300)),
+    ("npz-truncated", NPZ, raw(b"PK\x03\x04" + bytes(300)),
      "data.path: could not read the npz file (File is not a zip file); received '{path}'."),
     # csv and parquet: values
-    ("csv-header-only", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n"),
+    ("csv-header-only", CSV, csv(text="a,b,y\n"),
      "data.path: {file} has no data rows (only a header); expected at least one row of data; received '{file}'."),
-    ("csv-empty-file", "{source: csv, path: {file}, target: y}", csv(text=""),
+    ("csv-empty-file", CSV, csv(text=""),
      "data.path: the file is empty; received '{path}'."),
-    ("csv-inf", "{source: csv, path: {file}, target: y}", csv(change=("a", 5, "inf")),
-     "data.path: column 'a' of {file} has infinite values in data row 6; expected finite numbers; received inf."),
-    ("csv-beyond-float32", "{source: csv, path: {file}, target: y}", csv(change=("b", 2, "-1e39")),
-     "data.path: column 'b' of {file} has values too large for float32 (the type Keras trains in) in data row 3; "
-     "expected numbers within ±3.4e+38; received -1e+39."),
-    ("csv-nan-feature", "{source: csv, path: {file}, target: y}", csv(change=("a", 5, "NaN")),
-     "data.path: missing values in column(s) 'a' (data row 6) of {file}; expected no missing values, or "
-     "data.missing: drop to drop those rows."),
-    ("csv-nan-label", "{source: csv, path: {file}, target: y}", csv(change=("y", 0, "")),
-     "data.path: missing values in column(s) 'y' (data row 1) of {file}; expected no missing values, or "
-     "data.missing: drop to drop those rows."),
-    ("csv-inf-label", "{source: csv, path: {file}, target: y}", csv(change=("y", 8, "-inf")),
-     "data.path: column 'y' of {file} has infinite values in data row 9; expected finite numbers; received -inf."),
-    ("csv-word-in-numbers", "{source: csv, path: {file}, target: y}", csv(change=("b", 7, "abc")),
-     "data.path: non-numeric value in numeric feature column 'b' of {file} at data row 8; expected a number; "
-     "received 'abc'."),
-    ("csv-complex", "{source: csv, path: {file}, target: y}",
+    ("csv-complex", CSV,
      csv(TABLE.assign(a=[f"({v}+1j)" for v in range(60)])),
      "data.path: column 'a' of {file} holds complex numbers; expected real numbers; received '(0+1j)'."),
-    ("csv-id-column", "{source: csv, path: {file}, target: y}", csv(ids),
+    ("csv-id-column", CSV, csv(ids),
      "data.features: text column 'id' has 30,000 distinct values in 30,000 rows: an ID or free text, not a "
      "category (one-hot encoding it would add 30,000 features); list the columns to use in data.features to "
      "leave it out, or encode it as numbers; received 'id'."),
@@ -156,16 +165,16 @@ CASES = [
      "a single example: an ID or free text, not a class label; expected a column of class labels or numbers; "
      "received 'name'."),
     ("csv-classes-too-small-to-stratify", "{source: csv, path: {file}, target: c}", csv(small_classes),
-     "data.split.stratify: a stratified split leaves the validation split empty: 120 of 120 classes of 'c' have "
-     "fewer than 4 examples (the smallest, 'c100', has 2), so each is kept whole in the training split; expected "
-     "classes with enough examples (is data.target the right column?), or data.split.stratify: false; "
-     "received true."),
-    ("csv-one-class", "{source: csv, path: {file}, target: y}", csv(TABLE.assign(y="spam")),
+     "data.split.validation: a stratified split leaves the validation split empty: validation: 0.15 gives each of "
+     "the 120 classes of 'c' less than one example (0.15 of the largest class, 'c0', with 3 examples, is 0.45, "
+     "which rounds to 0); expected a validation fraction above 0.167, classes with more examples (is data.target "
+     "the right column?), or data.split.stratify: false; received 0.15."),
+    ("csv-one-class", CSV, csv(TABLE.assign(y="spam")),
      "data.target: the target 'y' has a single value, 'spam'; expected at least two classes to learn from."),
     ("csv-every-row-missing", "{source: csv, path: {file}, target: y, missing: drop}", csv(TABLE.assign(a=np.nan)),
      "data.path: every row of {file} has a missing value, so none is left to use; expected some complete rows; "
      "received '60 rows'."),
-    ("csv-only-the-target", "{source: csv, path: {file}, target: y}", csv(TABLE[["y"]]),
+    ("csv-only-the-target", CSV, csv(TABLE[["y"]]),
      "data.path: {file} has no column besides the target; expected at least one feature column; received ['y']."),
     # csv: data.features and the split column
     ("features-hold-the-target", "{source: csv, path: {file}, target: y, features: [a, y]}", csv(),
@@ -186,11 +195,39 @@ CASES = [
      csv(TABLE.assign(s="train")),
      "data.split.column: the split column 's' has no validation rows; expected rows of each split: train, "
      "validation and test (or a test_path); received 's'."),
+    # csv and parquet: headers that do not name each column once
+    ("csv-repeated-name", CSV, csv(text="x,b,x,y\n1,2,3,0\n4,5,6,1\n"),
+     "data.path: columns 1 and 3 of {file} are both named 'x' in the header; expected a different name for each "
+     "column; received 'x'."),
+    ("csv-repeated-quoted-name", "{source: csv, path: {file}, target: x}", csv(text='"x",y,x\n1,2,3\n4,5,6\n'),
+     "data.path: columns 1 and 3 of {file} are both named 'x' in the header; expected a different name for each "
+     "column; received 'x'."),
+    ("csv-empty-name", CSV, csv(text="a, ,y\n1,2,0\n4,5,1\n"),
+     "data.path: column 2 of {file} has no name in the header; expected a name for every column; "
+     "received ['a', ' ', 'y']."),
+    ("csv-saved-with-its-index", CSV, lambda path: TABLE.to_csv(path),
+     "data.path: column 1 of {file} has no name in the header; expected a name for every column (pandas' to_csv "
+     "saves the index as an unnamed first column: save with index=False); received ['', 'a', 'b', 'y']."),
+    ("csv-a-comma-ending-each-row", CSV, csv(text="a,b,y\n1,2,0,\n4,5,1,\n"),
+     "data.path: the header of {file} names 3 columns, but its data rows have 4 fields (a comma at the end of each "
+     "row?); expected a header naming every field of a row; received '{path}'."),
+    ("parquet-repeated-name", "{source: parquet, path: {file}, target: y}",
+     lambda path: pq.write_table(pa.table([[1, 2], [3, 4], [0, 1]], names=["a", "a", "y"]), path),
+     "data.path: columns 1 and 2 of {file} are both named 'a' in its schema; expected a different name for each "
+     "column; received 'a'."),
+    ("parquet-empty-name", "{source: parquet, path: {file}, target: y}",
+     parquet(pd.DataFrame({"a": [1.0, 2.0], "": [3.0, 4.0], "y": [0, 1]})),
+     "data.path: column 2 of {file} has no name in its schema; expected a name for every column; "
+     "received ['a', '', 'y']."),
+    ("split-column-is-the-target", "{source: csv, path: {file}, target: y, split: {column: y}}", csv(),
+     "data.split.column: column 'y' is the target (data.target), so it cannot be the split column; expected a "
+     "column naming each row's split (train, validation or test), other than the target and the features; "
+     "received 'y'."),
     # csv and parquet: files that cannot be read
-    ("csv-latin-1", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n1,caf\xe9,0\n", encoding="latin-1"),
+    ("csv-latin-1", CSV, csv(text="a,b,y\n1,caf\xe9,0\n", encoding="latin-1"),
      "data.path: could not read the csv file ('utf-8' codec can't decode byte 0xe9 in position 3: unexpected end "
      "of data); received '{path}'."),
-    ("csv-ragged", "{source: csv, path: {file}, target: y}", csv(text="a,b,y\n1,2,0\n1,2,3,4,5\n"),
+    ("csv-ragged", CSV, csv(text="a,b,y\n1,2,0\n1,2,3,4,5\n"),
      "data.path: could not read the csv file (Error tokenizing data. C error: Expected 3 fields in line 3, saw 5); "
      "received '{path}'."),
     ("parquet-garbage", "{source: parquet, path: {file}, target: y}", raw(b"PAR1 not really PAR1"),
@@ -205,9 +242,9 @@ CASES = [
      "or text; derive numbers from it (e.g. day of year) or leave it out with data.features; "
      "received 'datetime64[us]'."),
     # files that are not files
-    ("csv-fifo", "{source: csv, path: {file}, target: y}", fifo,
+    ("csv-fifo", CSV, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
-    ("npz-fifo", "{source: npz, path: {file}}", fifo,
+    ("npz-fifo", NPZ, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
     ("csv-directory", "{source: csv, path: ., target: y}", None,
      "data.path: this is a directory, not a data file; expected a regular file; received '{dir}'."),
@@ -216,8 +253,9 @@ CASES = [
     ("csv-name-too-long", "{source: csv, path: " + "a" * 300 + ".csv, target: y}", None,
      "data.path: cannot use this path (File name too long); received " + show("a" * 300 + ".csv")),  # ends "..."
     ("options-for-a-file", "{source: csv, path: {file}, target: y, options: {sep: ';'}}", csv(),
-     "data.options.sep: data.options are for the sklearn., synthetic. and keras. sources, not csv; "
-     "expected no options."),
+     "data.options: source 'csv' does not read options (arguments of the data set or generator, read by the "
+     "sklearn., synthetic. and keras. sources); expected only the keys that apply to csv; received {sep: ';'}. "
+     "Valid choices: source, path, target, features, test_path, missing, split, split.column, normalize."),
 ]
 
 TEST_FILE_CASES = [
@@ -362,3 +400,171 @@ def test_compressed_csv_files_are_read(tmp_path, capsys):
         config.write_text(f"data: {{source: csv, path: {name}, target: y}}\n")
         assert main(["validate", str(config)]) == 0
         assert "# data: 44 train / 8 validation / 8 test examples, 2 inputs, binary" in capsys.readouterr().out
+
+
+# Keys a source does not read would do nothing: each is refused by name, before any data loads (the source
+# need not exist on disk: keras.mnist is never downloaded here).
+SOURCE_KEY_CASES = [
+    ("{source: sklearn.iris, path: d.csv, target: y, features: [a]}",
+     "data.path: source 'sklearn.iris' does not read path (the data file, read by the csv, parquet and npz "
+     "sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: sklearn.iris, split: {column: s}}",
+     "data.split.column: source 'sklearn.iris' does not read split.column (a column naming each row's split, read "
+     "by the csv and parquet sources); expected only the keys that apply to sklearn.iris; received 's'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: synthetic.moons, test_path: t.csv}",
+     "data.test_path: source 'synthetic.moons' does not read test_path (a separate test file, read by the csv, "
+     "parquet and npz sources); expected only the keys that apply to synthetic.moons; received 't.csv'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: npz, path: d.npz, features: [a], split: {column: s}}",
+     "data.features: source 'npz' does not read features (the feature columns, read by the csv and parquet "
+     "sources), nor split.column; expected only the keys that apply to npz; received ['a']. "
+     "Valid choices: source, path, test_path, split, normalize."),
+    ("{source: keras.mnist, target: label, missing: drop}",
+     "data.target: source 'keras.mnist' does not read target (the target column, read by the csv and parquet "
+     "sources), nor missing; expected only the keys that apply to keras.mnist; received 'label'. "
+     "Valid choices: source, options, split, normalize."),
+    ("{source: synthetic.blobs, missing: drop}",
+     "data.missing: source 'synthetic.blobs' does not read missing (what to do with missing values in a table, "
+     "read by the csv and parquet sources); expected only the keys that apply to synthetic.blobs; received 'drop'. "
+     "Valid choices: source, options, split, normalize."),
+]
+
+
+@pytest.mark.parametrize("data, message", SOURCE_KEY_CASES, ids=[c[0] for c in SOURCE_KEY_CASES])
+def test_keys_the_source_does_not_read_are_refused(tmp_path, capsys, data, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {data}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, message)
+
+
+@pytest.mark.parametrize("data", ["{source: sklearn.iris}", "{source: npz, path: d.npz}",
+                                  "{source: csv, path: d.csv, target: y, split: {column: s}}"])
+def test_a_resolved_config_with_its_defaults_written_out_is_valid_again(data):
+    # a run directory's config.yaml holds every default (path: null, options: {}, missing: error...)
+    config = load_config_text(f"name: t\ndata: {data}\n")
+    assert parse_config(config.to_dict()).to_dict() == config.to_dict()
+
+
+def load_config_text(text):
+    from toolkit.config import parse_yaml
+
+    return parse_config(parse_yaml(text))
+
+
+@pytest.mark.parametrize("spelling", ["d.{ext}", "./d.{ext}", "sub/../d.{ext}", "{dir}/d.{ext}", "link.{ext}",
+                                      "hardlink.{ext}", "copy.{ext}"])
+@pytest.mark.parametrize("ext", ["csv", "npz"])
+def test_the_training_file_as_test_file_is_refused_however_it_is_named(tmp_path, capsys, spelling, ext):
+    (csv() if ext == "csv" else npz(x=X, y=Y))(tmp_path / f"d.{ext}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / f"link.{ext}").symlink_to(f"d.{ext}")
+    os.link(tmp_path / f"d.{ext}", tmp_path / f"hardlink.{ext}")
+    (tmp_path / f"copy.{ext}").write_bytes((tmp_path / f"d.{ext}").read_bytes())
+    test_path = spelling.format(ext=ext, dir=tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: {ext}, path: d.{ext}, test_path: {test_path}"
+                      + (", target: y}\n" if ext == "csv" else "}\n"))
+    status, err = validate(config, capsys)
+    what = "a copy of the training file" if spelling.startswith("copy") else "the training file"
+    assert_refused(status, err, config, f"data.test_path: the test file is {what} (d.{ext}), so the test split "
+                   "would be training data; expected a file of held-out examples, or no test_path (then split.test "
+                   f"holds out part of the training file); received '{test_path}'.")
+
+
+def test_a_split_column_may_not_name_test_rows_when_a_test_file_gives_the_test_split(tmp_path, capsys):
+    parts = ["train"] * 40 + ["validation"] * 10 + ["test"] * 10
+    csv(TABLE.assign(s=parts))(tmp_path / "d.csv")
+    csv()(tmp_path / "t.csv")
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {source: csv, path: d.csv, test_path: t.csv, target: y, split: {column: s}}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, "data.split.column: the split column 's' names 10 test rows, and "
+                   "data.test_path gives the test split too; expected only train and validation rows in the split "
+                   "column when test_path is set (or no test_path); received 's'.")
+    csv(TABLE.assign(s=["train"] * 50 + ["validation"] * 10))(tmp_path / "d.csv")  # no test rows: nothing is lost
+    assert main(["validate", str(config)]) == 0
+    assert "# data: 50 train / 10 validation / 60 test examples" in capsys.readouterr().out
+
+
+SPLIT_FRACTION_CASES = [
+    ("{source: sklearn.iris, split: {train: 0.98, validation: 0.01, test: 0.01}}",
+     "data.split.validation: a stratified split leaves the validation split empty: validation: 0.01 gives each of "
+     "the 3 classes of 'y' less than one example (0.01 of the largest class, 'setosa', with 50 examples, is 0.5, "
+     "which rounds to 0); expected a validation fraction above 0.01, classes with more examples (is data.target "
+     "the right column?), or data.split.stratify: false; received 0.01."),
+    ("{source: sklearn.wine, split: {train: 0.5, validation: 0.495, test: 0.005}}",
+     "data.split.test: a stratified split leaves the test split empty: test: 0.005 gives each of the 3 classes of "
+     "'y' less than one example (0.005 of the largest class, 'class_1', with 71 examples, is 0.35, which rounds to 0); "
+     "expected a test fraction above 0.00704, classes with more examples (is data.target the right column?), or "
+     "data.split.stratify: false; received 0.005."),
+]
+
+
+@pytest.mark.parametrize("data, message", SPLIT_FRACTION_CASES, ids=[c[0] for c in SPLIT_FRACTION_CASES])
+def test_a_fraction_too_small_for_every_class_is_named(tmp_path, capsys, data, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {data}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, message)
+
+
+def test_a_stratified_split_far_from_its_fractions_warns_once_with_the_sizes(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_text("task: multiclass\ndata: {source: sklearn.diabetes}\n")
+    assert main(["validate", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "# data: 384 train / 29 validation / 29 test examples" in captured.out
+    assert captured.err == (
+        "ktk: warning: task: multiclass, but the target 'y' holds 214 distinct numbers in 442 examples (about 2.1 of "
+        "each): is it a regression target (task: regression)?\n"
+        "ktk: warning: data.split.stratify: 185 of 214 classes of 'y' have too few examples to be split (fewer than "
+        "4), so they stay whole in the training split: 384 train / 29 validation / 29 test examples instead of about "
+        "309 / 66 / 66; data.split.stratify: false gives the fractions asked for\n")
+    # a few rare classes in a table: the same warning, naming them; without stratification, no warning
+    rare = pd.DataFrame({"a": RNG.normal(size=100), "c": ["big"] * 60 + [f"r{i}" for i in range(40)]})
+    rare.to_csv(tmp_path / "rare.csv", index=False)
+    config.write_text("data: {source: csv, path: rare.csv, target: c}\n")
+    assert main(["validate", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ktk: warning: data.split.stratify: 40 of 41 classes of 'c' have "
+                                                   "too few examples to be split (fewer than 4)"), err
+    config.write_text("data: {source: csv, path: rare.csv, target: c, split: {stratify: false}}\n")
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("source", ["sklearn.iris", "sklearn.digits", "sklearn.wine", "synthetic.blobs"])
+def test_well_balanced_data_gives_no_warning(tmp_path, capsys, source):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: {source}}}\n")
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+VALID_ARRAYS = {
+    "float16": RNG.normal(size=(60, 3)).astype(np.float16),
+    "float16-extremes": np.tile(np.array([65504, -65504, 0], dtype=np.float16), (60, 1)),
+    "float32-extremes": np.tile(np.array([3.4e38, -3.4e38, 0], dtype=np.float32), (60, 1)),
+    "int64-large": RNG.integers(-2**63, 2**63 - 1, (60, 3), dtype=np.int64),
+    "uint64-large": RNG.integers(0, 2**64 - 1, (60, 3), dtype=np.uint64),
+    "uint8-images": RNG.integers(0, 255, (60, 4, 4, 1), dtype=np.uint8),
+    "int8": RNG.integers(-128, 127, (60, 3), dtype=np.int8),
+    "bool": RNG.random((60, 3)) > 0.5,
+    "longdouble": RNG.normal(size=(60, 3)).astype(np.longdouble),
+}
+
+
+@pytest.mark.parametrize("normalize", ["standard", "minmax", "none"])
+@pytest.mark.parametrize("dtype", list(VALID_ARRAYS))
+def test_valid_data_of_any_dtype_loads_without_python_warnings(tmp_path, capsys, dtype, normalize):
+    y = RNG.integers(0, 2, 60)
+    np.savez(tmp_path / "x.npz", x=VALID_ARRAYS[dtype], y=y.astype(np.float16) if dtype == "float16" else y)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{source: npz, path: x.npz, normalize: {normalize}}}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stray RuntimeWarning ("overflow encountered in cast") fails here
+        assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().err == ""

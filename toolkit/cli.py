@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import List, Optional, Sequence
+import warnings
+from typing import Any, Callable, List, Optional, Sequence
 
-from toolkit.errors import UserError, did_you_mean
+from toolkit.errors import DataWarning, UserError, did_you_mean
 from toolkit.quiet import quiet_tensorflow
 
 EXIT_USER_ERROR = 2
@@ -198,7 +199,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler = globals()[f"_cmd_{args.command}"]
     quiet_tensorflow(verbose=getattr(args, "verbose", False))  # imports nothing: commands that never train stay fast
     try:
-        return int(handler(args) or 0)
+        with warnings.catch_warnings():  # the library's DataWarnings as ktk lines; others as Python shows them
+            warnings.showwarning = _data_warnings_as_ktk_lines(warnings.showwarning)
+            return int(handler(args) or 0)
     except UserError as error:
         config_file = getattr(args, "config", None)
         if config_file and not (error.where or "").startswith("--"):
@@ -332,10 +335,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn(warnings: Sequence[str]) -> None:
+def _data_warnings_as_ktk_lines(show_others: Callable[..., None]) -> Callable[..., None]:
+    def show(message: Any, category: Any, *where: Any, **options: Any) -> None:
+        if issubclass(category, DataWarning):
+            _warn([str(message)])
+        else:
+            show_others(message, category, *where, **options)
+
+    return show
+
+
+def _warn(lines: Sequence[str]) -> None:
     from toolkit.tables import terminal_text
 
-    for warning in warnings:  # one line each, whatever a path or message holds (newlines, escape sequences)
+    for warning in lines:  # one line each, whatever a path or message holds (newlines, escape sequences)
         print(f"ktk: warning: {terminal_text(warning)}", file=sys.stderr)
 
 

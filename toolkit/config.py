@@ -202,6 +202,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _fill_split(self) -> "DataConfig":
+        from toolkit.data import check_source_keys  # the sources' own table of the keys each reads
+
+        check_source_keys(self)
         split = self.split
         if split.column is not None:
             if any(f is not None for f in (split.train, split.validation, split.test)):

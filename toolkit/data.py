@@ -24,17 +24,19 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import inspect
+import io
 import os
 import re
 import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from toolkit.errors import DataWarning, InvalidValue, UserError, first_line
 from toolkit.schema import NUMBER, TEXT, Column, InputSchema
-from toolkit.errors import UserError, first_line
 from toolkit.results import SPLITS
 
 MAX_CLASSES_FOR_INFERENCE = 50
@@ -153,6 +155,8 @@ def load_data(config: Any) -> Dataset:
             where="task", expected="at most 2 classes for a binary task",
             received=f"{num_classes} classes", choices=["multiclass", "regression"],
         )
+    if config.task in ("binary", "multiclass"):
+        _warn_if_regression_like(raw, config.task, num_classes)
     parts, rows = _split(raw, y_all, data.split, task, config.seed, class_names)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
     x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
@@ -173,6 +177,51 @@ def load_data(config: Any) -> Dataset:
 # ------------------------------------------------------------------------------------------ sources
 
 
+# The keys of the data section that only some sources read: what each is, and the sources that read it.
+# Every source reads source, split (fractions, stratify) and normalize.
+_SOURCE_KEYS = {
+    "path": ("the data file", ("csv", "parquet", "npz")),
+    "target": ("the target column", ("csv", "parquet")),
+    "features": ("the feature columns", ("csv", "parquet")),
+    "test_path": ("a separate test file", ("csv", "parquet", "npz")),
+    "options": ("arguments of the data set or generator", ("sklearn", "synthetic", "keras")),
+    "missing": ("what to do with missing values in a table", ("csv", "parquet")),
+    "split.column": ("a column naming each row's split", ("csv", "parquet")),
+}
+
+
+def check_source_keys(data: Any) -> None:
+    """Refuses data keys that the source does not read (they would do nothing), and a split column that is
+    the target. Called by the config schema, so `ktk validate` says it before any file is read.
+
+    Raises:
+        InvalidValue: located below ``data``.
+    """
+    family, _, name = data.source.partition(".")
+    kind = data.source if data.source in ("csv", "parquet", "npz") else family if name else None
+    if kind not in ("csv", "parquet", "npz", "sklearn", "synthetic", "keras"):
+        return  # an unknown source: load_data lists the known ones
+    given = {"path": data.path, "target": data.target, "features": data.features, "test_path": data.test_path,
+             "options": data.options or None, "missing": None if data.missing == "error" else data.missing,
+             "split.column": data.split.column}
+    unread = [key for key, value in given.items() if value is not None and kind not in _SOURCE_KEYS[key][1]]
+    if unread:
+        key = unread[0]
+        what, kinds = _SOURCE_KEYS[key]
+        readers = ", ".join(k + ("." if k in ("sklearn", "synthetic", "keras") else "") for k in kinds)
+        readers = " and ".join(readers.rsplit(", ", 1))
+        applying = ["source", *(k for k, (_, ks) in _SOURCE_KEYS.items() if kind in ks and k != "split.column"),
+                    "split", *(["split.column"] if kind in _SOURCE_KEYS["split.column"][1] else []), "normalize"]
+        nor = f", nor {', '.join(unread[1:])}" if len(unread) > 1 else ""
+        raise InvalidValue(f"source {data.source!r} does not read {key} ({what}, read by the {readers} sources){nor}",
+                           where=key, expected=f"only the keys that apply to {data.source}", received=given[key],
+                           choices=applying)
+    if data.split.column is not None and data.split.column == data.target:
+        raise InvalidValue(f"column {data.target!r} is the target (data.target), so it cannot be the split column",
+                           where="split.column", expected="a column naming each row's split (train, validation "
+                           "or test), other than the target and the features", received=data.split.column)
+
+
 def _load_source(data: Any, seed: int, base_dir: Path) -> _Raw:
     family, _, name = data.source.partition(".")
     loaders: Dict[str, Callable[..., _Raw]] = {
@@ -180,15 +229,8 @@ def _load_source(data: Any, seed: int, base_dir: Path) -> _Raw:
     }
     files: Dict[str, Callable[..., _Raw]] = {"csv": _load_table, "parquet": _load_table, "npz": _load_npz}
     if family in loaders and name:
-        raw = loaders[family](name, dict(data.options), seed)
-        if data.test_path:
-            raise UserError(where="data.test_path", expected=f"no test_path with source {data.source!r} "
-                            "(it is only for csv, parquet and npz files)", received=data.test_path)
-        return raw
+        return loaders[family](name, dict(data.options), seed)
     if data.source in files:
-        if data.options:
-            raise UserError(f"data.options are for the sklearn., synthetic. and keras. sources, not {data.source}",
-                            where=f"data.options.{next(iter(data.options))}", expected="no options")
         return files[data.source](data, base_dir)
     choices = ([f"sklearn.{n}" for n in SKLEARN_DATASETS] + [f"synthetic.{n}" for n in SYNTHETIC]
                + [f"keras.{n}" for n in KERAS_DATASETS] + list(files))
@@ -477,32 +519,61 @@ def _open_data_file(path: Path, where: str) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def _read_frame(kind: str, path: Path, where: str) -> Any:
+def _read_frame(kind: str, path: Path, name: str, where: str) -> Any:
+    """The table of a csv or parquet file (`name`: the path as the config gives it, for messages)."""
     import pandas as pd
 
     with _open_data_file(path, where) as handle:
         try:
             if kind == "parquet":
-                _check_parquet_size(handle, path, where)
+                _check_parquet(handle, path, name, where)
                 frame = pd.read_parquet(handle)
             else:
                 with _decompressed(handle, path, where) as text:
-                    frame = pd.read_csv(text, low_memory=False)
+                    content = io.BytesIO(text.read())
+                # pandas renames a repeated name (x, x.1) and an empty one ("Unnamed: 1"): the header as written
+                header = pd.read_csv(content, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+                _check_header(list(header), name, where, "the header")
+                content.seek(0)
+                frame = pd.read_csv(content, low_memory=False)
         except UserError:
             raise
         except Exception as error:  # an unreadable file is the user's to fix: one message, whatever the parser says
             raise UserError(f"could not read the {kind} file ({first_line(error)})", where=where,
                             received=str(path)) from None
+    if not frame.index.equals(pd.RangeIndex(len(frame))):  # pandas made an unnamed first field the index
+        raise UserError(f"the header of {name} names {len(frame.columns)} columns, but its data rows have "
+                        f"{len(frame.columns) + frame.index.nlevels} fields (a comma at the end of each row?)",
+                        where=where, expected="a header naming every field of a row", received=str(path))
     frame = frame.reset_index(drop=True)  # row numbers in messages are positions in the file
     frame.columns = [str(c) for c in frame.columns]
     return frame
 
 
-def _check_parquet_size(handle: BinaryIO, path: Path, where: str) -> None:
-    """Parquet is compressed: its own metadata says how large the table is, before reading it."""
+def _check_header(names: List[Any], file: str, where: str, header: str) -> None:
+    """Refuses a header with an empty or a repeated column name: `target: x` or `features: [x]` would be
+    ambiguous, and pandas would rename them (x.1, "Unnamed: 1") without a word."""
+    first: Dict[str, int] = {}
+    for position, name in enumerate(map(str, names), start=1):
+        if not name.strip():
+            hint = (" (pandas' to_csv saves the index as an unnamed first column: save with index=False)"
+                    if header == "the header" and position == 1 else "")
+            raise UserError(f"column {position} of {file} has no name in {header}", where=where,
+                            expected=f"a name for every column{hint}", received=[str(n) for n in names])
+        if name in first:
+            raise UserError(f"columns {first[name]} and {position} of {file} are both named {name!r} in {header}",
+                            where=where, expected="a different name for each column", received=name)
+        first[name] = position
+
+
+def _check_parquet(handle: BinaryIO, path: Path, name: str, where: str) -> None:
+    """Parquet is compressed: its own metadata says how large the table is, before reading it. Its column
+    names are checked as a csv file's header."""
     import pyarrow.parquet as pq
 
-    metadata = pq.ParquetFile(handle).metadata
+    parquet = pq.ParquetFile(handle)
+    _check_header(parquet.schema_arrow.names, name, where, "its schema")
+    metadata = parquet.metadata
     # Encoded sizes can be tiny (a column of zeros is one dictionary entry): count 8 bytes a cell at least.
     size = max(sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)),
                metadata.num_rows * metadata.num_columns * 8)
@@ -557,6 +628,39 @@ class _Capped:
         self.stream.close()
 
 
+def _refuse_training_file_as_test(train: Path, test: Path, data: Any) -> None:
+    """A test file that is the training file (under another spelling, or through a link) or a copy of it
+    would report training data as test results."""
+    try:
+        if os.path.samefile(train, test):
+            what = "the training file"
+        elif _same_contents(train, test):
+            what = "a copy of the training file"
+        else:
+            return
+    except OSError:
+        return  # reading either file says what is wrong with it
+    raise UserError(f"the test file is {what} ({data.path}), so the test split would be training data",
+                    where="data.test_path", expected="a file of held-out examples, or no test_path (then split.test "
+                    "holds out part of the training file)", received=data.test_path)
+
+
+def _same_contents(a: Path, b: Path) -> bool:
+    """Whether two regular files (of at most MAX_DATA_BYTES) hold the same bytes; FIFOs and devices are
+    never read here."""
+    first, second = os.stat(a), os.stat(b)
+    regular = stat.S_ISREG(first.st_mode) and stat.S_ISREG(second.st_mode)
+    if not regular or first.st_size != second.st_size or first.st_size > MAX_DATA_BYTES:
+        return False
+    with open(a, "rb") as one, open(b, "rb") as other:
+        while True:
+            chunk = one.read(2**20)
+            if chunk != other.read(2**20):
+                return False
+            if not chunk:
+                return True
+
+
 @dataclass
 class _Table:
     """One file of a csv/parquet source: its rows and how messages name it."""
@@ -579,8 +683,11 @@ class _Table:
 
 
 def _load_table(data: Any, base_dir: Path) -> _Raw:
-    train = _Table(_read_frame(data.source, _resolve(data.path, base_dir, "data.path"), "data.path"),
-                   data.path, "data.path")
+    train_file = _resolve(data.path, base_dir, "data.path")
+    test_file = _resolve(data.test_path, base_dir, "data.test_path") if data.test_path else None
+    if test_file is not None:
+        _refuse_training_file_as_test(train_file, test_file, data)
+    train = _Table(_read_frame(data.source, train_file, data.path, "data.path"), data.path, "data.path")
     columns = list(train.frame.columns)
     if data.target is None:
         raise UserError("required key is missing", where="data.target", expected="the name of the target column",
@@ -591,9 +698,9 @@ def _load_table(data: Any, base_dir: Path) -> _Raw:
             raise UserError(f"column not found in {data.path}", where=key, received=column, choices=columns)
     features = _feature_columns(data, columns)
     tables = [train]
-    if data.test_path:
-        test = _Table(_read_frame(data.source, _resolve(data.test_path, base_dir, "data.test_path"),
-                                  "data.test_path"), data.test_path, "data.test_path")
+    if test_file is not None:
+        test = _Table(_read_frame(data.source, test_file, data.test_path, "data.test_path"), data.test_path,
+                      "data.test_path")
         for column in [*features, data.target]:
             if column not in test.frame.columns:
                 raise UserError(f"column {column!r} of the training file is not in the test file {data.test_path}",
@@ -832,11 +939,14 @@ _NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (np.savez), possibl
 
 
 def _load_npz(data: Any, base_dir: Path) -> _Raw:
-    x, y = _read_npz(_resolve(data.path, base_dir, "data.path"), data.path, "data.path")
+    train_file = _resolve(data.path, base_dir, "data.path")
+    test_file = _resolve(data.test_path, base_dir, "data.test_path") if data.test_path else None
+    if test_file is not None:
+        _refuse_training_file_as_test(train_file, test_file, data)
+    x, y = _read_npz(train_file, data.path, "data.path")
     test = None
-    if data.test_path:
-        test_x, test_y = _read_npz(_resolve(data.test_path, base_dir, "data.test_path"), data.test_path,
-                                   "data.test_path")
+    if test_file is not None:
+        test_x, test_y = _read_npz(test_file, data.test_path, "data.test_path")
         if test_x.shape[1:] != x.shape[1:]:
             raise UserError(f"the test file's examples have another shape than the training file's ({data.path})",
                             where="data.test_path", expected=f"x of shape (n, {', '.join(map(str, x.shape[1:]))})",
@@ -938,13 +1048,15 @@ def _check_finite(values: np.ndarray, label: str, where: str, rows: Callable[[Se
                   missing: str = "values") -> None:
     """Refuses NaN, infinite and beyond-float32 values in a (rows, ...) array, naming the rows."""
     flat = values.reshape(len(values), -1)
-    with np.errstate(invalid="ignore"):
-        problems = (
-            (np.isnan(flat), f"missing (NaN) {missing}", "finite numbers"),
-            (np.isinf(flat), "infinite values", "finite numbers"),
-            (np.abs(np.where(np.isfinite(flat), flat, 0)) > FLOAT32_MAX,
-             "values too large for float32 (the type Keras trains in)", f"numbers within ±{FLOAT32_MAX:.3g}"),
-        )
+    problems = [
+        (np.isnan(flat), f"missing (NaN) {missing}", "finite numbers"),
+        (np.isinf(flat), "infinite values", "finite numbers"),
+    ]
+    if float(np.finfo(flat.dtype).max) > FLOAT32_MAX:  # float16 and float32 fit (FLOAT32_MAX overflows float16)
+        with np.errstate(invalid="ignore"):
+            problems.append((np.abs(np.where(np.isfinite(flat), flat, 0)) > FLOAT32_MAX,
+                             "values too large for float32 (the type Keras trains in)",
+                             f"numbers within ±{FLOAT32_MAX:.3g}"))
     for mask, what, expected in problems:
         bad = np.flatnonzero(mask.any(axis=1))
         if len(bad):
@@ -994,6 +1106,15 @@ def _infer_task(raw: _Raw, declared: str) -> str:
     return "regression"
 
 
+def _warn_if_regression_like(raw: _Raw, task: str, num_classes: Optional[int]) -> None:
+    """A numeric target declared as classes, with many values and few examples of each, looks like a
+    regression target (sklearn.diabetes as multiclass: 214 classes in 442 examples)."""
+    if raw.y.dtype.kind in "iuf" and num_classes and num_classes > max(MAX_CLASSES_FOR_INFERENCE, len(raw.y) / 10):
+        warnings.warn(f"task: {task}, but the target {raw.target_name!r} holds {num_classes:,} distinct numbers in "
+                      f"{len(raw.y):,} examples (about {len(raw.y) / num_classes:.1f} of each): is it a regression "
+                      "target (task: regression)?", DataWarning, stacklevel=3)
+
+
 def _one_label_per_example(y: np.ndarray, name: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         return y[:, 0]
@@ -1035,21 +1156,25 @@ def split_indices(n: int, fractions: Tuple[float, float, float], seed: int,
     """Disjoint, shuffled train/validation/test indices, stratified by `strata` when given.
 
     Reproducible from `seed`. With strata, each class is split in the same proportions (rounded per
-    class), so every split keeps the class balance of the whole.
+    class, see :func:`_class_shares`), so every split keeps the class balance of the whole.
     """
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
     parts: List[List[np.ndarray]] = [[], [], []]
     for members in groups:
         members = rng.permutation(members)
-        n_test = int(round(len(members) * fractions[2]))
-        n_val = int(round(len(members) * fractions[1]))
+        n_val, n_test = _class_shares(len(members), fractions)
         if fractions[1] > 0 and n_val == 0 and len(members) - n_test > 1 and strata is None:
             n_val = 1
         parts[2].append(members[:n_test])
         parts[1].append(members[n_test:n_test + n_val])
         parts[0].append(members[n_test + n_val:])
     return tuple(rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)  # type: ignore[return-value]
+
+
+def _class_shares(count: int, fractions: Tuple[float, float, float]) -> Tuple[int, int]:
+    """How many of `count` examples go to validation and to test (the rest train): each rounded on its own."""
+    return int(round(count * fractions[1])), int(round(count * fractions[2]))
 
 
 def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_names: Optional[List[str]]):
@@ -1061,6 +1186,11 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
     if raw.split_of_row is not None:
         index = {name: np.flatnonzero(raw.split_of_row == name) for name in SPLITS}
         if raw.test is not None:
+            if len(index["test"]):  # two test splits: one of them would be dropped
+                raise UserError(f"the split column {split.column!r} names {len(index['test']):,} test rows, and "
+                                "data.test_path gives the test split too", where="data.split.column",
+                                expected="only train and validation rows in the split column when test_path is "
+                                "set (or no test_path)", received=split.column)
             index["test"] = np.array([], dtype=np.int64)
         for name in SPLITS[:2] if raw.test is not None else SPLITS:
             if not len(index[name]):
@@ -1070,17 +1200,18 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
         parts = [(x[index[name]], y[index[name]]) for name in SPLITS]
         rows = [index[name] for name in SPLITS]
     else:
-        if raw.test is not None:
-            total = split.train + split.validation
-            fractions = (split.train / total, split.validation / total, 0.0)
-        else:
-            fractions = (split.train, split.validation, split.test)
+        # With a separate test set, train and validation share the whole of this data in their proportions.
+        total = split.train + split.validation if raw.test is not None else 1.0
+        fractions = (split.train / total, split.validation / total, 0.0 if raw.test is not None else split.test)
         train, val, test = split_indices(len(y), fractions, seed, y if stratify else None)
         parts = [(x[train], y[train]), (x[val], y[val]), (x[test], y[test])]
         rows = [train, val, test]
-        empty = [name for name, (_, part_y) in zip(SPLITS, parts) if not len(part_y) and fractions[SPLITS.index(name)]]
-        if empty and stratify and all(len(p) for p, f in zip(split_indices(len(y), fractions, seed), fractions) if f):
-            _explain_stratification(y, fractions, class_names, raw.target_name, empty[0])
+        if stratify:
+            empty = [name for name, f, (_, part_y) in zip(SPLITS, fractions, parts) if f and not len(part_y)]
+            if not empty:
+                _warn_if_stratification_distorts(y, fractions, [len(p) for p in (train, val, test)], raw.target_name)
+            elif all(len(p) for p, f in zip(split_indices(len(y), fractions, seed), fractions) if f):
+                _refuse_stratified_empty_split(y, fractions, total, split, class_names, raw.target_name, empty[0])
     if raw.test is not None:
         parts[2] = (np.asarray(raw.test[0], dtype=np.float64), raw.test[1])
         rows[2] = np.arange(len(raw.test[1]), dtype=np.int64) if raw.test_rows is None else raw.test_rows
@@ -1096,21 +1227,45 @@ def _split(raw: _Raw, y: np.ndarray, split: Any, task: str, seed: int, class_nam
     return parts, dict(zip(SPLITS, rows))
 
 
-def _explain_stratification(y: np.ndarray, fractions: Tuple[float, float, float],
-                            class_names: Optional[List[str]], target: str, empty: str) -> None:
-    """A stratified split left a split empty: the classes are too small, not the fractions too."""
+def _refuse_stratified_empty_split(y: np.ndarray, fractions: Tuple[float, float, float], total: float, split: Any,
+                                   class_names: Optional[List[str]], target: str, empty: str) -> None:
+    """A stratified split left a split empty: its fraction of every class rounds to no example. That is tiny
+    fractions, small classes (perhaps the wrong target column), or both: the message gives the numbers."""
     counts = np.bincount(y.astype(np.int64))
-    smallest = min(f for f in fractions if f > 0)
-    needed = int(np.ceil(0.5 / smallest))  # rounding gives a class a member of that split from here on
-    small = int((counts < needed).sum())
+    largest = int(np.argmax(counts))
     names = class_names or [str(i) for i in range(len(counts))]
-    least = int(np.argmin(counts))
+    fraction = fractions[SPLITS.index(empty)]
+    given = getattr(split, empty)
     raise UserError(
-        f"a stratified split leaves the {empty} split empty: {small:,} of {len(counts):,} classes of {target!r} have "
-        f"fewer than {needed} examples (the smallest, {names[least]!r}, has {int(counts[least])}), so each is kept "
-        "whole in the training split", where="data.split.stratify",
-        expected="classes with enough examples (is data.target the right column?), or data.split.stratify: false",
-        received=True)
+        f"a stratified split leaves the {empty} split empty: {empty}: {given:g} gives each of the {len(counts):,} "
+        f"classes of {target!r} less than one example ({fraction:.3g} of the largest class, {names[largest]!r}, "
+        f"with {int(counts[largest]):,} examples, is {counts[largest] * fraction:.2g}, which rounds to 0)",
+        where=f"data.split.{empty}",
+        expected=f"a {empty} fraction above {0.5 * total / counts[largest]:.3g}, classes with more examples (is "
+        "data.target the right column?), or data.split.stratify: false", received=given)
+
+
+def _warn_if_stratification_distorts(y: np.ndarray, fractions: Tuple[float, float, float], sizes: List[int],
+                                     target: str) -> None:
+    """Warns when rounding each class's share (small classes stay whole in training) moves the validation or
+    test size far from its fraction: 384/29/29 examples where 0.7/0.15/0.15 of 442 asks about 309/66/66."""
+    wanted = [len(y) * f for f in fractions]
+    if all(abs(size - want) <= max(2.0, 0.2 * want) for size, want in zip(sizes[1:], wanted[1:])):
+        return
+    counts = np.bincount(y.astype(np.int64))
+    counts = counts[counts > 0]
+    shares = [_class_shares(int(c), fractions) for c in counts]
+    small = sum(1 for share in shares if any(n == 0 and f > 0 for n, f in zip(share, fractions[1:])))
+    needed = max(1, int(0.5 / min(f for f in fractions[1:] if f > 0)))  # the fewest examples that give each one
+    while 0 in [n for n, f in zip(_class_shares(needed, fractions), fractions[1:]) if f > 0]:
+        needed += 1
+    shown = " / ".join(f"{size:,} {name}" for size, name in zip(sizes, SPLITS))
+    about = " / ".join(f"{round(want):,}" for want in wanted)
+    cause = (f"{small:,} of {len(counts):,} classes of {target!r} have too few examples to be split (fewer than "
+             f"{needed:,}), so they stay whole in the training split" if small else
+             f"each class of {target!r} is split with its share rounded")
+    warnings.warn(f"data.split.stratify: {cause}: {shown} examples instead of about "
+                  f"{about}; data.split.stratify: false gives the fractions asked for", DataWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------- normalization
@@ -1132,5 +1287,5 @@ def _normalize(method: str, x_train: np.ndarray, *others: np.ndarray):
         scale = x_train.max(axis=0) - center
     scale = np.where(scale > 0, scale, 1.0)  # constant features stay finite
     scaled = [((np.asarray(a) - center) / scale).astype(np.float32) for a in (x_train, *others)]
-    return (*scaled, {"method": method, "center": np.asarray(center, dtype=np.float64),
-                      "scale": np.asarray(scale, dtype=np.float64)})
+    # The statistics stay float64: the range of values near ±FLOAT32_MAX does not fit float32.
+    return (*scaled, {"method": method, "center": center.astype(np.float64), "scale": scale.astype(np.float64)})

@@ -87,6 +87,11 @@ class UserError(Exception):
         return self
 
 
+class DataWarning(UserWarning):
+    """A doubt about the data that does not stop a run (a split far from its fractions); the CLI shows it as
+    one ``ktk: warning:`` line."""
+
+
 class InvalidValue(ValueError):
     """A :class:`UserError` raised inside a config schema validator, its `where` relative to the value checked.
 
