@@ -158,20 +158,46 @@ def load_data(config: Any) -> Dataset:
     if config.task in ("binary", "multiclass"):
         _warn_if_regression_like(raw, config.task, num_classes)
     parts, rows = _split(raw, y_all, data.split, task, config.seed, class_names)
+    feature_names = raw.feature_names
+    if raw.columns is not None:  # text categories: those of the training split only, as the saved model knows
+        columns, keep = _training_vocabulary(raw.columns, parts[0][0])
+        parts = [(x[:, keep], part_y) for x, part_y in parts]
+        feature_names = [name for name, kept in zip(feature_names or [], keep) if kept] or None
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
     x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
     y_type = np.int32 if task == "multiclass" else np.float32
     if raw.columns is not None:
-        inputs = InputSchema("columns", columns=raw.columns, missing=data.missing)
+        inputs = InputSchema("columns", columns=columns, missing=data.missing)
     else:
         inputs = InputSchema("array", shape=tuple(int(d) for d in x_tr.shape[1:]),
                              features=list(raw.feature_names) if raw.feature_names else None, missing=data.missing)
     return Dataset(
         x_train=x_tr, y_train=y_tr.astype(y_type), x_val=x_va, y_val=y_va.astype(y_type),
         x_test=x_te, y_test=y_te.astype(y_type), task=task, num_classes=num_classes,
-        class_names=class_names, feature_names=raw.feature_names, normalization=stats, inputs=inputs,
+        class_names=class_names, feature_names=feature_names, normalization=stats, inputs=inputs,
         target_name=raw.target_name, rows=rows,
     )
+
+
+def _training_vocabulary(columns: Tuple[Column, ...], x_train: np.ndarray) -> Tuple[Tuple[Column, ...], np.ndarray]:
+    """The columns with each text column's categories cut to those the training split holds, and which columns of
+    the one-hot encoded `x` stay. A category seen only in validation or test rows encodes as none of the known
+    categories (all zeros), as an unseen value does in the saved model: no split's values shape the inputs."""
+    keep: List[bool] = []
+    kept: List[Column] = []
+    start = 0
+    for column in columns:
+        if column.dtype != TEXT:
+            keep.append(True)
+            kept.append(column)
+            start += 1
+            continue
+        width = len(column.categories or ())
+        present = (x_train[:, start:start + width] != 0).any(axis=0)
+        keep.extend(bool(p) for p in present)
+        kept.append(Column(column.name, TEXT, tuple(c for c, p in zip(column.categories or (), present) if p)))
+        start += width
+    return tuple(kept), np.asarray(keep, dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -783,7 +809,8 @@ def _nonempty(table: _Table, used: Any) -> None:
 
 def _encode_features(parts: List[Tuple[_Table, Any]]) -> Tuple[List[Any], List[Column]]:
     """Each file's feature columns as numbers: numeric columns checked (finite, within float32), text
-    columns one-hot encoded over the categories of every file. One frame per file, the same columns; and
+    columns one-hot encoded over the categories of every file (load_data then keeps the training split's
+    categories only: _training_vocabulary). One frame per file, the same columns; and
     the raw columns they come from (names, kinds, categories in one-hot order)."""
     import pandas as pd
 
