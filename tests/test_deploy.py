@@ -252,6 +252,10 @@ def test_predict_streams_in_chunks_with_the_same_answers(trained, tmp_path):
     predict_file(run_dir, source, output=tmp_path / "many.parquet", chunk_rows=5, batch_size=3)
     one, many = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "many.parquet")
     pd.testing.assert_frame_equal(one, many, rtol=1e-6)
+    pd.read_csv(source).to_parquet(tmp_path / "rows.parquet")  # parquet input, read in row batches
+    predict_file(run_dir, tmp_path / "rows.parquet", output=tmp_path / "from-parquet.json", chunk_rows=50)
+    from_parquet = pd.DataFrame(json.loads((tmp_path / "from-parquet.json").read_text()))
+    assert list(from_parquet["prediction"].astype(str)) == list(one["prediction"].astype(str))
 
 
 def test_export_saved_model_serves_raw_rows(trained, tmp_path):

@@ -42,7 +42,8 @@ def test_monitored_run_writes_gradients_csv_and_trains_exactly_as_unmonitored(tm
     assert all(float(r["grad_norm"]) > 0 and np.isfinite(float(r["weight_norm"])) for r in rows)
 
     # The last epoch's weight norms are those of the saved model (restore_best_weights: false).
-    model = keras.models.load_model(monitored.run_dir / MODEL_FILE)
+    saved = keras.models.load_model(monitored.run_dir / MODEL_FILE)  # raw inputs in: the trained network inside
+    model = [layer for layer in saved.layers if isinstance(layer, keras.Model)][-1]
     for row in rows[-len(layers):]:
         weights = model.get_layer(row["layer"]).trainable_weights
         expected = np.sqrt(sum(float(np.sum(np.square(w.numpy()))) for w in weights))

@@ -48,7 +48,7 @@ def test_run_writes_the_run_directory(iris_config, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("run", iris_config, "--out", out, "-q") == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        ".ktk-run", "config.yaml", "environment.json", "history.csv", "metrics.json", "model.keras"]
+        ".ktk-run", "config.yaml", "environment.json", "history.csv", "labels.json", "metrics.json", "model.keras"]
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("train", "validation", "test"):
         assert set(metrics[split]) == {"loss", "accuracy"}

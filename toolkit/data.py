@@ -1034,12 +1034,7 @@ def _read_npz(path: Path, name: str, where: str) -> Tuple[np.ndarray, np.ndarray
 
 def _check_array(x: np.ndarray, label: str, where: str, row_base: int) -> np.ndarray:
     """Features as float64 after checking: real numbers, one row per example, finite, within float32."""
-    if x.dtype.kind == "c":
-        raise UserError(f"{label} holds complex numbers", where=where, expected="real numbers",
-                        received=f"dtype {x.dtype}")
-    if x.dtype.kind not in "biuf":
-        raise UserError(f"{label} is not numeric", where=where, expected="an array of numbers",
-                        received=f"dtype {x.dtype}")
+    _refuse_dtype(x, "biuf", label, where, "real numbers", ("is not numeric", "an array of numbers"))
     if x.ndim < 2:
         raise UserError(f"{label} has shape {x.shape}", where=where,
                         expected="one row per example, shape (examples, features...); for one feature per example "
@@ -1057,14 +1052,18 @@ def _check_array(x: np.ndarray, label: str, where: str, row_base: int) -> np.nda
     return x.astype(np.float64, copy=False)
 
 
+def _refuse_dtype(array: np.ndarray, kinds: str, label: str, where: str, real: str, other: Tuple[str, str]) -> None:
+    """Complex numbers, or any dtype kind not in `kinds`, as one UserError (`other`: the problem and what to give)."""
+    if array.dtype.kind == "c":
+        raise UserError(f"{label} holds complex numbers", where=where, expected=real, received=f"dtype {array.dtype}")
+    if array.dtype.kind not in kinds:
+        raise UserError(f"{label} {other[0]}", where=where, expected=other[1], received=f"dtype {array.dtype}")
+
+
 def _check_labels(y: np.ndarray, label: str, where: str) -> np.ndarray:
     """Labels or regression targets: numbers (finite) or text; never complex or objects."""
-    if y.dtype.kind == "c":
-        raise UserError(f"{label} holds complex numbers", where=where, expected="real numbers or text labels",
-                        received=f"dtype {y.dtype}")
-    if y.dtype.kind not in "biufUS":
-        raise UserError(f"{label} is neither numbers nor text", where=where, expected="numbers or text labels",
-                        received=f"dtype {y.dtype}")
+    _refuse_dtype(y, "biufUS", label, where, "real numbers or text labels",
+                  ("is neither numbers nor text", "numbers or text labels"))
     if y.dtype.kind == "f":
         _check_finite(y.reshape(len(y), -1), label, where,
                       lambda rows: _rows_text(np.asarray(rows)) + " (counting from 0)", missing="labels")

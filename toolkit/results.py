@@ -176,13 +176,18 @@ def save_output(path: PathLike, content: Union[str, bytes], where: Optional[str]
     and the path, never a traceback.
     """
     path = check_output_path(path, where)
+    _write_user_file(path, content, where)
+    return path
+
+
+def _write_user_file(path: Path, content: Union[str, bytes], where: Optional[str]) -> None:
+    """:func:`atomic_write_bytes` into an existing folder; a failure is one UserError naming `where` and the path."""
     data = content.encode("utf-8") if isinstance(content, str) else content
     try:
         atomic_write_bytes(path, data, make_parents=False)
     except OSError as error:
         raise UserError(f"cannot write the file ({error.strerror or error})", where=where,
                         received=str(path)) from None
-    return path
 
 
 def check_path_given(path: Any, where: str, what: str = "a file path") -> None:
@@ -306,13 +311,7 @@ class OutputFolder:
 
     def write(self, name: str, content: Union[str, bytes]) -> Path:
         """Writes one file (checked before with :meth:`check`) and adds it to the folder's list."""
-        path = self.path / name
-        data = content.encode("utf-8") if isinstance(content, str) else content
-        try:
-            atomic_write_bytes(path, data, make_parents=False)
-        except OSError as error:
-            raise UserError(f"cannot write the file ({error.strerror or error})", where=self.where,
-                            received=str(path)) from None
+        _write_user_file(self.path / name, content, self.where)
         return self.record(name)
 
     def record(self, name: str) -> Path:

@@ -71,7 +71,7 @@ def read_file(path: Path, labels: Labels, chunk_rows: int = DEFAULT_CHUNK_ROWS, 
     seen_any = False
     for start, frame in frames:
         if not seen_any:
-            _check_columns(list(frame.columns), labels, where, notes, str(path))
+            check_columns(list(frame.columns), labels, where, notes, str(path))
         seen_any = seen_any or len(frame) > 0
         chunk = frame_chunk(frame, labels, where, notes, start)
         if len(chunk):
@@ -154,7 +154,7 @@ def _feature_names(columns: Sequence[str], labels: Labels) -> List[str]:
     return [c for c in columns if c != labels.target]  # an unnamed array: every column but the target
 
 
-def _check_columns(columns: List[str], labels: Labels, where: str, notes: Notes, name: str) -> None:
+def check_columns(columns: List[str], labels: Labels, where: str, notes: Notes, name: str) -> None:
     import collections
 
     duplicated = [c for c, n in collections.Counter(columns).items() if n > 1]

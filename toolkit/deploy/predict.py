@@ -85,7 +85,7 @@ class LoadedRun:
         frame, array = raw_inputs.frame_from(data, self.labels)
         if frame is not None:
             notes = raw_inputs.Notes()
-            raw_inputs._check_columns(list(frame.columns), self.labels, "data", notes, "the data frame")
+            raw_inputs.check_columns(list(frame.columns), self.labels, "data", notes, "the data frame")
             chunk = raw_inputs.frame_chunk(frame, self.labels, "data", notes)
         else:
             chunk = raw_inputs.array_chunk(array, self.labels, "data")
