@@ -4,6 +4,7 @@ No training here: the oracles are driven by hand with made-up scores.
 """
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -296,9 +297,9 @@ def drive(oracle, space_spec, scores, limit=100):
     """Runs an oracle by hand: each trial gets the next made-up score. Returns the trials' values."""
     import keras_tuner
 
-    oracle._set_project_dir("/tmp/unused-ktk-oracle-test", "p")
-    oracle._save_trial = lambda trial: None
-    oracle.save = lambda: None
+    from toolkit.sweeps import keras_tuner_compat
+
+    keras_tuner_compat.unsaved(oracle, Path("/tmp/unused-ktk-oracle-test"))
     hp = keras_tuner.HyperParameters()
     declare(space_spec, hp)
     oracle.update_space(hp)

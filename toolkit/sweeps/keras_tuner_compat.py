@@ -182,6 +182,14 @@ def set_project_dir(oracle: Any, directory: Path, project_name: str) -> None:
     oracle._set_project_dir(str(directory), project_name)
 
 
+def unsaved(oracle: Any, directory: Path) -> None:
+    """An oracle driven by hand (tests of an oracle's choices): a project folder for its bookkeeping, and
+    nothing ever written there."""
+    set_project_dir(oracle, directory, "p")
+    oracle._save_trial = lambda trial: None
+    oracle.save = lambda: None
+
+
 def max_collisions(oracle: Any) -> int:
     """How many duplicate draws an oracle tolerates before it calls the space exhausted."""
     return oracle._max_collisions
