@@ -371,7 +371,8 @@ def _evaluate(loaded: LoadedRun, input_path: Path, batch_size: int, chunk_rows: 
     else:
         spec_x = tf.TensorSpec((None, *labels.inputs.shape), tf.float64)
     y_dtype = tf.int64 if labels.task == "multiclass" else tf.float64
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=(spec_x, tf.TensorSpec((None,), y_dtype)))
+    y_shape = (None, *np.asarray(first.target).shape[1:])  # several regression outputs: (n, k)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=(spec_x, tf.TensorSpec(y_shape, y_dtype)))
     training = loaded.config.training
     loss = training.loss or DEFAULT_LOSS[labels.task]
     metrics = list(training.metrics) if training.metrics is not None else DEFAULT_METRICS[labels.task]
