@@ -367,8 +367,9 @@ def check_same_config(sweep_dir: Path, config: Any, spec: Any) -> None:
     if not changes:
         what = "config"
         resolved = sweep_config_dict(config, spec)
-        before = {k: v for k, v in stored.items() if k not in ("search", "name")}
-        after = {k: v for k, v in resolved.items() if k not in ("search", "name")}
+        # (tracking: where results are also recorded does not change what a trial computes)
+        before = {k: v for k, v in stored.items() if k not in ("search", "name", "tracking")}
+        after = {k: v for k, v in resolved.items() if k not in ("search", "name", "tracking")}
         changes = [text for _, text in differences(before, after)]
     if changes:
         shown = "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
