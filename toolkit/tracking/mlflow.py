@@ -153,9 +153,10 @@ def _param_batch(mlflow_client: Any, run_id: str, params: Dict[str, str]) -> Non
         mlflow_client.log_batch(run_id, params=items[start:start + BATCH])
 
 
-def find_run(mlflow_client: Any, experiment: str, tag: str, value: str) -> Optional[Any]:
-    """A run of the experiment tagged ``tag = value`` (not deleted), or None."""
-    runs = mlflow_client.search_runs([experiment], filter_string=f"tags.{tag} = '{value}'", max_results=1)
+def find_run(mlflow_client: Any, experiment: Any, tag: str, value: str) -> Optional[Any]:
+    """A run of the experiment (an id, or a list of ids) tagged ``tag = value`` (not deleted), or None."""
+    experiments = list(experiment) if isinstance(experiment, (list, tuple)) else [experiment]
+    runs = mlflow_client.search_runs(experiments, filter_string=f"tags.{tag} = '{value}'", max_results=1)
     return runs[0] if runs else None
 
 
