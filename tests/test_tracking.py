@@ -146,16 +146,15 @@ def test_overwrite_knows_tensorboard_folders(tmp_path):
 
 def _scalars(folder: Path) -> dict:
     """{tag: [(step, value)]} of the scalar summaries in one TensorBoard run folder."""
-    import numpy as np
     from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
 
     acc = ea.EventAccumulator(str(folder), size_guidance={ea.TENSORS: 0, ea.SCALARS: 0})
     acc.Reload()
     out = {}
     for tag in acc.Tags()["tensors"]:
-        out[tag] = [(e.step, float(np.frombuffer(e.tensor_proto.tensor_content, np.float32)[0])
-                     if e.tensor_proto.tensor_content else float(e.tensor_proto.float_val[0]))
-                    for e in acc.Tensors(tag)]
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+            out[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
     for tag in acc.Tags()["scalars"]:
         out[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
     return out
@@ -197,9 +196,12 @@ def test_run_writes_tensorboard_and_an_mlflow_run(tmp_path):
         assert [s for s, _ in train[tag]] == [0, 1, 2] and [s for s, _ in validation[tag]] == [0, 1, 2]
     val_loss = [float(line.split(",")[history[0].split(",").index("val_loss")]) for line in history[1:]]
     assert [v for _, v in validation["epoch_loss"]] == pytest.approx(val_loss, rel=1e-5)
-    # ReduceLROnPlateau (min_delta 10: never an improvement) halves the rate after every epoch
+    # ReduceLROnPlateau (min_delta 10: only the first epoch counts as an improvement, patience 0) halves the
+    # rate after epoch 2; each epoch's scalar is the rate that epoch trained with, as in history.csv
     rates = [v for _, v in train["epoch_learning_rate"]]
-    assert rates[1] == pytest.approx(rates[0] / 2) and rates[2] == pytest.approx(rates[0] / 4)
+    assert rates == pytest.approx([0.02, 0.02, 0.01])
+    column = history[0].split(",").index("learning_rate")
+    assert rates == pytest.approx([float(line.split(",")[column]) for line in history[1:]])
     assert any(tag.startswith("grad_norm/") for tag in train) and any(t.startswith("weight_norm/") for t in train)
 
     runs = _runs(uri, "digits")
