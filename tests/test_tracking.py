@@ -330,3 +330,15 @@ def test_sync_uploads_a_run_made_without_tracking_once(tmp_path):
     runs = _runs(uri, IRIS_RUN["name"])
     assert len(runs) == 1 and runs.iloc[0]["tags.ktk.synced"] == "true"
     assert runs.iloc[0]["params.model.hidden"] == "[8]"
+
+
+def test_compare_shows_no_tracking_columns(tmp_path):
+    import toolkit
+    from helpers import write_run
+
+    write_run(tmp_path / "a", config={"name": "a", "model": {"hidden": [8]}})
+    write_run(tmp_path / "b", config={"name": "b", "model": {"hidden": [16]},
+                                      "tracking": {"tensorboard": {"enabled": True}, "mlflow": None}})
+    table = toolkit.compare([tmp_path])
+    assert "model.hidden" in table.columns
+    assert not [c for c in table.columns if str(c).startswith("tracking")]
