@@ -342,3 +342,18 @@ def test_compare_shows_no_tracking_columns(tmp_path):
     table = toolkit.compare([tmp_path])
     assert "model.hidden" in table.columns
     assert not [c for c in table.columns if str(c).startswith("tracking")]
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "experiment"])
+def test_tracking_switches_on_every_training_command(command):
+    done = ktk(command, "--help")
+    assert done.returncode == 0 and "--tensorboard" in done.stdout and "--mlflow [URI]" in done.stdout
+
+
+def test_sync_of_nothing_is_one_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "missing", tmp_path / "empty"):
+        done = ktk("sync", path, "--mlflow", f"sqlite:///{tmp_path / 'x.db'}")
+        assert done.returncode == 2 and done.stderr.count("ktk: error:") == 1, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "x.db").exists()
