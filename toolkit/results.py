@@ -46,7 +46,7 @@ TENSORBOARD_DIR = "tensorboard"    # with tracking.tensorboard: event files (run
                                    # HParams experiment and trial_<id>/ folders), toolkit.tracking.tensorboard
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, LABELS_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE,
              RUN_MARKER)
-RUN_DIRS = (TENSORBOARD_DIR,)
+RUN_DIRS = (TENSORBOARD_DIR,)      # folders of a run directory (each holds only TensorBoard's files)
 # A sweep directory (its config.yaml is CONFIG_FILE too):
 TRIALS_FILE = "trials.csv"
 RECORDS_DIR = "records"            # records/<trial_id>.json, one per finished trial

@@ -113,7 +113,8 @@ class _Syncer:
         if not isinstance(config, dict) or not isinstance(metrics, dict):
             self.result.warnings.append(f"{run_dir}: skipped, its config.yaml or metrics.json is damaged")
             return
-        experiment_id = experiment or self._experiment(_experiment_of(config) or str(config.get("name") or run_dir.name))
+        name = _experiment_of(config) or str(config.get("name") or run_dir.name)
+        experiment_id = experiment or self._experiment(name)
         key = ml.run_key(config_text, environment.get("started") if isinstance(environment, dict) else None)
         if self._call("search the store", lambda: self._uploaded(key)):
             self.result.skipped.append(run_dir)
