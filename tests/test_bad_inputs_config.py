@@ -722,8 +722,8 @@ def test_extends_of_a_file_that_is_not_a_config_is_one_message_without_its_conte
     child.write_text("extends: other\n")
     err = refused(capsys, "validate", child)
     assert err.startswith(f"ktk: error: {child}: extends: not a config file: ") and err.count("\n") == 1
-    assert f"expected a YAML config file (a mapping of config sections: data, diagnose, extends, model, name, search, " \
-           f"seed, task, training); received '{tmp_path / 'other'}'." in err
+    assert f"expected a YAML config file (a mapping of config sections: callbacks, data, diagnose, extends, model, " \
+           f"name, search, seed, task, tracking, training); received '{tmp_path / 'other'}'." in err
     assert not any(word in err for word in ("daemon", "secret", "x1", "20228"))
     err = refused(capsys, "validate", tmp_path / "other")
     assert err.startswith(f"ktk: error: {tmp_path / 'other'}: not a config file: ") and err.count("\n") == 1

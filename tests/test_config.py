@@ -159,8 +159,8 @@ BASE = {"name": "x", "data": {"source": "sklearn.iris"}}
      "c.yaml: training.batch_size: expected a positive integer or 'full'; received 'big'."),
     ({"training": {"epochs": "ten"}}, "c.yaml: training.epochs: expected an integer; received 'ten'."),
     ({"trainig": {}},
-     "c.yaml: trainig: unknown key; received 'trainig'. Valid choices: data, diagnose, model, name, search, "
-     "seed, task, training. Did you mean 'training'?"),
+     "c.yaml: trainig: unknown key; received 'trainig'. Valid choices: callbacks, data, diagnose, model, name, "
+     "search, seed, task, tracking, training. Did you mean 'training'?"),
     ({"model": {"hidden": [64, 0]}}, "c.yaml: model.hidden: expected a positive integer at index 1; received 0."),
 ])
 def test_exact_error_messages(change, message):

@@ -61,6 +61,15 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard event files into the run (or sweep) directory's tensorboard/ "
+                        "(tracking.tensorboard)")
+    parser.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                        help="record in an MLflow tracking store (tracking.mlflow): the config's, else "
+                        "sqlite:///mlflow.db, or URI (sqlite:///file.db, a folder, http://host:5000)")
+
+
 def _add_verbose(parser: argparse.ArgumentParser, help: str = "show TensorFlow's start-up and C++ log lines") -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help=help)
 
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", type=OUT_DIR, help="run directory (default: runs/<name>/<timestamp>)")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    _add_tracking(p)
     _add_verbose(p)
 
     p = commands.add_parser("validate", help="check a config and that its data loads, without training")
@@ -100,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", type=OUT_DIR, help="sweep directory (default: sweeps/<name>)")
     p.add_argument("--overwrite", action="store_true", help="delete the sweep directory and start over")
     _add_set(p)
+    _add_tracking(p)
     _add_verbose(p, help="show Keras' per-epoch progress, and TensorFlow's start-up and C++ log lines")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run N worker processes on this machine (chief/worker on loopback)")
@@ -166,8 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the runs go, one folder per config (default: runs/experiments/<suite>/<time>)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this config of the suite (repeatable)")
     _add_set(p)
+    _add_tracking(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     _add_verbose(p)
+
+    p = commands.add_parser("sync", help="upload run and sweep directories made earlier to an MLflow store")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP", type=RESULTS_PATH,
+                   help="run or sweep directories, or folders holding them")
+    p.add_argument("--mlflow", required=True, metavar="URI", type=_path("an MLflow tracking URI"),
+                   help="the MLflow tracking store (sqlite:///mlflow.db, a folder, http://host:5000)")
+    p.add_argument("--experiment", metavar="NAME", help="the MLflow experiment (default: each config's name)")
+    p.add_argument("--no-model", action="store_true", help="do not upload model.keras")
 
     p = commands.add_parser("predict", help="predictions of a run's model for the rows of a CSV, parquet or npz file")
     p.add_argument("run_dir", metavar="RUN_DIR", type=_path("a run or sweep directory"),
@@ -228,10 +248,19 @@ def _join_descending_sort(argv: List[str]) -> List[str]:
     return out
 
 
+def _overrides(args: argparse.Namespace) -> List[str]:
+    """``--set`` and the tracking switches (--tensorboard, --mlflow [URI]) as overrides."""
+    if not hasattr(args, "tensorboard"):
+        return args.overrides
+    from toolkit.tracking import apply_switches
+
+    return apply_switches(args.overrides, args.tensorboard, args.mlflow)
+
+
 def _load(args: argparse.Namespace):
     from toolkit.config import load_config
 
-    args.loaded_config = load_config(args.config, overrides=args.overrides)
+    args.loaded_config = load_config(args.config, overrides=_overrides(args))
     return args.loaded_config
 
 
@@ -383,7 +412,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from toolkit.lessons.experiments import format_lesson_rows, lesson_rows, run_suite
 
-    result = run_suite(args.suite, out_dir=args.out, overrides=args.overrides, verbose=0 if args.quiet else 2,
+    result = run_suite(args.suite, out_dir=args.out, overrides=_overrides(args), verbose=0 if args.quiet else 2,
                        only=args.only, progress=print)
     from toolkit.analysis.compare import compare, render
 
@@ -394,6 +423,16 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         names = [f"{p.parent.name}/best" if p.name == "best" else p.name for p in finished]
         print(format_lesson_rows(lesson_rows(finished, names)))
     print(f"\nruns in {result.out_dir}: ktk compare {result.out_dir}; ktk diagnose {result.out_dir}/<run>")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from toolkit.tracking.sync import sync
+
+    result = sync(args.paths, args.mlflow, experiment=args.experiment, log_model=not args.no_model, progress=print)
+    _warn(result.warnings)
+    print(f"{len(result.uploaded)} run directories uploaded, {len(result.skipped)} already there"
+          + (f", {len(result.sweeps)} sweeps synced" if result.sweeps else "") + f" ({args.mlflow})")
     return 0
 
 

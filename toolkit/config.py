@@ -513,6 +513,56 @@ class MonitorConfig(_Section):
     gradients: bool = False  # record per-layer gradient and weight norms each epoch (gradients.csv)
 
 
+# Keras callbacks a config may not name, and why: ktk manages what they do (checkpoints, logs, early stopping,
+# progress), or they run code or send data out of the run directory. Any other callback of keras.callbacks is
+# allowed by class name (checked against Keras' files by toolkit.keras_names, and again by Keras).
+REFUSED_CALLBACKS: Dict[str, str] = {
+    "LambdaCallback": "it runs Python functions, and nothing in a config runs code",
+    "LearningRateScheduler": "it takes a Python function; use training.schedule (or ReduceLROnPlateau)",
+    "RemoteMonitor": "it sends every epoch's logs to a URL; use tracking.mlflow for a tracking server",
+    "ModelCheckpoint": "ktk saves the best epoch's model itself (model.keras in the run directory)",
+    "BackupAndRestore": "ktk manages its own checkpoints in the run directory",
+    "OrbaxCheckpoint": "ktk manages its own checkpoints in the run directory",
+    "CSVLogger": "ktk writes history.csv itself",
+    "TensorBoard": "use tracking.tensorboard (or --tensorboard): ktk writes tensorboard/ in the run directory",
+    "EarlyStopping": "use training.early_stopping: it also decides the best epoch ktk restores and reports",
+    "ProgbarLogger": "ktk shows progress itself (-q hides it)",
+    "History": "ktk records the history itself (history.csv)",
+    "Callback": "the base class does nothing",
+    "CallbackList": "not a callback",
+}
+
+
+def _callback_name(value: str) -> str:
+    reason = REFUSED_CALLBACKS.get(value)
+    if reason is not None:
+        raise InvalidValue(f"{value} cannot be used here: {reason}", expected="a Keras callback ktk does not manage, "
+                           "e.g. ReduceLROnPlateau or TerminateOnNaN", received=value)
+    return value
+
+
+class CallbackConfig(_Section):
+    """One Keras callback by class: ``{class_name: ReduceLROnPlateau, config: {monitor: val_loss, ...}}``."""
+
+    class_name: Annotated[str, AfterValidator(_callback_name)]
+    config: Dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"class_name": value} if isinstance(value, str) else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_mapping(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("config")
+    @classmethod
+    def _config_numbers(cls, value: Dict[str, Any]) -> Dict[str, Any]:
+        return _keras_arguments(value)
+
+
 class TrainingConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: Optional[ScheduleConfig] = None
@@ -529,6 +579,21 @@ class TrainingConfig(_Section):
     shuffle: bool = True
     steps_per_execution: Any = "auto"
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    callbacks: List[CallbackConfig] = Field(default_factory=list)  # (a top-level callbacks: list lands here)
+
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _no_callbacks(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _callbacks_fit(self) -> "TrainingConfig":
+        for i, callback in enumerate(self.callbacks):
+            if callback.class_name == "ReduceLROnPlateau" and self.schedule is not None:
+                raise InvalidValue("ReduceLROnPlateau sets the optimizer's learning rate, which a schedule "
+                                   "(training.schedule) computes instead; use one of the two",
+                                   where=f"callbacks.{i}.class_name", received=callback.class_name)
+        return self
 
     @field_validator("batch_size")
     @classmethod
@@ -571,6 +636,94 @@ class TrainingConfig(_Section):
         return {} if value is True else value
 
 
+class TensorBoardConfig(_Section):
+    """``tracking.tensorboard``: ``true``, or options of Keras' TensorBoard callback under ktk's names."""
+
+    enabled: bool = True  # (so that --tensorboard can switch on a section that sets options)
+    histograms: Annotated[int, _int_from(0, INT32_MAX)] = 0  # every N epochs; 0: none (histogram_freq)
+    write_graph: bool = False
+    write_images: bool = False
+    write_steps_per_second: bool = False
+    update_freq: Any = "epoch"  # "epoch", or every N batches
+    profile_batch: Any = 0  # a batch to profile, [first, last] batches, or 0 for none
+
+    @field_validator("update_freq")
+    @classmethod
+    def _update_freq(cls, value: Any) -> Any:
+        return _positive_int_or("epoch", value)
+
+    @field_validator("profile_batch")
+    @classmethod
+    def _profile_batch(cls, value: Any) -> Any:
+        ok = (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT32_MAX) or (
+            isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                and 1 <= v <= INT32_MAX for v in value)
+            and value[0] <= value[1])
+        if not ok:
+            raise InvalidValue(expected="a batch number (0: no profiling) or [first, last] batch numbers from 1",
+                               received=value)
+        return value
+
+
+MLFLOW_EXTRA = 'pip install "ktk[mlflow]"'
+DEFAULT_MLFLOW_URI = "sqlite:///mlflow.db"
+
+
+class MLflowConfig(_Section):
+    """``tracking.mlflow``: ``true`` (a SQLite store ``mlflow.db`` in the current folder), or its settings."""
+
+    enabled: bool = True  # (so that --mlflow can switch on a section that sets options)
+    tracking_uri: str = DEFAULT_MLFLOW_URI  # any MLflow tracking URI: sqlite:///..., a folder, http://...
+    experiment: Optional[str] = None  # default: the config's name
+    log_model: bool = True  # upload model.keras as an artifact
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not value.strip() or "\0" in value:
+            raise InvalidValue(expected="an MLflow tracking URI, e.g. sqlite:///mlflow.db, a folder or "
+                                        "http://host:5000", received=value)
+        return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and (not value.strip() or len(value) > 500):
+            raise InvalidValue(expected="an experiment name of 1 to 500 characters", received=value)
+        return value
+
+    @model_validator(mode="after")
+    def _installed(self) -> "MLflowConfig":
+        import importlib.util
+
+        if self.enabled and importlib.util.find_spec("mlflow") is None:  # found without importing it
+            raise InvalidValue(f"MLflow is not installed; it is an optional extra: {MLFLOW_EXTRA}",
+                               expected="mlflow installed", received="tracking.mlflow")
+        return self
+
+
+class TrackingConfig(_Section):
+    """Where runs are also recorded: TensorBoard event files in the run directory, an MLflow tracking store."""
+
+    tensorboard: Optional[TensorBoardConfig] = None
+    mlflow: Optional[MLflowConfig] = None
+
+    @field_validator("tensorboard", "mlflow", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is None or value is False or value == "none":
+            return None
+        return {} if value is True else value
+
+    @property
+    def tensorboard_on(self) -> bool:
+        return self.tensorboard is not None and self.tensorboard.enabled
+
+    @property
+    def mlflow_on(self) -> bool:
+        return self.mlflow is not None and self.mlflow.enabled
+
+
 class DiagnoseConfig(_Section):
     baseline_error: Optional[Number] = Field(None, ge=0)  # Bayes/human-level error; 0 when unknown
 
@@ -588,6 +741,9 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     diagnose: DiagnoseConfig = Field(default_factory=DiagnoseConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # Written at the top level or under training: (its one home); a top-level list is moved there.
+    callbacks: Optional[List[CallbackConfig]] = None
     # A toolkit.search.SearchConfig, validated here (its schema is loaded only for configs that have one);
     # toolkit.search.parse_search checks it against the rest of the config.
     search: Optional[Any] = None
@@ -607,6 +763,17 @@ class Config(_Section):
         if not isinstance(value, Mapping):
             raise InvalidValue(expected="a mapping (tuner, objective, max_trials, space, ...)", received=value)
         return SearchConfig.model_validate(value)  # its errors are located below search. by _problems
+
+    @model_validator(mode="after")
+    def _callbacks_under_training(self) -> "Config":
+        if self.callbacks is not None:
+            if self.training.callbacks:
+                raise InvalidValue(where="callbacks", expected="callbacks either at the top level or under "
+                                   "training:, not both", received="both")
+            self.training.callbacks = self.callbacks
+            self.callbacks = None
+            TrainingConfig._callbacks_fit(self.training)
+        return self
 
     @model_validator(mode="after")
     def _no_class_weights_for_regression(self) -> "Config":
@@ -631,7 +798,15 @@ class Config(_Section):
 
     def to_dict(self) -> Dict[str, Any]:
         """The fully resolved config as plain data (defaults filled in), ready to dump as YAML."""
-        return _yaml_data(self.model_dump(mode="python"))
+        data = _yaml_data(self.model_dump(mode="python"))
+        # Left out when unused, so that configs and results from before these keys existed read the same
+        # (a sweep resumes, compare shows no new column).
+        del data["callbacks"]
+        if not data["training"]["callbacks"]:
+            del data["training"]["callbacks"]
+        if data["tracking"] == {"tensorboard": None, "mlflow": None}:
+            del data["tracking"]
+        return data
 
     def with_values(self, values: Mapping[str, Any]) -> "Config":
         """A new validated config with dot-path values applied (``{"model.dropout": 0.3}``)."""
@@ -747,7 +922,8 @@ def check_with_data(config: Config, data: Any) -> None:
 
 
 # The config sections: a file whose top-level keys are none of these (nor close to one) is not a config.
-_SECTIONS = ("data", "diagnose", "extends", "model", "name", "search", "seed", "task", "training")
+_SECTIONS = ("callbacks", "data", "diagnose", "extends", "model", "name", "search", "seed", "task", "tracking",
+             "training")
 
 
 def _read_with_extends(path: Path, chain: Tuple[Path, ...],

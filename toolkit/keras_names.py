@@ -33,6 +33,7 @@ _NAMESPACES = {
     "layer": "layers",
     "loss": "losses",
     "metric": "metrics",
+    "callback": "callbacks",
 }
 _NOT_OBJECTS = {"get", "serialize", "deserialize", "legacy", "schedules", "Optimizer", "OptimizerMap",
                 "MultiOptimizer", "LossScaleOptimizer", "LearningRateSchedule", "Initializer", "Layer",
@@ -178,6 +179,10 @@ def shown_choices(kind: str, valid: Sequence[str]) -> List[str]:
     """The choices a message lists: losses and metrics by their snake_case names (each also has a class name)."""
     if kind in ("loss", "metric"):
         return [v for v in valid if v.islower()]
+    if kind == "callback":
+        from toolkit.config import REFUSED_CALLBACKS
+
+        return [v for v in valid if v not in REFUSED_CALLBACKS]
     return list(valid)
 
 
@@ -296,6 +301,20 @@ def constructor_arguments(module: str, name: str) -> Optional[Tuple[FrozenSet[st
     return frozenset(accepted), frozenset(required)
 
 
+def _named_arguments(module: str, name: str) -> Optional[Tuple[FrozenSet[str], FrozenSet[str]]]:
+    """The keyword arguments a class's ``__init__`` names (``**kwargs`` left out), and the required ones."""
+    classdef = _class_def(module, name)
+    init = next((n for n in classdef.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) \
+        if classdef is not None else None
+    if init is None:
+        return None
+    arguments = init.args
+    positional = arguments.posonlyargs + arguments.args
+    accepted = {a.arg for a in positional + arguments.kwonlyargs} - {"self"}
+    required = {a.arg for a in positional[:len(positional) - len(arguments.defaults)]} - {"self"}
+    return frozenset(accepted), frozenset(required)
+
+
 def _bases_arguments(module: str, classdef: ast.ClassDef) -> Optional[Tuple[FrozenSet[str], FrozenSet[str]]]:
     accepted: set = set()
     for base in classdef.bases:
@@ -351,6 +370,9 @@ def check_config_names(config: Any, task: Optional[str] = None) -> bool:
         checks.append(("loss", "training.loss", training.loss))
     for i, metric in enumerate(training.metrics or []):
         checks.append(("metric", f"training.metrics.{i}", metric))
+    for i, callback in enumerate(training.callbacks):
+        checks.append(("callback", f"training.callbacks.{i}", {"class_name": callback.class_name,
+                                                               "config": callback.config}))
     readable = True
     for kind, where, value in checks:
         readable = _check(kind, where, value) and readable
@@ -412,6 +434,8 @@ def _takes_initial_learning_rate(schedule: str) -> bool:
 def _check_arguments(kind: str, name: str, arguments: Dict[str, Any], where: str) -> None:
     cls = class_of(kind, name)
     found = constructor_arguments(*cls) if cls else None
+    if found is None and kind == "callback" and cls:
+        found = _named_arguments(*cls)  # callbacks take **kwargs only for old names (ReduceLROnPlateau's epsilon)
     if found is None:
         return
     accepted, required = found
@@ -440,13 +464,17 @@ def check_monitor(config: Any, metric_names: Optional[Sequence[str]], tasks: Seq
     from toolkit.training import DEFAULT_METRICS  # light: no Keras at import
 
     stopping = config.training.early_stopping
-    if stopping is None:
+    monitors = [(f"training.callbacks.{i}.config.monitor", c.config["monitor"])
+                for i, c in enumerate(config.training.callbacks) if isinstance(c.config.get("monitor"), str)]
+    if stopping is not None:
+        monitors.insert(0, ("training.early_stopping.monitor", stopping.monitor))
+    if not monitors:
         return
     names = {"loss"}
     for task in tasks:
         names.update(str(m.get("config", {}).get("name")) if isinstance(m, dict) else str(m)
                      for m in (DEFAULT_METRICS[task] if metric_names is None else metric_names))
     valid = sorted(names | {"val_" + n for n in names})
-    if stopping.monitor not in valid:
-        raise UserError("not a quantity this model reports", where="training.early_stopping.monitor",
-                        received=stopping.monitor, choices=valid)
+    for where, monitor in monitors:
+        if monitor not in valid:
+            raise UserError("not a quantity this model reports", where=where, received=monitor, choices=valid)

@@ -42,8 +42,11 @@ ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
 LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.schema)
 RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
+TENSORBOARD_DIR = "tensorboard"    # with tracking.tensorboard: event files (runs: train/, validation/; sweeps: the
+                                   # HParams experiment and trial_<id>/ folders), toolkit.tracking.tensorboard
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, LABELS_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE,
              RUN_MARKER)
+RUN_DIRS = (TENSORBOARD_DIR,)      # folders of a run directory (each holds only TensorBoard's files)
 # A sweep directory (its config.yaml is CONFIG_FILE too):
 TRIALS_FILE = "trials.csv"
 RECORDS_DIR = "records"            # records/<trial_id>.json, one per finished trial

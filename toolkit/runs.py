@@ -12,17 +12,19 @@ import contextlib
 import datetime as _dt
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
 from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                             RUN_MARKER, SPLITS, atomic_write_text, check_new_dir, history_logger, make_dir,
-                             utc_now, write_json)
+                             RUN_MARKER, SPLITS, TENSORBOARD_DIR, atomic_write_text, check_new_dir, history_logger,
+                             make_dir, utc_now, write_json)
+from toolkit.tracking import RunTracking
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -37,7 +39,7 @@ class RunResult:
 
 
 def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int = 1,
-        data: Any = None) -> RunResult:
+        data: Any = None, callbacks: Sequence[Any] = ()) -> RunResult:
     """Trains and evaluates a config into a run directory.
 
     Args:
@@ -46,6 +48,8 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         verbose: Keras' progress display (0 silent, 1 progress bar, 2 one line per epoch; see
             :func:`toolkit.training.progress_verbosity`).
         data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None.
+        callbacks: more Keras callbacks for ``fit``, after ktk's own (``tracking:`` and ``training.callbacks``
+            are the config's way to add them).
 
     Returns:
         A :class:`RunResult` with the run directory and the metrics written to ``metrics.json``.
@@ -66,9 +70,11 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
     model = training.prepare_model(config, data)
     claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
+    tracker = RunTracking(config, claim.path, started_at)
     try:
-        metrics = _train_into(claim.path, config, data, model, started, started_at, verbose)
-    except BaseException:
+        metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, tracker, callbacks)
+    except BaseException as error:
+        tracker.abort(interrupted=isinstance(error, KeyboardInterrupt))
         if not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch: nothing worth keeping
             claim.release()
         raise
@@ -76,7 +82,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
 
 
 def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: float, started_at: str,
-                verbose: int) -> Dict[str, Any]:
+                verbose: int, tracker: RunTracking, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
     from toolkit import training
 
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
@@ -88,6 +94,8 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         from toolkit.lessons.monitor import gradient_monitor
 
         callbacks.append(gradient_monitor(config, data, run_dir / GRADIENTS_FILE))
+    callbacks += tracker.callbacks(callbacks[-1] if config.training.monitor.gradients else None)
+    callbacks += list(extra_callbacks)
     history = training.fit(model, config, data, callbacks=callbacks, verbose=verbose).history
 
     monitor = training.monitor_name(config)
@@ -106,6 +114,7 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         "sizes": data.sizes(),
     })
     save_model(run_dir, model, data)
+    environment.update(tracker.finish(metrics))  # MLflow's copy of metrics.json is these metrics
     environment["finished"] = utc_now()
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
@@ -184,6 +193,9 @@ class RunDirClaim:
         for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
+        tensorboard = self.path / TENSORBOARD_DIR
+        if tensorboard.is_dir() and not tensorboard.is_symlink():
+            shutil.rmtree(tensorboard, ignore_errors=True)
         for folder in ((self.path,) if self.created else ()) + self.parents_made:
             with contextlib.suppress(OSError):  # not empty: someone else's files or runs; they stay
                 folder.rmdir()

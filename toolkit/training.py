@@ -186,7 +186,7 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
                          sample_weight=sample_weight)
     validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
-    all_callbacks: List[Any] = list(callbacks)
+    all_callbacks: List[Any] = list(callbacks) + config_callbacks(config)
     stopping = config.training.early_stopping
     restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
     if stopping is not None or (restore and keep_best):
@@ -198,6 +198,26 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         ))
     return model.fit(train, validation_data=validation, epochs=config.training.epochs,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+
+
+def config_callbacks(config: Any) -> List[Any]:
+    """The Keras callbacks ``training.callbacks`` names, each made from its class and arguments."""
+    import keras
+
+    from toolkit.config import REFUSED_CALLBACKS
+
+    made = []
+    for i, spec in enumerate(config.training.callbacks):
+        where = f"training.callbacks.{i}"
+        cls = getattr(keras.callbacks, spec.class_name, None)
+        if spec.class_name in REFUSED_CALLBACKS or not isinstance(cls, type) or \
+                not issubclass(cls, keras.callbacks.Callback):
+            choices = sorted(n for n in exported_classes(keras.callbacks, keras.callbacks.Callback)
+                             if n not in REFUSED_CALLBACKS)
+            raise UserError(where=f"{where}.class_name", expected="a Keras callback ktk does not manage",
+                            received=spec.class_name, choices=choices)
+        made.append(_construct(cls, copy.deepcopy(spec.config), where, "callback", spec.config))
+    return made
 
 
 def progress_verbosity(show: bool, stream: Any = None) -> int:

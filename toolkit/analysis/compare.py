@@ -161,7 +161,8 @@ MAX_KEYS = 10_000  # flattened keys of one config: far beyond a real one (~100),
 def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """Nested config dicts as dot paths (``model.dropout``); lists kept whole as compact text.
 
-    The ``search`` section is left out: it describes how a sweep searched, not how a run trained.
+    The ``search`` and ``tracking`` sections are left out: they describe how a sweep searched and where a run was
+    also recorded, not how it trained.
 
     Raises:
         ValueError: more than :data:`MAX_KEYS` keys (a document of nested YAML aliases).
@@ -175,7 +176,7 @@ def flatten(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
             steps += 1
             if steps > MAX_KEYS:  # counts mappings too: empty ones aliased a billion times add no key
                 raise ValueError(f"more than {MAX_KEYS} keys and mappings (nested YAML aliases?)")
-            if not path_prefix and key == "search":
+            if not path_prefix and key in ("search", "tracking"):
                 continue
             path = f"{path_prefix}{key}"
             if isinstance(value, dict):

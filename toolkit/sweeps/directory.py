@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from toolkit.errors import UserError, show
 from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR,
-                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER,
-                             TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
+                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_DIRS, RUN_FILES, RUN_MARKER, SWEEP_FILE,
+                             SWEEP_MARKER, TENSORBOARD_DIR, TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
 from toolkit.results import utc_now
 
@@ -26,7 +26,7 @@ DEFAULT_SWEEPS_DIR = Path("sweeps")
 TOP_RUN_PREFIX = "trial_"  # top/trial_<id>/
 # Everything ktk writes at the top of a sweep directory (besides its locks and atomic writes' temporary files).
 OWN_FILES = (SWEEP_MARKER, CONFIG_FILE, TRIALS_FILE, SWEEP_FILE)
-OWN_DIRS = (RECORDS_DIR, HISTORIES_DIR, BEST_DIR, TOP_DIR, TUNER_DIR, LOGS_DIR)
+OWN_DIRS = (RECORDS_DIR, HISTORIES_DIR, BEST_DIR, TOP_DIR, TUNER_DIR, LOGS_DIR, TENSORBOARD_DIR)
 
 # What a folder given as a sweep directory is:
 NEW = "new"  # absent, or empty (locks aside)
@@ -80,6 +80,10 @@ _TRIAL_ID = r"(?:[0-9]{1,20}|[0-9a-f]{32})"
 _TUNER_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _KERAS_TUNER_TRIAL_FILES = re.compile(r"trial\.json|build_config\.json|checkpoint(?:\.weights\.h5|\.index|"
                                       r"\.data-[0-9]+-of-[0-9]+)?")
+# TensorBoard's event files (events.out.tfevents.<time>.<host>[.<pid>.<n>][.v2]) and the profiler's output
+# (plugins/profile/<time>/<host>.xplane.pb, ...): ktk's tensorboard/ folders hold only these.
+_EVENT_FILE = r"events\.out\.tfevents\.[0-9]+(\.[A-Za-z0-9_.-]+)?|[A-Za-z0-9_.-]+\.profile-empty"
+_TB_NAME = r"[A-Za-z0-9_.-]{1,255}"
 _MOST_CHECKED = 10_000_000  # entries: a sweep of a million trials has ~5 million
 
 
@@ -92,10 +96,15 @@ def _file_rule(pattern: str) -> Any:
 _LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
     "sweep": (lambda name: name in OWN_FILES or is_lock_file(name),
               {RECORDS_DIR: "records", HISTORIES_DIR: "histories", BEST_DIR: "run", TOP_DIR: "top",
-               TUNER_DIR: "tuner", LOGS_DIR: "logs"}),
+               TUNER_DIR: "tuner", LOGS_DIR: "logs", TENSORBOARD_DIR: "sweep tensorboard"}),
     "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
     "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
-    "run": (RUN_FILES.__contains__, {}),
+    "run": (RUN_FILES.__contains__, {re.escape(name): "tensorboard" for name in RUN_DIRS}),
+    "tensorboard": (_file_rule(_EVENT_FILE), {r"train|validation": "tensorboard", "plugins": "tensorboard plugins"}),
+    "sweep tensorboard": (_file_rule(_EVENT_FILE), {r"trial_" + _TRIAL_ID: "tensorboard trial"}),
+    "tensorboard trial": (_file_rule(_EVENT_FILE), {r"train|validation|execution[0-9]{1,6}": "tensorboard",
+                                                    "plugins": "tensorboard plugins"}),
+    "tensorboard plugins": (_file_rule(_TB_NAME), {_TB_NAME: "tensorboard plugins"}),
     "top": (lambda name: False, {re.escape(TOP_RUN_PREFIX) + _TRIAL_ID: "run"}),
     "tuner": (_file_rule(rf"oracle\.json|{_TUNER_ID}\.json"), {r"trial_" + _TRIAL_ID: "tuner trial"}),
     "tuner trial": (_KERAS_TUNER_TRIAL_FILES.fullmatch, {}),
@@ -358,8 +367,9 @@ def check_same_config(sweep_dir: Path, config: Any, spec: Any) -> None:
     if not changes:
         what = "config"
         resolved = sweep_config_dict(config, spec)
-        before = {k: v for k, v in stored.items() if k not in ("search", "name")}
-        after = {k: v for k, v in resolved.items() if k not in ("search", "name")}
+        # (tracking: where results are also recorded does not change what a trial computes)
+        before = {k: v for k, v in stored.items() if k not in ("search", "name", "tracking")}
+        after = {k: v for k, v in resolved.items() if k not in ("search", "name", "tracking")}
         changes = [text for _, text in differences(before, after)]
     if changes:
         shown = "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")

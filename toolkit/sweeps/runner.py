@@ -77,9 +77,15 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         keras.backend.clear_session(free_memory=task.get("free_memory", True))
         model = training.prepare_model(config, data, seed=config.seed + execution)  # executions differ in init only
         logger = history_logger(history_path)
+        callbacks = [logger, stop_on_nan_class()()]
+        if task.get("tensorboard_dir"):  # tracking.tensorboard: the trial's scalars beside its HParams session
+            from toolkit.tracking.tensorboard import EXECUTION_PREFIX, keras_callback
+
+            log_dir = Path(task["tensorboard_dir"])
+            callbacks.append(keras_callback(config, log_dir if execution == 0 else
+                                            log_dir / f"{EXECUTION_PREFIX}{execution + 1}"))
         fit_started = time.perf_counter()
-        training.fit(model, config, data, callbacks=[logger, stop_on_nan_class()()], verbose=task["verbose"],
-                     keep_best=False)
+        training.fit(model, config, data, callbacks=callbacks, verbose=task["verbose"], keep_best=False)
         fit_seconds += time.perf_counter() - fit_started
         history = logger.history
         losses = history.get("loss", [])

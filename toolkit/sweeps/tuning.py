@@ -32,7 +32,7 @@ from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_sea
 from toolkit.sweeps import directory, keras_tuner_compat as compat, runner as runners
 from toolkit.sweeps.formatting import format_progress, last_line
 from toolkit.sweeps.lock import SweepLock
-from toolkit.sweeps.records import COMPLETED, FAILED, Records, trial_rows, write_trials_csv
+from toolkit.sweeps.records import COMPLETED, FAILED, Records, trial_history_file, trial_rows, write_trials_csv
 from toolkit.sweeps.space import declare, make_oracle
 from toolkit.sweeps.sweep_data import DataCache
 
@@ -213,9 +213,23 @@ class _Sweep:
         self.started = time.time()
         self.failures_in_a_row = 0
         self.resumed = 0
+        from toolkit.tracking.sweep import SweepTracking
+
+        self.tracking = SweepTracking(base, spec, sweep_dir, say, creates=role.kind != WORKER)
 
     def run(self) -> SweepResult:
         planned = self.spec.planned_trials()
+        self.tracking.start()
+        completed = False
+        try:
+            result = self._search_and_retrain(planned)
+            completed = True
+            return result
+        finally:
+            self.tracking.end(completed, self._summary if completed else None)
+
+    def _search_and_retrain(self, planned: Optional[int]) -> SweepResult:
+        self._summary: Dict[str, Any] = {}
         with self.role.keras_tuner_settings():
             tuner = self._make_tuner()
             if self.role.kind != WORKER:
@@ -246,7 +260,7 @@ class _Sweep:
         result.best_run = self._retrain(ranked[0], self.dir / BEST_DIR)
         for row in ranked[1:self.spec.retrain_top]:
             result.top_runs.append(self._retrain(row, directory.top_run_dir(self.dir, row["trial_id"])))
-        write_json(self.dir / SWEEP_FILE, {
+        self._summary = {
             "objective": self.spec.objective.to_dict(),
             "best_trial": ranked[0]["trial_id"],
             "best_score": ranked[0]["score"],
@@ -256,7 +270,8 @@ class _Sweep:
             "failed": result.failed,
             "top": [row["trial_id"] for row in ranked[:self.spec.retrain_top]],
             "finished": utc_now(),
-        })
+        }
+        write_json(self.dir / SWEEP_FILE, {**self._summary, **self.tracking.end_errors()})
         return result
 
     # -- keras-tuner
@@ -318,6 +333,7 @@ class _Sweep:
             "verbose": 1 if self.verbose else 0,
             "data_key": data_key,
             "free_memory": self.spec.trials_per_process is None,
+            **self.tracking.trial_task(trial_id),
         }
         outcome = self.runner.run(task, data)
         record.update(outcome)
@@ -341,6 +357,17 @@ class _Sweep:
         if self.worker_id:
             record["worker"] = self.worker_id
         self.records.write(record)
+        self._track(record)
+
+    def _track(self, record: Dict[str, Any]) -> None:
+        """The trial's HParams session and MLflow run (never failing the sweep: see toolkit.tracking.sweep)."""
+        if not (self.tracking.tensorboard or self.tracking.mlflow):
+            return
+        try:
+            trial_config = apply_values(self.base, record.get("values", {}))
+        except UserError:
+            trial_config = None
+        self.tracking.trial_ended(record, trial_history_file(self.dir, record["trial_id"]), trial_config)
 
     def after_trial(self, trial: Any) -> None:
         """Called after keras-tuner saved the trial's end: trials.csv, progress, the failure count."""
@@ -396,8 +423,9 @@ class _Sweep:
             directory.check_replaceable_run(run_dir, self.dir)  # (max_trials raised): only ktk's files go
             shutil.rmtree(run_dir)
         self.say(f"retraining trial {row['trial_id']} into {run_dir} (evaluated once on the test split)")
-        return run(run_config, out_dir=run_dir, verbose=progress_verbosity(self.verbose),
-                   data=self.data_cache.get(run_config))
+        with self.tracking.retraining(run_dir.name == BEST_DIR, row["trial_id"]):
+            return run(run_config, out_dir=run_dir, verbose=progress_verbosity(self.verbose),
+                       data=self.data_cache.get(run_config))
 
 
 # ------------------------------------------------------------------------------ keras-tuner classes
