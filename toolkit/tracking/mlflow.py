@@ -22,12 +22,10 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Optional
 
-from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE,
-                             SPLITS)
+from toolkit.results import CONFIG_FILE, HISTORY_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, SPLITS
 
 RUN_KEY_TAG = "ktk_run_key"
 SWEEP_KEY_TAG = "ktk_sweep_key"

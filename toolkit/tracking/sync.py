@@ -9,7 +9,6 @@ nothing twice. Nothing is written into the directories synced.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
