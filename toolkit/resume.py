@@ -166,7 +166,7 @@ def _check_data_unchanged(run_dir: Path, config: Any) -> None:
         return
     for key, now in data_files(config).items():
         then = recorded.get(key)
-        if isinstance(then, dict) and then.get("sha256") and then.get("sha256") != now.get("sha256"):
+        if isinstance(then, dict) and then.get("sha256") and now.get("sha256") and then["sha256"] != now["sha256"]:
             raise UserError(f"the data file has changed since the run started (its SHA-256 differs); a run resumes "
                             f"only on the data it started with; start a new run with another --out", where=key,
                             received=now.get("path"))

@@ -62,6 +62,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
 
     started = time.time()
     started_at = utc_now()
+    resumed: Optional[RunDirClaim] = None
     if resume:
         from toolkit.resume import check_resumable
 
@@ -69,24 +70,29 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
             raise UserError("--resume needs the run directory", where="--resume",
                             expected="--resume RUN_DIR, or CONFIG --out RUN_DIR --resume")
         check_resumable(out_dir, config)  # said now, before the data loads
+        resumed = claim_to_resume(out_dir)  # a process still training in it is said now too
     elif out_dir is not None:
         check_new_dir(out_dir, "run directory")  # said now, not after seconds of importing TensorFlow
-    if data is None:
-        data = load_data(config)
-    check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
-    model = training.prepare_model(config, data)
-    if resume:
-        claim = claim_to_resume(out_dir)
-    else:
-        claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
     try:
-        metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, resume)
-    except BaseException:
-        if not resume and not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch
-            claim.release()
-        raise
+        if data is None:
+            data = load_data(config)
+        check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
+        model = training.prepare_model(config, data)
+        if resumed is not None:
+            claim = resumed
+        else:
+            claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
+        try:
+            metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, resume)
+        except BaseException:
+            if not resume and not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch
+                claim.release()
+            raise
+        finally:
+            claim.unlock()
     finally:
-        claim.unlock()
+        if resumed is not None:
+            resumed.unlock()
     return RunResult(run_dir=claim.path, metrics=metrics, config=config)
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from toolkit.errors import UserError, show
-from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR,
-                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER,
-                             TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
+from toolkit.results import (BACKUP_DIR, BACKUP_FILE_PATTERN, BACKUP_KERAS_FILES, BACKUP_STATE_FILE, BEST_DIR,
+                             CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR, METRICS_FILE,
+                             MODEL_FILE, RECORDS_DIR, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER, TOP_DIR,
+                             TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
 from toolkit.results import utc_now
 
@@ -95,7 +96,9 @@ _LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
                TUNER_DIR: "tuner", LOGS_DIR: "logs"}),
     "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
     "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
-    "run": (RUN_FILES.__contains__, {}),
+    "run": (RUN_FILES.__contains__, {re.escape(BACKUP_DIR): "backup"}),  # backup/: a run stopped before it finished
+    "backup": (_file_rule("|".join([re.escape(BACKUP_STATE_FILE), *map(re.escape, BACKUP_KERAS_FILES),
+                                    BACKUP_FILE_PATTERN])), {}),
     "top": (lambda name: False, {re.escape(TOP_RUN_PREFIX) + _TRIAL_ID: "run"}),
     "tuner": (_file_rule(rf"oracle\.json|{_TUNER_ID}\.json"), {r"trial_" + _TRIAL_ID: "tuner trial"}),
     "tuner trial": (_KERAS_TUNER_TRIAL_FILES.fullmatch, {}),
