@@ -54,6 +54,17 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """An uninterrupted run of CONFIG (its config file beside it: ``../resume.yaml``), trained once for the module."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    _write_data(folder)
+    (folder / "resume.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
+    done = ktk("run", folder / "resume.yaml", "--out", folder / "whole", "-q")
+    assert done.returncode == 0, done.stderr
+    return folder / "whole"
+
+
 def _history_rows(path: Path) -> int:
     try:
         return max(0, len(path.read_text().strip().splitlines()) - 1)
@@ -83,15 +94,12 @@ def _outcome(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_run_killed_after_some_epochs_resumes_to_the_uninterrupted_result(config_file, tmp_path):
-    whole = tmp_path / "whole"
-    done = ktk("run", config_file, "--out", whole, "-q")
-    assert done.returncode == 0, done.stderr
-    expected = _outcome(whole)
+def test_a_run_killed_after_some_epochs_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path):
+    expected = _outcome(uninterrupted)
     assert 4 < expected["metrics"]["epochs_run"]  # the kill below comes before early stopping ends the run
 
     killed = tmp_path / "killed"
-    assert _interrupt_after(config_file, killed, 3, signal.SIGKILL) == -signal.SIGKILL
+    assert _interrupt_after(uninterrupted.parent / "resume.yaml", killed, 3, signal.SIGKILL) == -signal.SIGKILL
     assert (killed / "backup").is_dir() and not (killed / "metrics.json").exists()
     resumed = ktk("run", "--resume", killed, "-q")
     assert resumed.returncode == 0, resumed.stderr
@@ -106,23 +114,20 @@ def test_a_run_killed_after_some_epochs_resumes_to_the_uninterrupted_result(conf
 
 
 @pytest.mark.slow
-def test_a_run_stopped_with_ctrl_c_resumes_with_its_config_and_out(config_file, tmp_path):
-    whole = tmp_path / "whole"
-    assert ktk("run", config_file, "--out", whole, "-q").returncode == 0
-    stopped = tmp_path / "stopped"
+def test_a_run_stopped_with_ctrl_c_resumes_with_its_config_and_out(uninterrupted, tmp_path):
+    config_file, stopped = uninterrupted.parent / "resume.yaml", tmp_path / "stopped"
     assert _interrupt_after(config_file, stopped, 2, signal.SIGINT) == 130
     resumed = ktk("run", config_file, "--out", stopped, "--resume", "-q")
     assert resumed.returncode == 0, resumed.stderr
-    assert _outcome(stopped) == _outcome(whole)
+    assert _outcome(stopped) == _outcome(uninterrupted)
 
 
 @pytest.mark.slow
-def test_environment_json_records_provenance(config_file, tmp_path):
-    out = tmp_path / "run"
-    assert ktk("run", config_file, "--out", out, "--set", "training.epochs=1", "-q").returncode == 0
+def test_environment_json_records_provenance(uninterrupted):
+    out, folder = uninterrupted, uninterrupted.parent
     environment = json.loads((out / "environment.json").read_text())
-    data = (tmp_path / "points.csv").read_bytes()
-    assert environment["data_files"] == {"data.path": {"path": str((tmp_path / "points.csv").resolve()),
+    data = (folder / "points.csv").read_bytes()
+    assert environment["data_files"] == {"data.path": {"path": str((folder / "points.csv").resolve()),
                                                        "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
     assert environment["git"] is None  # the config is in no git repository
     assert environment["deterministic_ops"] is True
