@@ -276,3 +276,18 @@ def test_resume_flags_that_do_not_fit_together(tmp_path, config_file, args, expe
     run_dir = _unfinished_run(tmp_path / "run", config_file)
     names = {"CFG": str(config_file), "RUN": str(run_dir), "OTHER": str(tmp_path / "other")}
     assert expected in _error(ktk(*[names.get(a, a) for a in args]))
+
+
+def test_sweep_overwrite_knows_an_unfinished_runs_backup_and_nothing_else_in_it(tmp_path):
+    from toolkit.sweeps.directory import foreign_entries
+
+    run_dir = tmp_path / "best"
+    (run_dir / "backup").mkdir(parents=True)
+    for name in (".ktk-run", "config.yaml", "environment.json", "history.csv"):
+        (run_dir / name).write_text("x")
+    for name in ("state.json", "latest.weights.h5", "training_metadata.json", "epoch-12.weights.h5", "rng-12.npz",
+                 "best-9.npz", ".rng-13.npz.k2j4h1.tmp"):
+        (run_dir / "backup" / name).write_text("x")
+    assert foreign_entries(run_dir, run_dir=True) == []
+    (run_dir / "backup" / "notes.txt").write_text("mine")
+    assert foreign_entries(run_dir, run_dir=True) == ["backup/notes.txt"]

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from toolkit.errors import UserError
 from toolkit.results import (BACKUP_FILE_PATTERN, BACKUP_KERAS_FILES, BACKUP_STATE_FILE, CONFIG_FILE,
@@ -167,8 +167,8 @@ def _check_data_unchanged(run_dir: Path, config: Any) -> None:
     for key, now in data_files(config).items():
         then = recorded.get(key)
         if isinstance(then, dict) and then.get("sha256") and now.get("sha256") and then["sha256"] != now["sha256"]:
-            raise UserError(f"the data file has changed since the run started (its SHA-256 differs); a run resumes "
-                            f"only on the data it started with; start a new run with another --out", where=key,
+            raise UserError("the data file has changed since the run started (its SHA-256 differs); a run resumes "
+                            "only on the data it started with; start a new run with another --out", where=key,
                             received=now.get("path"))
 
 
