@@ -87,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     p = commands.add_parser("run", help="train and evaluate one config into a run directory")
-    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, help="YAML config file")
+    p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, nargs="?",
+                   help="YAML config file (optional with --resume RUN_DIR: the run's own config)")
     p.add_argument("--out", metavar="DIR", type=OUT_DIR, help="run directory (default: runs/<name>/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", nargs="?", const=True, type=_path("a run directory"),
+                   help="continue an interrupted run from its last finished epoch: CONFIG --out RUN_DIR --resume, "
+                        "or --resume RUN_DIR")
     _add_set(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     _add_tracking(p)
@@ -269,8 +273,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from toolkit.summary import format_run_summary
     from toolkit.training import progress_verbosity
 
-    config = _load(args)
-    result = run(config, out_dir=args.out, verbose=progress_verbosity(not args.quiet))
+    out, resume = args.out, args.resume is not None
+    if isinstance(args.resume, str):
+        if out is not None and out != args.resume:
+            raise UserError("the run directory is given twice", where="--resume",
+                            expected="--resume RUN_DIR, or CONFIG --out RUN_DIR --resume",
+                            received=f"--resume {args.resume} --out {out}")
+        out = args.resume
+    if args.config is not None:
+        config = _load(args)
+    elif not resume:
+        raise UserError("the config file is missing", where="CONFIG",
+                        expected="ktk run CONFIG, or ktk run --resume RUN_DIR to continue a run")
+    else:
+        from toolkit.resume import load_run_config
+
+        if args.overrides:
+            raise UserError("a run resumes with its own config", where="--set",
+                            expected="no --set with --resume RUN_DIR", received=args.overrides[0])
+        config = load_run_config(out)
+    result = run(config, out_dir=out, verbose=progress_verbosity(not args.quiet), resume=resume)
     print(format_run_summary(result))
     return 0
 

@@ -41,12 +41,18 @@ MODEL_FILE = "model.keras"
 ENVIRONMENT_FILE = "environment.json"
 GRADIENTS_FILE = "gradients.csv"
 LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.schema)
-RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory
+RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory (locked while it trains)
 TENSORBOARD_DIR = "tensorboard"    # with tracking.tensorboard: event files (runs: train/, validation/; sweeps: the
                                    # HParams experiment and trial_<id>/ folders), toolkit.tracking.tensorboard
+BACKUP_DIR = "backup"              # an unfinished run's training state, for --resume (removed when the run finishes)
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, LABELS_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE,
              RUN_MARKER)
-RUN_DIRS = (TENSORBOARD_DIR,)      # folders of a run directory (each holds only TensorBoard's files)
+RUN_DIRS = (TENSORBOARD_DIR,)      # folders of a finished run directory (each holds only TensorBoard's files)
+# In BACKUP_DIR: Keras' BackupAndRestore files, and ktk's commit record pointing at the epoch's own files.
+BACKUP_STATE_FILE = "state.json"   # the last finished epoch and the files that hold its state, written last
+BACKUP_KERAS_FILES = ("latest.weights.h5", "training_metadata.json", "latest.weights.h5.bkp",
+                      "training_metadata.json.bkp")
+BACKUP_FILE_PATTERN = r"epoch-[0-9]{1,9}\.weights\.h5|rng-[0-9]{1,9}\.npz|best-[0-9]{1,9}\.npz"
 # A sweep directory (its config.yaml is CONFIG_FILE too):
 TRIALS_FILE = "trials.csv"
 RECORDS_DIR = "records"            # records/<trial_id>.json, one per finished trial
@@ -628,15 +634,24 @@ def parse_cell(text: str, structured: bool = False, words: bool = False) -> Any:
         return text
 
 
-def history_logger(path: PathLike) -> Any:
-    """A Keras callback rewriting history.csv after every epoch (so an interrupted run keeps its curves)."""
+def history_logger(path: PathLike, earlier: Optional[Dict[str, List[float]]] = None) -> Any:
+    """A Keras callback rewriting history.csv after every epoch (so an interrupted run keeps its curves).
+
+    Args:
+        earlier: the epochs already run (a resumed run: history.csv as read by :func:`read_history_csv`); the
+            file goes on after them.
+    """
     import keras
+
+    earlier = {k: list(v) for k, v in (earlier or {}).items() if k != "epoch"}
+    rows = max((len(v) for v in earlier.values()), default=0)
+    earlier_rates = earlier.pop("learning_rate", None) or [math.nan] * rows
 
     class HistoryLogger(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.history: Dict[str, List[float]] = {}
-            self.learning_rates: List[float] = []
+            self.history: Dict[str, List[float]] = earlier
+            self.learning_rates: List[float] = earlier_rates
 
         def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
             for key, value in (logs or {}).items():

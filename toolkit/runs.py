@@ -21,9 +21,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
-from toolkit.results import (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                             RUN_MARKER, SPLITS, TENSORBOARD_DIR, atomic_write_text, check_new_dir, history_logger,
-                             make_dir, utc_now, write_json)
+from toolkit.results import (BACKUP_DIR, CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
+                             MODEL_FILE, RUN_MARKER, SPLITS, TENSORBOARD_DIR, atomic_write_text, check_new_dir,
+                             history_logger, make_dir, utc_now, write_json)
 from toolkit.tracking import RunTracking
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -39,7 +39,7 @@ class RunResult:
 
 
 def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int = 1,
-        data: Any = None, callbacks: Sequence[Any] = ()) -> RunResult:
+        data: Any = None, callbacks: Sequence[Any] = (), resume: bool = False) -> RunResult:
     """Trains and evaluates a config into a run directory.
 
     Args:
@@ -50,53 +50,85 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None.
         callbacks: more Keras callbacks for ``fit``, after ktk's own (``tracking:`` and ``training.callbacks``
             are the config's way to add them).
+        resume: continue the unfinished run in `out_dir` (one ktk claimed for this same config and data) from
+            its last finished epoch (see :mod:`toolkit.resume`).
 
     Returns:
         A :class:`RunResult` with the run directory and the metrics written to ``metrics.json``.
 
     Raises:
         UserError: a bad config or data (nothing is written then), or an `out_dir` that is not empty or
-            that another run claimed first.
+            that another run claimed first; with `resume`, an `out_dir` that is not an unfinished ktk run of this
+            config and data, or that a running process holds.
     """
     from toolkit import training
     from toolkit.data import load_data
 
     started = time.time()
     started_at = utc_now()
-    if out_dir is not None:
+    resumed: Optional[RunDirClaim] = None
+    if resume:
+        from toolkit.resume import check_resumable
+
+        if out_dir is None:
+            raise UserError("--resume needs the run directory", where="--resume",
+                            expected="--resume RUN_DIR, or CONFIG --out RUN_DIR --resume")
+        check_resumable(out_dir, config)  # said now, before the data loads
+        resumed = claim_to_resume(out_dir)  # a process still training in it is said now too
+    elif out_dir is not None:
         check_new_dir(out_dir, "run directory")  # said now, not after seconds of importing TensorFlow
-    if data is None:
-        data = load_data(config)
-    check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
-    model = training.prepare_model(config, data)
-    claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
-    tracker = RunTracking(config, claim.path, started_at)
     try:
-        metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, tracker, callbacks)
-    except BaseException as error:
-        tracker.abort(interrupted=isinstance(error, KeyboardInterrupt))
-        if not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch: nothing worth keeping
-            claim.release()
-        raise
+        if data is None:
+            data = load_data(config)
+        check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
+        model = training.prepare_model(config, data)
+        if resumed is not None:
+            claim = resumed
+        else:
+            claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
+        tracker = RunTracking(config, claim.path, started_at)
+        try:
+            metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, tracker, callbacks,
+                                  resume)
+        except BaseException as error:
+            tracker.abort(interrupted=isinstance(error, KeyboardInterrupt))
+            if not resume and not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch
+                claim.release()
+            raise
+        finally:
+            claim.unlock()
+    finally:
+        if resumed is not None:
+            resumed.unlock()
     return RunResult(run_dir=claim.path, metrics=metrics, config=config)
 
 
 def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: float, started_at: str,
-                verbose: int, tracker: RunTracking, extra_callbacks: Sequence[Any] = ()) -> Dict[str, Any]:
+                verbose: int, tracker: RunTracking, extra_callbacks: Sequence[Any] = (),
+                resume: bool = False) -> Dict[str, Any]:
     from toolkit import training
+    from toolkit.resume import Checkpoint, resumed_environment
 
+    checkpoint = Checkpoint(run_dir / BACKUP_DIR)
+    earlier: Dict[str, Any] = {}
+    if resume:
+        earlier = checkpoint.rewind(run_dir / HISTORY_FILE, config)  # back to the last epoch backed up
+        environment = resumed_environment(run_dir, _environment(config, started_at), checkpoint.initial_epoch)
+    else:
+        environment = _environment(config, started_at)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
-    environment = _environment(config, started_at)
     write_json(run_dir / ENVIRONMENT_FILE, environment)
 
-    callbacks = [history_logger(run_dir / HISTORY_FILE)]
+    logger = history_logger(run_dir / HISTORY_FILE, earlier)
+    callbacks = [logger]
     if config.training.monitor.gradients:
         from toolkit.lessons.monitor import gradient_monitor
 
         callbacks.append(gradient_monitor(config, data, run_dir / GRADIENTS_FILE))
     callbacks += tracker.callbacks(callbacks[-1] if config.training.monitor.gradients else None)
     callbacks += list(extra_callbacks)
-    history = training.fit(model, config, data, callbacks=callbacks, verbose=verbose).history
+    training.fit(model, config, data, callbacks=callbacks, verbose=verbose, checkpoint=checkpoint)
+    history = logger.history  # every epoch, those before a resume too
 
     monitor = training.monitor_name(config)
     mode = training.monitor_mode(config)
@@ -118,6 +150,7 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
     environment["finished"] = utc_now()
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
+    checkpoint.remove()  # the run is complete: its backup has served
     return metrics
 
 
@@ -187,9 +220,18 @@ class RunDirClaim:
     path: Path
     created: bool  # this run made the directory (so it may remove it again)
     parents_made: Tuple[Path, ...] = ()  # folders above it that this run made, deepest first
+    lock: Optional[int] = None  # the marker, open and locked (flock) while this process trains: see claim_to_resume
+
+    def unlock(self) -> None:
+        """Lets go of the marker's lock (the kernel does it too when the process ends, however it ends)."""
+        if self.lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.lock)
+            self.lock = None
 
     def release(self) -> None:
         """Removes what this run wrote before its first epoch, and the folders this run made if still empty."""
+        self.unlock()
         for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
@@ -218,10 +260,11 @@ def claim_run_dir(path: Union[str, Path]) -> RunDirClaim:
     if not path.is_dir():
         raise UserError("this is a file, not a directory", where="--out", expected="a new or empty directory",
                         received=str(path))
-    if not _take_marker(path):
+    lock = _take_marker(path)
+    if lock is None:
         raise UserError("another ktk run has claimed this directory", where="--out",
                         expected="a new or empty directory", received=str(path))
-    claim = RunDirClaim(path, created, parents)
+    claim = RunDirClaim(path, created, parents, lock)
     if any(entry.name != RUN_MARKER for entry in path.iterdir()):  # filled since it was checked
         claim.release()
         raise UserError("the run directory already exists and is not empty; results are never overwritten",
@@ -248,8 +291,9 @@ def claim_default_run_dir(name: str, started: float) -> RunDirClaim:
         except OSError as error:
             raise UserError(f"cannot create the run directory ({error.strerror or error}); choose one with --out",
                             where="--out", received=str(path)) from None
-        if _take_marker(path):
-            return RunDirClaim(path, created=True, parents_made=parents)
+        lock = _take_marker(path)
+        if lock is not None:
+            return RunDirClaim(path, created=True, parents_made=parents, lock=lock)
         n += 1
 
 
@@ -260,17 +304,51 @@ def _make_parents(path: Path) -> Tuple[Path, ...]:
     return missing
 
 
-def _take_marker(directory: Path) -> bool:
-    """Creates the run marker with O_EXCL: True for the one process that made it."""
+def _take_marker(directory: Path) -> Optional[int]:
+    """Creates the run marker with O_EXCL, and locks it: its open descriptor for the one process that made it,
+    else None."""
     try:
-        fd = os.open(directory / RUN_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(directory / RUN_MARKER, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return False
+        return None
     except OSError as error:
         raise UserError(f"cannot write into the run directory ({error.strerror or error})", where="--out",
                         received=str(directory)) from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"ktk run, process {os.getpid()}, started {utc_now()}\n")  # for a person wondering what it is
+    _lock(fd)
+    os.write(fd, f"ktk run, process {os.getpid()}, started {utc_now()}\n".encode())  # for a person wondering
+    return fd
+
+
+def claim_to_resume(path: Union[str, Path]) -> RunDirClaim:
+    """Holds an unfinished run's directory for this process: its marker's lock, which the process that trained
+    it held until it ended (a killed process's lock goes with it).
+
+    Raises:
+        UserError: a process is still training in it.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path / RUN_MARKER, os.O_RDWR)
+    except OSError as error:
+        raise UserError(f"cannot open the run's marker ({error.strerror or error})", where="--resume",
+                        received=str(path / RUN_MARKER)) from None
+    if not _lock(fd):
+        os.close(fd)
+        raise UserError("a ktk process is still training this run; stop it first, or wait for it to finish",
+                        where="--resume", received=str(path))
+    return RunDirClaim(path, created=False, lock=fd)
+
+
+def _lock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on `fd`: False when another process holds it. Where the file system
+    has no locks, True (the O_EXCL marker still keeps two new runs apart)."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        return error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
     return True
 
 
@@ -280,6 +358,7 @@ def _environment(config: Config, started_at: str) -> Dict[str, Any]:
     import tensorflow
 
     from toolkit import __version__
+    from toolkit.provenance import provenance
 
     return {
         "ktk": __version__,
@@ -289,7 +368,7 @@ def _environment(config: Config, started_at: str) -> Dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "seed": config.seed,
-        "deterministic_ops": True,
+        **provenance(config),  # git, data_files, packages, host, cpu_count, gpus, deterministic_ops
         "command": sys.argv,
         "cwd": os.getcwd(),
         "config_source": config.source,

@@ -141,15 +141,39 @@ def _steps_per_epoch(config: Any, data: Any) -> int:
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool = False, seed: int = 0,
-                 sample_weight: Optional[np.ndarray] = None) -> Any:
-    """A cached, prefetched ``tf.data`` pipeline; reshuffled every epoch when `shuffle`."""
+                 sample_weight: Optional[np.ndarray] = None, epoch: Any = None) -> Any:
+    """A cached, prefetched ``tf.data`` pipeline; reshuffled every epoch when `shuffle`.
+
+    Each epoch's order is a function of (`seed`, epoch) alone, so a resumed run sees the orders an uninterrupted
+    one would: `epoch` is an int64 ``tf.Variable`` holding the epoch (0-based), set by :func:`epoch_setter` before
+    each epoch's iterator is made. Without it, every epoch is shuffled as epoch 0.
+    """
     import tensorflow as tf
 
     tensors = (x, y) if sample_weight is None else (x, y, sample_weight)
     dataset = tf.data.Dataset.from_tensor_slices(tensors).cache()
     if shuffle:
-        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+        cached, size = dataset, len(y)
+
+        def one_epoch(_: Any) -> Any:
+            number = epoch.read_value() if epoch is not None else tf.constant(0, tf.int64)
+            return cached.shuffle(size, seed=tf.constant(seed, tf.int64) * 1_000_003 + number,
+                                  reshuffle_each_iteration=False)
+
+        dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(size))
     return dataset.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_setter(epoch: Any) -> Any:
+    """A Keras callback writing the epoch about to start into `epoch` (see :func:`make_dataset`)."""
+    import keras
+
+    class EpochSetter(keras.callbacks.Callback):
+        def on_epoch_begin(self, number: int, logs: Optional[Dict[str, Any]] = None) -> None:
+            epoch.assign(number)
+
+    return EpochSetter()
 
 
 def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
@@ -166,37 +190,49 @@ def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
 
 
 def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbose: int = 1,
-        keep_best: bool = True) -> Any:
+        keep_best: bool = True, checkpoint: Any = None) -> Any:
     """Trains a compiled model on the training split, validating on the validation split each epoch.
 
     The model ends with the weights of its best epoch by :func:`monitor_name` (``restore_best_weights`` of
     ``training.early_stopping`` when it is set, else of ``training``; both default true). `keep_best=False` skips that
     (a sweep trial, whose model is thrown away, only needs the history).
 
+    Args:
+        checkpoint: a :class:`toolkit.resume.Checkpoint`: the training state is backed up after every epoch, and
+            training goes on from the last backed-up epoch (a resumed run).
+
     Returns:
-        The Keras ``History``.
+        The Keras ``History`` (of the epochs this call ran).
     """
     import keras
+    import tensorflow as tf
 
     batch = batch_size(config, data)
     weights = class_weights(config, data)
     sample_weight = None
     if weights is not None:
         sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
-                         sample_weight=sample_weight)
+                         sample_weight=sample_weight, epoch=epoch)
     validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
-    all_callbacks: List[Any] = list(callbacks) + config_callbacks(config)
+    all_callbacks: List[Any] = [epoch_setter(epoch), *callbacks, *config_callbacks(config)]
     stopping = config.training.early_stopping
     restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
+    early_stopping = None
     if stopping is not None or (restore and keep_best):
         # Without early stopping, patience is every epoch: it never stops, only keeps the best weights.
-        all_callbacks.append(keras.callbacks.EarlyStopping(
+        early_stopping = keras.callbacks.EarlyStopping(
             monitor=monitor_name(config), patience=stopping.patience if stopping else config.training.epochs,
             min_delta=stopping.min_delta if stopping else 0.0, mode=monitor_mode(config),
             restore_best_weights=restore and keep_best, verbose=0,
-        ))
-    return model.fit(train, validation_data=validation, epochs=config.training.epochs,
+        )
+        all_callbacks.append(early_stopping)
+    initial_epoch, epochs = 0, config.training.epochs
+    if checkpoint is not None:  # after early stopping: its state is backed up once it has seen the epoch
+        all_callbacks.extend(checkpoint.callbacks(model, early_stopping))
+        initial_epoch, epochs = checkpoint.initial_epoch, checkpoint.epochs(epochs)
+    return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
 
 

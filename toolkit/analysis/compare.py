@@ -45,6 +45,10 @@ RUN, TRIAL, BEST, TOP = KINDS = ("run", "trial", "best", "top")
 META_COLUMNS = ("kind", "status")
 # Columns that locate a row's files; kept in CSV/JSON (for scripts) but not shown in the tables.
 LOCATION_COLUMNS = ("path", "trial_id")
+# Columns of a run's environment.json (its provenance: code, data, packages, machine), shown with all_params.
+ENV_PREFIX = "env."
+ENV_FIELDS = ("ktk", "python", "tensorflow", "keras", "numpy", "platform", "host", "cpu_count", "gpus",
+              "deterministic_ops")
 # Folders never searched for runs: hidden folders, caches, and keras-tuner's own project.
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -69,6 +73,7 @@ class Entry:
     duration_s: Optional[float] = None
     message: str = ""
     task: str = "unknown"  # metrics.json's task (trials do not record it)
+    environment: Dict[str, Any] = field(default_factory=dict)  # env.<field> -> value, from a run's environment.json
     nested: Dict[str, Any] = field(default_factory=dict, repr=False)  # the config before flattening
 
     @property
@@ -131,6 +136,7 @@ def row(entry: Entry) -> Dict[str, Any]:
     out["best_epoch"] = entry.best_epoch
     out["params"] = entry.params
     out["duration_s"] = entry.duration_s
+    out.update(entry.environment)
     if entry.message:
         out["message"] = entry.message
     out["path"] = str(entry.path)
@@ -224,7 +230,46 @@ def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
         **_counts(metrics, epochs="epochs_run", duration="wall_time_s"),
         task=str(metrics.get("task") or "unknown"),
         nested=nested,
+        environment=environment_columns(run_dir),
     )
+
+
+def environment_columns(run_dir: Path) -> Dict[str, Any]:
+    """A run's provenance as ``env.*`` columns: versions, ``env.git.commit``/``env.git.dirty``, ``env.host``,
+    ``env.cpu_count``, ``env.gpus``, ``env.deterministic_ops``, ``env.packages.<name>`` and
+    ``env.data_files.<key>.sha256``; {} when environment.json is missing or damaged (it is only provenance)."""
+    try:
+        environment = read_json(run_dir / ENVIRONMENT_FILE)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(environment, dict):
+        return {}
+    out: Dict[str, Any] = {}
+    for key in ENV_FIELDS:
+        if key in environment:
+            out[ENV_PREFIX + key] = _env_value(environment[key])
+    if "git" in environment:
+        git = environment["git"] if isinstance(environment["git"], dict) else {}
+        for key in ("commit", "dirty"):
+            out[f"{ENV_PREFIX}git.{key}"] = _env_value(git.get(key))
+    for section, leaf in (("packages", None), ("data_files", "sha256")):
+        values = environment.get(section)
+        for name, value in list(values.items())[:MAX_ENV_ITEMS] if isinstance(values, dict) else ():
+            if leaf is not None:
+                value = value.get(leaf) if isinstance(value, dict) else None
+            out[f"{ENV_PREFIX}{section}.{name}" + (f".{leaf}" if leaf else "")] = _env_value(value)
+    return out
+
+
+MAX_ENV_ITEMS = 200  # packages or data files of one environment.json: ktk writes about 15 and 2
+
+
+def _env_value(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v)[:200] for v in value[:MAX_ENV_ITEMS])
+    return str(value)[:500]
 
 
 @dataclass
@@ -714,7 +759,8 @@ def _column_order(records: List[Dict[str, Any]], config_keys: List[str]) -> List
     metric_columns.sort(key=lambda c: (SPLITS.index(c.split(".", 1)[0]), c.split(".", 1)[1] != "loss"))
     gap = [c for c in present if c.startswith("gap.")] + (["verdict"] if "verdict" in present else [])
     tail = [c for c in ("epochs", "best_epoch", "params", "duration_s", "message") if c in present]
-    return ["run", *META_COLUMNS, *config_keys, *metric_columns, *gap, *tail, *LOCATION_COLUMNS]
+    environment = [c for c in present if c.startswith(ENV_PREFIX) and c not in config_keys]
+    return ["run", *META_COLUMNS, *config_keys, *metric_columns, *gap, *tail, *environment, *LOCATION_COLUMNS]
 
 
 def _keep(column, name: str, config_keys: List[str], all_params: bool, used: set) -> bool:
@@ -722,6 +768,8 @@ def _keep(column, name: str, config_keys: List[str], all_params: bool, used: set
         return True
     if name in META_COLUMNS or name in config_keys:
         return all_params or _differs(column)
+    if name.startswith(ENV_PREFIX):
+        return all_params  # provenance: shown when asked for (a field no run has, as an empty column)
     return column.notna().any()  # metrics: drop a split no row has (e.g. test for trials)
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from toolkit.errors import UserError, show
-from toolkit.results import (BEST_DIR, CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR,
-                             METRICS_FILE, MODEL_FILE, RECORDS_DIR, RUN_DIRS, RUN_FILES, RUN_MARKER, SWEEP_FILE,
-                             SWEEP_MARKER, TENSORBOARD_DIR, TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
+from toolkit.results import (BACKUP_DIR, BACKUP_FILE_PATTERN, BACKUP_KERAS_FILES, BACKUP_STATE_FILE, BEST_DIR,
+                             CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR, METRICS_FILE,
+                             MODEL_FILE, RECORDS_DIR, RUN_DIRS, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER,
+                             TENSORBOARD_DIR, TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
 from toolkit.results import utc_now
 
@@ -99,12 +100,15 @@ _LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
                TUNER_DIR: "tuner", LOGS_DIR: "logs", TENSORBOARD_DIR: "sweep tensorboard"}),
     "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
     "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
-    "run": (RUN_FILES.__contains__, {re.escape(name): "tensorboard" for name in RUN_DIRS}),
+    "run": (RUN_FILES.__contains__, {**{re.escape(name): "tensorboard" for name in RUN_DIRS},
+                                     re.escape(BACKUP_DIR): "backup"}),  # backup/: a run stopped before it finished
     "tensorboard": (_file_rule(_EVENT_FILE), {r"train|validation": "tensorboard", "plugins": "tensorboard plugins"}),
     "sweep tensorboard": (_file_rule(_EVENT_FILE), {r"trial_" + _TRIAL_ID: "tensorboard trial"}),
     "tensorboard trial": (_file_rule(_EVENT_FILE), {r"train|validation|execution[0-9]{1,6}": "tensorboard",
                                                     "plugins": "tensorboard plugins"}),
     "tensorboard plugins": (_file_rule(_TB_NAME), {_TB_NAME: "tensorboard plugins"}),
+    "backup": (_file_rule("|".join([re.escape(BACKUP_STATE_FILE), *map(re.escape, BACKUP_KERAS_FILES),
+                                    BACKUP_FILE_PATTERN])), {}),
     "top": (lambda name: False, {re.escape(TOP_RUN_PREFIX) + _TRIAL_ID: "run"}),
     "tuner": (_file_rule(rf"oracle\.json|{_TUNER_ID}\.json"), {r"trial_" + _TRIAL_ID: "tuner trial"}),
     "tuner trial": (_KERAS_TUNER_TRIAL_FILES.fullmatch, {}),
