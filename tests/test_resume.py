@@ -72,10 +72,12 @@ def _history_rows(path: Path) -> int:
         return 0
 
 
-def _interrupt_after(config_file: Path, out: Path, epochs: int, sig: int) -> int:
-    """Starts ``ktk run CONFIG --out OUT`` and sends `sig` once history.csv has `epochs` rows; its exit status."""
+def _interrupt_after(config_file: Path, out: Path, epochs: int, sig: int, every_epoch: bool = False) -> int:
+    """Starts ``ktk run CONFIG --out OUT`` and sends `sig` once history.csv has `epochs` rows; its exit status.
+    `every_epoch`: back up after every epoch (by default short epochs are backed up every so many)."""
+    env = subprocess_env(**({"KTK_BACKUP_EVERY_EPOCH": "1"} if every_epoch else {}))
     process = subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(config_file), "--out", str(out), "-q"],
-                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while process.poll() is None and time.time() < deadline:
         if _history_rows(out / "history.csv") >= epochs:
@@ -99,7 +101,8 @@ def test_a_run_killed_after_some_epochs_resumes_to_the_uninterrupted_result(unin
     assert 4 < expected["metrics"]["epochs_run"]  # the kill below comes before early stopping ends the run
 
     killed = tmp_path / "killed"
-    assert _interrupt_after(uninterrupted.parent / "resume.yaml", killed, 3, signal.SIGKILL) == -signal.SIGKILL
+    assert _interrupt_after(uninterrupted.parent / "resume.yaml", killed, 3, signal.SIGKILL,
+                            every_epoch=True) == -signal.SIGKILL
     assert (killed / "backup").is_dir() and not (killed / "metrics.json").exists()
     resumed = ktk("run", "--resume", killed, "-q")
     assert resumed.returncode == 0, resumed.stderr
@@ -119,7 +122,9 @@ def test_a_run_stopped_with_ctrl_c_resumes_with_its_config_and_out(uninterrupted
     assert _interrupt_after(config_file, stopped, 2, signal.SIGINT) == 130
     resumed = ktk("run", config_file, "--out", stopped, "--resume", "-q")
     assert resumed.returncode == 0, resumed.stderr
-    assert _outcome(stopped) == _outcome(uninterrupted)
+    assert _outcome(stopped) == _outcome(uninterrupted)  # short epochs, backed up every so many: replayed alike
+    environment = json.loads((stopped / "environment.json").read_text())
+    assert [r["from_epoch"] for r in environment["resumed"]][0] in (1, 2)  # the first epoch is always backed up
 
 
 @pytest.mark.slow

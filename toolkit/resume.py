@@ -1,8 +1,12 @@
 """Resuming an interrupted run: ``ktk run CONFIG --out DIR --resume`` or ``ktk run --resume DIR``.
 
-Every run backs up its training state after each epoch into ``<run_dir>/backup/``
+Every run backs up its training state after its epochs into ``<run_dir>/backup/``
 (:data:`toolkit.results.BACKUP_DIR`), so that a run stopped by Ctrl-C, ``kill -9``, a crash or a lost machine can
-go on from its last finished epoch:
+go on from its last backed-up epoch. A backup costs tens of milliseconds (Keras writes every weight and optimizer
+variable), as much as a whole epoch of a small model. So an epoch is backed up only when the training since the
+last backup took at least 20 times as long as that backup did (:data:`BACKUP_SHARE`): backups cost at most about
+5% of the training time, an epoch of a second or more is always backed up, and short epochs every so many (a
+resume then replays them, to the same result). ``KTK_BACKUP_EVERY_EPOCH=1`` backs up every epoch.
 
 - Keras' ``BackupAndRestore`` writes the model's weights with the optimizer's state (``latest.weights.h5``) and
   the epoch (``training_metadata.json``); on a resume it loads them back.
@@ -28,6 +32,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -37,6 +42,8 @@ from toolkit.results import (BACKUP_FILE_PATTERN, BACKUP_KERAS_FILES, BACKUP_STA
                              read_yaml, utc_now, write_history_csv, write_json, atomic_write_bytes)
 
 WHERE = "--resume"
+BACKUP_SHARE = 0.05  # backups may take about this share of the training time (see the module's docstring)
+EVERY_EPOCH_ENV = "KTK_BACKUP_EVERY_EPOCH"  # "1": back up after every epoch, whatever it costs
 _KERAS_WEIGHTS, _KERAS_METADATA = BACKUP_KERAS_FILES[:2]
 _SHOWN_DIFFERENCES = 3
 
@@ -286,12 +293,10 @@ class Checkpoint:
 
     def callbacks(self, model: Any, early_stopping: Any = None) -> List[Any]:
         """Keras' ``BackupAndRestore`` and ktk's commit of each epoch (to follow `early_stopping` in the list)."""
-        import keras
-
         if early_stopping is not None and self.initial_epoch:
             self._stopping_state = self._replay(model, early_stopping)
-        backup = keras.callbacks.BackupAndRestore(str(self.folder), save_freq="epoch", delete_checkpoint=False)
-        return [backup, _commit_class()(self, early_stopping)]
+        backup = _backup_class()(str(self.folder), save_freq="epoch", delete_checkpoint=False)
+        return [backup, _commit_class()(self, early_stopping, backup)]
 
     def _replay(self, model: Any, stopping: Any) -> Dict[str, Any]:
         """Early stopping's counters after the committed epochs, replayed from history.csv's values (the very
@@ -341,11 +346,13 @@ class Checkpoint:
         rng = f"rng-{number}.npz"
         atomic_write_bytes(self.folder / rng, _npz([v.numpy() for v in _rng_variables(model)]))
         best = self._state.get("best")
+        best_epoch = self._state.get("best_epoch")
         if (stopping is not None and stopping.restore_best_weights and stopping.best_weights is not None
-                and stopping.best_epoch == epoch):  # a new best this epoch
-            best = f"best-{number}.npz"
+                and stopping.best_epoch != best_epoch):  # a new best since the last commit (epochs may be skipped)
+            best, best_epoch = f"best-{number}.npz", stopping.best_epoch
             atomic_write_bytes(self.folder / best, _npz(stopping.best_weights))
-        self._state = {"epoch": number, "weights": weights, "rng": rng, "best": best, "committed": utc_now()}
+        self._state = {"epoch": number, "weights": weights, "rng": rng, "best": best, "best_epoch": best_epoch,
+                       "committed": utc_now()}
         write_json(self.folder / BACKUP_STATE_FILE, self._state)  # last: the epoch counts from now on
         self._remove_unnamed([weights, rng, best])
 
@@ -375,22 +382,52 @@ class Checkpoint:
             self.folder.rmdir()
 
 
+def _backup_class() -> type:
+    import keras
+
+    class BudgetedBackup(keras.callbacks.BackupAndRestore):
+        """Keras' ``BackupAndRestore``, saving after an epoch only when the training since the last save took at
+        least 1/BACKUP_SHARE times as long as that save did (always after the first epoch)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.saved = False  # whether the epoch that just ended was backed up
+            self._every_epoch = os.environ.get(EVERY_EPOCH_ENV) == "1"
+            self._since = time.monotonic()
+            self._cost: Optional[float] = None
+
+        def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+            now = time.monotonic()
+            due = self._every_epoch or self._cost is None or now - self._since >= self._cost / BACKUP_SHARE
+            if not due:
+                self.saved = False  # Keras' next save records its own epoch: nothing to keep up to date here
+                return
+            super().on_epoch_end(epoch, logs)
+            self.saved = True
+            self._since = time.monotonic()
+            self._cost = self._since - now
+
+    return BudgetedBackup
+
+
 def _commit_class() -> type:
     import keras
 
     class CommitEpoch(keras.callbacks.Callback):
-        """ktk's side of the backup: restores what Keras does not at the start, commits every epoch."""
+        """ktk's side of the backup: restores what Keras does not at the start, commits each backed-up epoch."""
 
-        def __init__(self, checkpoint: Checkpoint, stopping: Any) -> None:
+        def __init__(self, checkpoint: Checkpoint, stopping: Any, backup: Any) -> None:
             super().__init__()
             self.checkpoint = checkpoint
             self.stopping = stopping
+            self.backup = backup
 
         def on_train_begin(self, logs: Optional[Dict[str, Any]] = None) -> None:
             self.checkpoint.restore(self.model, self.stopping)
 
         def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
-            self.checkpoint.commit(self.model, epoch, self.stopping)
+            if self.backup.saved:
+                self.checkpoint.commit(self.model, epoch, self.stopping)
 
     return CommitEpoch
 
