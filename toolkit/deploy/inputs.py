@@ -303,7 +303,7 @@ def _csv_frames(path: Path, labels: Labels, chunk_rows: int, where: str) -> Iter
                 break
             except Exception as error:  # noqa: BLE001 - as above, at any row of the file
                 raise unreadable(error) from None
-            if not isinstance(frame.index, pd.RangeIndex):  # pandas made the first field of each row the index
+            if not frame.index.equals(pd.RangeIndex(start, start + len(frame))):  # pandas took each row's first field as the index
                 raise UserError(f"the header of {path} names {len(frame.columns)} columns, but its data rows have "
                                 f"more fields (a comma at the end of each row?)", where=where,
                                 expected="a header naming every field of a row", received=str(path))
@@ -377,6 +377,9 @@ def _npz_chunks(path: Path, labels: Labels, chunk_rows: int, where: str, notes: 
     if x.ndim == 0 or len(x) == 0:
         raise UserError(f"{path} has no examples", where=where, expected="at least one row to predict",
                         received=f"x of shape {x.shape}")
+    if x.ndim != len(labels.inputs.shape) + 1:  # (n, *shape): one row's features alone are the API's shortcut only
+        raise UserError(f"array 'x' of {path} has shape {x.shape}", where=where,
+                        expected=f"shape (n, {', '.join(map(str, labels.inputs.shape))}): one row per example")
     if y is not None and (y.ndim == 0 or y.ndim > 2):
         raise UserError(f"array 'y' of {path} has shape {y.shape}", where=where,
                         expected="one label (or one row of targets) per example: shape (n,) or (n, k)")
