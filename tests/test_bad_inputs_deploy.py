@@ -104,6 +104,7 @@ def edited(base, path, value):
     ("inputs.columns.0.extra", 1, "inputs.columns[0].extra", "only the keys ktk writes"),
     ("extra", 1, "extra", "only the keys ktk writes"),
     ("inputs", ..., "inputs", "which ktk always writes"),
+    ("target", "alcohol", "target", "not one of the model's input columns"),
 ])
 def test_damaged_labels_json_names_the_key(path, value, where, words):
     with pytest.raises(UserError) as caught:

@@ -218,6 +218,8 @@ def parse_labels(raw: Any, file: Optional[str] = None) -> Labels:
         repeated = next((n for n in names if names.count(n) > 1), None)
         if repeated is not None:
             raise wrong("inputs.columns", "each column name once", repeated)
+        if target in names:
+            raise wrong("target", "a column that is not one of the model's input columns", target)
         schema = InputSchema("columns", columns=tuple(columns), missing=missing)
     else:
         keys(inputs, "inputs", ("kind", "shape", "dtype", "features"), ("kind", "shape"))

@@ -402,6 +402,9 @@ class _Output:
         options: Dict[str, Any] = {} if binary else {"encoding": "utf-8", "newline": ""}
         try:
             if self.target is None:
+                if self.stdout is None:  # started with standard output closed (`>&-`)
+                    raise UserError("standard output is closed", where="--output",
+                                    expected="--output FILE, or an open standard output")
                 self.handle = self.stdout
             elif self.target.exists():  # a FIFO or a device: written through
                 try:  # O_NONBLOCK: a FIFO that no process reads fails at once (ENXIO) instead of waiting forever
