@@ -104,10 +104,11 @@ def write_labels(run_dir: Union[str, Path], data: Any) -> None:
 
 
 def read_labels(run_dir: Union[str, Path]) -> Labels:
-    """The ``labels.json`` of a run directory.
+    """The ``labels.json`` of a run directory, every field checked.
 
     Raises:
-        UserError: the file is missing (a run made before ktk saved it), unreadable or damaged.
+        UserError: the file is missing (a run made before ktk saved it), unreadable or damaged: one message
+            naming the key path, what ktk writes there and what the file holds.
     """
     path = Path(run_dir) / LABELS_FILE
     if not path.exists() and not path.is_symlink():
@@ -117,43 +118,137 @@ def read_labels(run_dir: Union[str, Path]) -> Labels:
                         f"{Path(run_dir) / 'config.yaml'}`)")
     try:
         raw = read_json(path)
-        return _parse(raw)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} is damaged ({getattr(error, 'strerror', None) or error})", where=str(path),
-                        expected=f"the {LABELS_FILE} that ktk wrote for this run") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"{LABELS_FILE} cannot be read ({getattr(error, 'strerror', None) or error})",
+                        file=str(path), expected=f"the {LABELS_FILE} that ktk wrote for this run") from None
+    return parse_labels(raw, str(path))
 
 
-def _parse(raw: Any) -> Labels:
-    if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {version!r}; this ktk reads version {SCHEMA_VERSION}")
-    task = raw["task"]
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}")
-    inputs = raw["inputs"]
-    if inputs["kind"] == "columns":
-        columns = []
-        for entry in inputs["columns"]:
-            dtype = entry["dtype"]
-            if dtype not in (NUMBER, TEXT):
-                raise ValueError(f"unknown column dtype {dtype!r}")
-            categories = tuple(str(c) for c in entry["categories"]) if dtype == TEXT else None
-            columns.append(Column(str(entry["name"]), dtype, categories))
-        schema = InputSchema("columns", columns=tuple(columns), missing=raw.get("missing", "error"))
-    elif inputs["kind"] == "array":
-        features = inputs.get("features")
-        schema = InputSchema("array", shape=tuple(int(d) for d in inputs["shape"]),
-                             features=[str(f) for f in features] if features else None,
-                             missing=raw.get("missing", "error"))
+DAMAGED = f"{LABELS_FILE} is damaged (ktk writes it with the run: restore it, or train the run again)"
+MAX_FEATURES = 100_000_000  # of an array input: more is no model ktk trained
+_TOP_KEYS = ("schema_version", "task", "target", "class_names", "inputs", "missing", "normalize")
+MISSING = ("error", "drop")
+NORMALIZE = ("none", "standard", "minmax")
+
+
+def parse_labels(raw: Any, file: Optional[str] = None) -> Labels:
+    """``labels.json`` data as :class:`Labels`, checked strictly: the types, the values and the keys ktk writes.
+
+    Raises:
+        UserError: naming `file` and the key path of the first wrong value.
+    """
+
+    def wrong(where: str, expected: str, received: Any = UserError._UNSET, choices: Any = None) -> UserError:
+        return UserError(DAMAGED, file=file, where=where or None, expected=expected, received=received,
+                         choices=choices)
+
+    def keys(value: Any, where: str, allowed: Sequence[str], required: Sequence[str]) -> Dict[str, Any]:
+        if not isinstance(value, dict):
+            raise wrong(where, "a JSON object", _kind(value))
+        for key in value:
+            if key not in allowed:
+                raise wrong(f"{where}.{key}" if where else str(key), "only the keys ktk writes", key, allowed)
+        for key in required:
+            if key not in value:
+                raise wrong(f"{where}.{key}" if where else key, "this key, which ktk always writes")
+        return value
+
+    def text(value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise wrong(where, "a non-empty string", value)
+        return value
+
+    def texts(value: Any, where: str, least: int) -> List[str]:
+        if not isinstance(value, list) or len(value) < least:
+            raise wrong(where, f"a list of at least {least} distinct strings", _kind(value))
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise wrong(f"{where}[{i}]", "a string", item)
+        seen = set()
+        for item in value:
+            if item in seen:
+                raise wrong(where, "distinct strings", item)
+            seen.add(item)
+        return list(value)
+
+    def choice(value: Any, where: str, allowed: Sequence[str]) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise wrong(where, "one of the values ktk writes", value, allowed)
+        return value
+
+    top = keys(raw, "", _TOP_KEYS, _TOP_KEYS)
+    version = top["schema_version"]
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise wrong("schema_version", f"version {SCHEMA_VERSION}, the one this ktk reads (a newer ktk wrote "
+                    "other versions)", version)
+    task = choice(top["task"], "task", TASKS)
+    target = text(top["target"], "target")
+    missing = choice(top["missing"], "missing", MISSING)
+    normalize = choice(top["normalize"], "normalize", NORMALIZE)
+    class_names = top["class_names"]
+    if task == "regression":
+        if class_names is not None:
+            raise wrong("class_names", "null for a regression model", _kind(class_names))
     else:
-        raise ValueError(f"unknown inputs kind {inputs['kind']!r}")
-    class_names = raw.get("class_names")
-    if task != "regression" and not (isinstance(class_names, list) and len(class_names) >= 2):
-        raise ValueError("class_names missing for a classification task")
-    return Labels(task=task, inputs=schema, class_names=[str(c) for c in class_names] if class_names else None,
-                  target=str(raw.get("target", "y")), normalize=str(raw.get("normalize", "none")))
+        class_names = texts(class_names, "class_names", 2)
+        if task == "binary" and len(class_names) != 2:
+            raise wrong("class_names", "two class names for a binary model", class_names)
+    inputs = keys(top["inputs"], "inputs", ("kind", "columns", "shape", "dtype", "features"), ("kind",))
+    kind = choice(inputs["kind"], "inputs.kind", ("array", "columns"))
+    if kind == "columns":
+        keys(inputs, "inputs", ("kind", "columns"), ("kind", "columns"))
+        entries = inputs["columns"]
+        if not isinstance(entries, list) or not entries:
+            raise wrong("inputs.columns", "a non-empty list of columns", _kind(entries))
+        columns = []
+        for i, entry in enumerate(entries):
+            where = f"inputs.columns[{i}]"
+            keys(entry, where, ("name", "dtype", "categories"), ("name", "dtype"))
+            name = text(entry["name"], f"{where}.name")
+            dtype = choice(entry["dtype"], f"{where}.dtype", (NUMBER, TEXT))
+            categories = None
+            if dtype == TEXT:
+                if "categories" not in entry:
+                    raise wrong(f"{where}.categories", "the text column's categories, which ktk always writes")
+                categories = tuple(texts(entry["categories"], f"{where}.categories", 1))
+            elif "categories" in entry:
+                raise wrong(f"{where}.categories", f"no categories for a {NUMBER} column", _kind(entry["categories"]))
+            columns.append(Column(name, dtype, categories))
+        names = [c.name for c in columns]
+        repeated = next((n for n in names if names.count(n) > 1), None)
+        if repeated is not None:
+            raise wrong("inputs.columns", "each column name once", repeated)
+        if target in names:
+            raise wrong("target", "a column that is not one of the model's input columns", target)
+        schema = InputSchema("columns", columns=tuple(columns), missing=missing)
+    else:
+        keys(inputs, "inputs", ("kind", "shape", "dtype", "features"), ("kind", "shape"))
+        shape = inputs["shape"]
+        if not isinstance(shape, list) or not shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise wrong("inputs.shape", "a non-empty list of positive whole numbers", _kind(shape))
+        size = 1
+        for d in shape:
+            size *= d
+        if size > MAX_FEATURES:
+            raise wrong("inputs.shape", f"at most {MAX_FEATURES:,} features in all", shape)
+        if inputs.get("dtype", NUMBER) != NUMBER:
+            raise wrong("inputs.dtype", f"{NUMBER!r}", inputs["dtype"], [NUMBER])
+        features = inputs.get("features")
+        if features is not None:
+            features = texts(features, "inputs.features", 1)
+            if len(features) != size:
+                raise wrong("inputs.features", f"one name per feature: {size} for shape {shape}",
+                            f"{len(features)} names")
+        schema = InputSchema("array", shape=tuple(shape), features=features, missing=missing)
+    return Labels(task=task, inputs=schema, class_names=class_names, target=target, normalize=normalize)
+
+
+def _kind(value: Any) -> Any:
+    """A value as a message shows it: short values themselves, containers by their type and length."""
+    if isinstance(value, (dict, list)) and len(str(value)) > 80:
+        return f"a {'JSON object' if isinstance(value, dict) else 'list'} of {len(value)} items"
+    return value
 
 
 def output_columns(labels: Labels, units: int) -> List[str]:
