@@ -357,3 +357,40 @@ def test_sync_of_nothing_is_one_message(tmp_path):
         assert done.returncode == 2 and done.stderr.count("ktk: error:") == 1, done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provoke", ["writer_raises", "folder_is_a_file"])
+def test_failing_tensorboard_never_fails_the_run(tmp_path, monkeypatch, capsys, provoke):
+    import keras
+
+    import toolkit
+
+    out = tmp_path / "run"
+
+    class Occupy(keras.callbacks.Callback):  # runs after ktk's callbacks are set up, before any event is written
+        def on_train_begin(self, logs=None):
+            import shutil
+
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+            (out / "tensorboard").write_text("a file where TensorBoard's folder goes")
+
+    extra = []
+    if provoke == "writer_raises":
+        def refuse(self, epoch, logs=None):  # as writing an event file on a full disk
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", refuse)
+    else:
+        extra = [Occupy()]
+    config = toolkit.parse_config({**IRIS_RUN, "training": {**IRIS_RUN["training"], "epochs": 2,
+                                                            "monitor": {"gradients": True}},
+                                   "tracking": {"tensorboard": {"enabled": True}}})
+    result = toolkit.run(config, out_dir=out, verbose=0, callbacks=extra)
+    assert result.metrics["epochs_run"] == 2
+    assert (out / "metrics.json").is_file() and (out / "model.keras").is_file()
+    assert len((out / "history.csv").read_text().splitlines()) == 3
+    errors = json.loads((out / "environment.json").read_text())["tracking_errors"]
+    assert len(errors) == 1 and errors[0].startswith("TensorBoard") and str(out / "tensorboard") in errors[0]
+    stderr = capsys.readouterr().err
+    assert stderr.count("ktk: warning:") == 1 and "TensorBoard" in stderr, stderr

@@ -79,11 +79,11 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         logger = history_logger(history_path)
         callbacks = [logger, stop_on_nan_class()()]
         if task.get("tensorboard_dir"):  # tracking.tensorboard: the trial's scalars beside its HParams session
-            from toolkit.tracking.tensorboard import EXECUTION_PREFIX, keras_callback
+            from toolkit.tracking.tensorboard import EXECUTION_PREFIX, Switch, guarded, keras_callback
 
             log_dir = Path(task["tensorboard_dir"])
-            callbacks.append(keras_callback(config, log_dir if execution == 0 else
-                                            log_dir / f"{EXECUTION_PREFIX}{execution + 1}"))
+            log_dir = log_dir if execution == 0 else log_dir / f"{EXECUTION_PREFIX}{execution + 1}"
+            callbacks.append(guarded(keras_callback(config, log_dir), Switch(log_dir)))  # fails: a warning
         fit_started = time.perf_counter()
         training.fit(model, config, data, callbacks=callbacks, verbose=task["verbose"], keep_best=False)
         fit_seconds += time.perf_counter() - fit_started

@@ -63,7 +63,7 @@ class RunTracking:
         if tracking.tensorboard_on:
             from toolkit.tracking.tensorboard import run_callbacks
 
-            made += run_callbacks(self.config, self.run_dir, gradient_monitor)
+            made += run_callbacks(self.config, self.run_dir, gradient_monitor, on_error=self._failed)
         if tracking.mlflow_on:
             from toolkit.tracking.mlflow import RunLogger
 

@@ -21,7 +21,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from toolkit.results import TENSORBOARD_DIR
 
@@ -41,13 +41,112 @@ def keras_callback(config: Any, log_dir: Path) -> Any:
         update_freq=options.update_freq, profile_batch=options.profile_batch)
 
 
-def run_callbacks(config: Any, run_dir: Path, gradient_monitor: Any = None) -> List[Any]:
-    """The callbacks writing a run's ``tensorboard/``: Keras' TensorBoard, and the gradient norms."""
+def run_callbacks(config: Any, run_dir: Path, gradient_monitor: Any = None,
+                  on_error: Optional[Callable[[str], None]] = None) -> List[Any]:
+    """The callbacks writing a run's ``tensorboard/``: Keras' TensorBoard, and the gradient norms.
+
+    Both are guarded (:func:`guarded`): the first failure switches TensorBoard off for the rest of the run and
+    is reported once to `on_error` (default: one warning on stderr).
+    """
     log_dir = Path(run_dir) / TENSORBOARD_DIR
-    callbacks = [keras_callback(config, log_dir)]
+    switch = Switch(log_dir, on_error)
+    callbacks = [guarded(keras_callback(config, log_dir), switch)]
     if gradient_monitor is not None:
-        callbacks.append(_gradient_scalars_class()(gradient_monitor, log_dir / "train"))
+        callbacks.append(guarded(_gradient_scalars_class()(gradient_monitor, log_dir / "train"), switch))
     return callbacks
+
+
+class Switch:
+    """Whether a run's (or trial's) TensorBoard writing is still on: its first failure turns it off."""
+
+    def __init__(self, log_dir: Path, on_error: Optional[Callable[[str], None]] = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.on = True
+        self.on_error = on_error
+
+    def failed(self, what: str, error: BaseException) -> None:
+        if not self.on:
+            return
+        self.on = False
+        from toolkit.tracking.mlflow import describe
+
+        text = f"TensorBoard ({self.log_dir}) failed to write ({what}): {describe(error)}"
+        if self.on_error is not None:
+            self.on_error(text)
+        else:
+            from toolkit.tracking import warn
+
+            warn(f"{text}; training goes on without it")
+
+
+# The hooks a guarded callback passes on (only those its callback implements, so that Keras still sees the
+# others as not implemented, e.g. for its asynchronous batch-end dispatch).
+_HOOKS = ("on_epoch_begin", "on_epoch_end", "on_train_begin", "on_train_end", "on_test_begin", "on_test_end",
+          "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
+          "on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
+
+
+def guarded(callback: Any, switch: Switch) -> Any:
+    """`callback` (a TensorBoard writer) wrapped so that its failure never fails ``fit``: the failure is
+    reported through `switch`, which switches off every callback sharing it, and what the callback had open
+    (summary writers, the profiler) is closed as far as possible."""
+    return _guarded_class()(callback, switch)
+
+
+@functools.lru_cache(maxsize=None)
+def _guarded_class() -> type:
+    import keras
+
+    class Guarded(keras.callbacks.Callback):
+        def __init__(self, inner: Any, switch: Switch) -> None:
+            super().__init__()
+            self.inner, self.switch = inner, switch
+            for hook in _HOOKS:
+                method = getattr(inner, hook, None)
+                if method is not None and not getattr(method, "_is_default", False):
+                    setattr(self, hook, functools.partial(self._call, hook))
+
+        def _call(self, hook: str, *args: Any, **kwargs: Any) -> None:
+            if not self.switch.on:
+                return
+            try:
+                getattr(self.inner, hook)(*args, **kwargs)
+            except Exception as error:  # a tracker never fails the run
+                self.switch.failed(hook, error)
+                _release(self.inner)
+
+        def set_model(self, model: Any) -> None:
+            super().set_model(model)
+            self._call("set_model", model)
+
+        def set_params(self, params: Any) -> None:
+            super().set_params(params)
+            self._call("set_params", params)
+
+    return Guarded
+
+
+def _release(callback: Any) -> None:
+    """Best effort: closes what a failed TensorBoard callback had open, so that nothing it set up (a default
+    summary writer, the profiler) outlives it."""
+    steps = []
+    for context in reversed(list(getattr(callback, "_prev_summary_state", None) or [])):
+        steps += [lambda c=context: c[1].__exit__(None, None, None), lambda c=context: c[0].__exit__(None, None, None)]
+    if getattr(callback, "_is_tracing", False):
+        steps.append(lambda: callback._stop_trace())
+    for writer in list((getattr(callback, "_writers", None) or {}).values()):
+        steps.append(writer.close)
+    if getattr(callback, "writer", None) is not None:
+        steps.append(callback.writer.close)
+    for step in steps:
+        try:
+            step()
+        except Exception:
+            pass
+    try:
+        callback._prev_summary_state = []
+    except Exception:
+        pass
 
 
 def trial_log_dir(sweep_dir: Path, trial_id: str, execution: int = 0) -> Path:
