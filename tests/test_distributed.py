@@ -485,3 +485,23 @@ def test_ctrl_c_stops_everything_and_a_plain_ktk_tune_resumes(sweeps, sweep_conf
     # no recorded trial runs again, even one stopped between its record and keras-tuner's end of it
     assert len([line for line in resumed.lines if line.startswith("trial ")]) == 8 - len(done_before)
     assert sorted(_oracle(sweep.out)["end_order"]) == everything
+
+
+@pytest.mark.slow
+def test_workers_nest_their_trials_under_the_chief_s_mlflow_run(sweeps, sweep_config, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sweep = sweeps(sweep_config, "--workers", "2", "--set", "search.max_trials=3", "--mlflow", uri, cwd=tmp_path)
+    assert sweep.wait(240) == 0, sweep.text()
+    assert "warning" not in sweep.text(), sweep.text()
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["iris-dist"])
+    parents = runs[runs["tags.ktk.kind"] == "sweep"]
+    assert len(parents) == 1
+    parent = parents.iloc[0]["run_id"]
+    trials = runs[runs["tags.ktk.kind"] == "trial"]
+    assert sorted(trials["tags.ktk.trial_id"]) == ["0", "1", "2"]
+    assert set(trials["tags.mlflow.parentRunId"]) == {parent}
+    best = runs[runs["tags.ktk.kind"] == "best"]
+    assert len(best) == 1 and best.iloc[0]["tags.best"] == "true" and best.iloc[0]["tags.mlflow.parentRunId"] == parent
