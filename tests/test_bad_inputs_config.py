@@ -69,8 +69,8 @@ def test_yaml_beyond_the_bounds_is_refused(tmp_path, capsys, text, message):
 
 def test_a_billion_laughs_in_set_values_and_a_base_config(tmp_path, capsys, config):
     err = refused(capsys, "validate", config, "--set", "model.hidden=[&a [1, 1], *a]")
-    assert err == (f"ktk: error: --set model.hidden: line 1, column 2: anchors and aliases (&name, *name) are "
-                   f"not allowed here; expected plain YAML values.\n")
+    assert err == ("ktk: error: --set model.hidden: line 1, column 2: anchors and aliases (&name, *name) are "
+                   "not allowed here; expected plain YAML values.\n")
     base = tmp_path / "base.yaml"
     base.write_text(alias_bomb() + "\nsearch: {space: {model.hidden: {choice: [*a8]}}}\n" + BASE)
     child = tmp_path / "child.yaml"

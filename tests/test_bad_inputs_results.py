@@ -152,7 +152,7 @@ def test_report_files_ktk_did_not_write_are_refused_never_written_through(runs, 
     assert stat.S_ISFIFO(os.lstat(out / "report.html").st_mode)
     (out / "report.html").unlink()
     code, _, err = cli(capsys, "report", runs, "--out", out)
-    assert_user_error(code, err, f"--out: report.md is already there, a link that ktk did not write;")
+    assert_user_error(code, err, "--out: report.md is already there, a link that ktk did not write;")
     assert (out / "report.md").is_symlink() and (tmp_path / "kept.md").read_text() == "old\n"
     assert sorted(p.name for p in out.iterdir()) == ["report.md"]  # refused before anything was written
 
@@ -162,7 +162,7 @@ def test_plot_files_ktk_did_not_write_are_refused(runs, tmp_path, capsys):
     plots.mkdir()
     (plots / "learning_curves.png").symlink_to(tmp_path / "curves.png")
     code, _, err = cli(capsys, "plot", runs, "--out", plots)
-    assert_user_error(code, err, f"--out: learning_curves.png is already there, a link that ktk did not write; ")
+    assert_user_error(code, err, "--out: learning_curves.png is already there, a link that ktk did not write; ")
     assert (plots / "learning_curves.png").is_symlink() and not (tmp_path / "curves.png").exists()
     (plots / "learning_curves.png").unlink()
     (plots / "learning_curves.png").mkdir()
@@ -277,7 +277,7 @@ def test_files_ktk_did_not_write_in_an_output_folder_are_never_replaced(runs, tm
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "report.html").write_text("mine")
     code, _, err = cli(capsys, "report", runs, "--out", tmp_path / "r")
-    assert_user_error(code, err, f"--out: report.html is already there, and ktk did not write it; ")
+    assert_user_error(code, err, "--out: report.html is already there, and ktk did not write it; ")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.html"]
 
 
@@ -474,7 +474,7 @@ def test_damaged_sweeps_are_skipped_or_shown_with_their_damage_said(tmp_path, ca
     write_sweep(tmp_path / "sweeps" / "no-header", "0,completed\n")
     write_sweep(tmp_path / "sweeps" / "fifo", "")
     damage(tmp_path / "sweeps" / "fifo" / "trials.csv", "fifo")
-    cells = write_sweep(tmp_path / "sweeps" / "cells", TRIALS.replace(
+    write_sweep(tmp_path / "sweeps" / "cells", TRIALS.replace(
         "0,completed,0.41,0.1,8,", '0,completed,0.41,"&a [x, *a]",' + '"' + "[" * 4000 + "]" * 4000 + '",').replace(
         "1,completed,0.39,0.3,32,", '../../../etc/passwd,completed,inf,nan,"{""a"": NaN}",'))
     code, out, err = cli(capsys, "compare", tmp_path / "sweeps", "--format", "json")

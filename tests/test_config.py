@@ -1,7 +1,6 @@
 """The config language: parsing, defaults, extends, --set, and the exact user-facing error messages."""
 
 import textwrap
-from pathlib import Path
 
 import pytest
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import IRIS_SWEEP, REPO, ktk, subprocess_env
+from helpers import IRIS_SWEEP, ktk, subprocess_env
 
 IRIS_RUN = {
     "name": "iris-track",
