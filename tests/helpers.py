@@ -30,6 +30,23 @@ def ktk(*args: Any, cwd: Optional[Path] = None, timeout: float = 300, **kwargs: 
                           env=subprocess_env(), cwd=cwd, timeout=timeout, **kwargs)
 
 
+def ktk_here(*args: Any) -> subprocess.CompletedProcess:
+    """Runs ``ktk ARGS`` in this process (no interpreter start-up: for the fast tier's refusals and small commands);
+    returns what :func:`ktk` returns. A command that would import TensorFlow belongs in a subprocess."""
+    import contextlib
+    import io
+
+    from toolkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_info:  # argparse's refusals and --help
+            code = exit_info.code if isinstance(exit_info.code, int) else 2
+    return subprocess.CompletedProcess(["ktk", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 # ------------------------------------------------------------------------ result folders for compare/report
 # Real runs and a real sweep (trained once per test session by the `runs` and `sweep` fixtures of conftest.py),
 # and hand-written result directories for the fast tests, which must train nothing.

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, ktk, subprocess_env, write_run
+from helpers import REPO, ktk, ktk_here, subprocess_env, write_run
 
 # Dropout (a random generator Keras does not save), early stopping with best weights restored (state Keras does not
 # save) and shuffling every epoch: all three must come back exactly after a resume.
@@ -188,16 +188,16 @@ def test_compare_shows_provenance_columns_only_with_all_params(tmp_path):
         "ktk": "0.1.0", "git": {"commit": "abc123", "dirty": True}, "host": "box", "cpu_count": 8,
         "gpus": ["NVIDIA H100"], "deterministic_ops": True, "packages": {"pandas": "2.2.0", "keras-tuner": "1.4.8"},
         "data_files": {"data.path": {"path": "/d/x.csv", "bytes": 3, "sha256": "f00d"}}}))
-    plain = json.loads(ktk("compare", run_dir, "--format", "json").stdout)[0]
+    plain = json.loads(ktk_here("compare", run_dir, "--format", "json").stdout)[0]
     assert not [c for c in plain if c.startswith("env.")]
-    row = json.loads(ktk("compare", run_dir, "--all-params", "--format", "json").stdout)[0]
+    row = json.loads(ktk_here("compare", run_dir, "--all-params", "--format", "json").stdout)[0]
     assert {k: v for k, v in row.items() if k.startswith("env.")} == {
         "env.ktk": "0.1.0", "env.host": "box", "env.cpu_count": 8, "env.gpus": "NVIDIA H100",
         "env.deterministic_ops": True, "env.git.commit": "abc123", "env.git.dirty": True,
         "env.packages.pandas": "2.2.0", "env.packages.keras-tuner": "1.4.8", "env.data_files.data.path.sha256": "f00d"}
     damaged = write_run(tmp_path / "r2")
     (damaged / "environment.json").write_text("{not json")
-    assert ktk("compare", damaged, "--all-params").returncode == 0  # provenance is never a reason to skip a run
+    assert ktk_here("compare", damaged, "--all-params").returncode == 0  # provenance never makes a run skipped
 
 
 # --------------------------------------------------------------------------------- refusals, fast
@@ -224,8 +224,8 @@ def _listing(folder: Path) -> dict:
 
 
 def test_resume_of_a_missing_directory_or_a_file(tmp_path, config_file):
-    assert "no such directory" in _error(ktk("run", "--resume", tmp_path / "nothing"))
-    assert "this is a file, not a run directory" in _error(ktk("run", "--resume", config_file))
+    assert "no such directory" in _error(ktk_here("run", "--resume", tmp_path / "nothing"))
+    assert "this is a file, not a run directory" in _error(ktk_here("run", "--resume", config_file))
 
 
 def test_resume_refuses_a_folder_that_ktk_run_did_not_make(tmp_path, config_file):
@@ -234,7 +234,7 @@ def test_resume_refuses_a_folder_that_ktk_run_did_not_make(tmp_path, config_file
     (folder / "notes.txt").write_text("mine")
     (folder / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     before = _listing(folder)
-    message = _error(ktk("run", config_file, "--out", folder, "--resume"))
+    message = _error(ktk_here("run", config_file, "--out", folder, "--resume"))
     assert "not a run directory that ktk run made" in message and ".ktk-run" in message
     assert _listing(folder) == before
 
@@ -243,14 +243,14 @@ def test_resume_refuses_a_finished_run(tmp_path):
     run_dir = write_run(tmp_path / "done")
     (run_dir / ".ktk-run").write_text("ktk run\n")
     before = _listing(run_dir)
-    assert "this run has finished (metrics.json is there)" in _error(ktk("run", "--resume", run_dir))
+    assert "this run has finished (metrics.json is there)" in _error(ktk_here("run", "--resume", run_dir))
     assert _listing(run_dir) == before
 
 
 def test_resume_refuses_another_config_and_names_the_difference(tmp_path, config_file):
     run_dir = _unfinished_run(tmp_path / "run", config_file)
     before = _listing(run_dir)
-    message = _error(ktk("run", config_file, "--out", run_dir, "--resume", "--set", "model.dropout=0.3"))
+    message = _error(ktk_here("run", config_file, "--out", run_dir, "--resume", "--set", "model.dropout=0.3"))
     assert "the run was started with another config: model.dropout: 0.2 there, 0.3 here" in message
     assert _listing(run_dir) == before
 
@@ -260,7 +260,7 @@ def test_resume_refuses_changed_data(tmp_path, config_file):
     (run_dir / "environment.json").write_text(json.dumps(
         {"config_source": str(config_file), "data_files": {"data.path": {"path": str(tmp_path / "points.csv"),
                                                                           "sha256": "0" * 64}}}))
-    message = _error(ktk("run", "--resume", run_dir))
+    message = _error(ktk_here("run", "--resume", run_dir))
     assert "data.path: the data file has changed since the run started" in message
 
 
@@ -268,7 +268,7 @@ def test_resume_refuses_a_run_a_process_is_still_training(tmp_path, config_file)
     run_dir = _unfinished_run(tmp_path / "run", config_file)
     with open(run_dir / ".ktk-run", "rb") as marker:
         fcntl.flock(marker, fcntl.LOCK_EX)  # as the training process holds it until it ends
-        assert "a ktk process is still training this run" in _error(ktk("run", "--resume", run_dir))
+        assert "a ktk process is still training this run" in _error(ktk_here("run", "--resume", run_dir))
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -280,7 +280,7 @@ def test_resume_refuses_a_run_a_process_is_still_training(tmp_path, config_file)
 def test_resume_flags_that_do_not_fit_together(tmp_path, config_file, args, expected):
     run_dir = _unfinished_run(tmp_path / "run", config_file)
     names = {"CFG": str(config_file), "RUN": str(run_dir), "OTHER": str(tmp_path / "other")}
-    assert expected in _error(ktk(*[names.get(a, a) for a in args]))
+    assert expected in _error(ktk_here(*[names.get(a, a) for a in args]))
 
 
 def test_sweep_overwrite_knows_an_unfinished_runs_backup_and_nothing_else_in_it(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import IRIS_SWEEP, ktk, subprocess_env
+from helpers import IRIS_SWEEP, ktk, ktk_here, subprocess_env
 
 IRIS_RUN = {
     "name": "iris-track",
@@ -79,7 +79,7 @@ def test_callbacks_top_level_land_under_training():
     ({"tracking": {"mlfow": True}}, "Did you mean 'mlflow'?"),
 ])
 def test_bad_callbacks_and_tracking_are_one_message(tmp_path, extra, message):
-    done = ktk("validate", _config_file(tmp_path, extra))
+    done = ktk_here("validate", _config_file(tmp_path, extra))
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("ktk: error:") == 1
@@ -346,14 +346,14 @@ def test_compare_shows_no_tracking_columns(tmp_path):
 
 @pytest.mark.parametrize("command", ["run", "tune", "experiment"])
 def test_tracking_switches_on_every_training_command(command):
-    done = ktk(command, "--help")
+    done = ktk_here(command, "--help")
     assert done.returncode == 0 and "--tensorboard" in done.stdout and "--mlflow [URI]" in done.stdout
 
 
 def test_sync_of_nothing_is_one_message(tmp_path):
     (tmp_path / "empty").mkdir()
     for path in (tmp_path / "missing", tmp_path / "empty"):
-        done = ktk("sync", path, "--mlflow", f"sqlite:///{tmp_path / 'x.db'}")
+        done = ktk_here("sync", path, "--mlflow", f"sqlite:///{tmp_path / 'x.db'}")
         assert done.returncode == 2 and done.stderr.count("ktk: error:") == 1, done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "x.db").exists()
