@@ -143,6 +143,14 @@ def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
 # ------------------------------------------------------------------------- numbers Keras will use
 
 
+
+def assert_validate_and_run_refuse(tmp_path, capsys, config, override, message):
+    """`--set OVERRIDE` is refused with `message` by validate and by run, and run leaves no folder behind."""
+    assert message in refused(capsys, "validate", config, "--set", override)
+    assert message in refused(capsys, "run", config, "--set", override, "--out", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("seed=1e30", "seed: expected an integer; received 1e+30."),
     ("seed=100000000000000000000", "seed: expected an integer from 0 to 4294967295; received 100000000000000000000."),
@@ -172,9 +180,7 @@ def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
      "model.initializer.config.stddev: expected a finite number"),
 ])
 def test_numbers_keras_cannot_use_are_refused_by_validate_and_run(tmp_path, capsys, config, override, message):
-    assert message in refused(capsys, "validate", config, "--set", override)
-    assert message in refused(capsys, "run", config, "--set", override, "--out", tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    assert_validate_and_run_refuse(tmp_path, capsys, config, override, message)
 
 
 # ------------------------------------------------------------- names and arguments Keras would refuse
@@ -654,9 +660,7 @@ def test_plain_validate_says_it_did_not_build_the_model(capsys, config):
      "training.schedule.values: expected a list of 2 learning rates > 0"),
 ])
 def test_optimizer_and_schedule_numbers_are_range_checked(tmp_path, capsys, config, override, message):
-    assert message in refused(capsys, "validate", config, "--set", override)
-    assert message in refused(capsys, "run", config, "--set", override, "--out", tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    assert_validate_and_run_refuse(tmp_path, capsys, config, override, message)
 
 
 @pytest.mark.parametrize("override", [

@@ -322,6 +322,14 @@ def validate(config, capsys):
     return status, captured.err
 
 
+def assert_data_section_refused(tmp_path, capsys, data, message):
+    """A config of just `data: DATA` is refused by validate with `message`."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {data}\n")
+    status, err = validate(config, capsys)
+    assert_refused(status, err, config, message)
+
+
 def assert_refused(status, err, config, message):
     assert "Traceback" not in err
     assert status == 2, err
@@ -368,10 +376,7 @@ def test_generator_options_are_checked(tmp_path, capsys, option, message):
 
 @pytest.mark.parametrize("data, message", OTHER_SOURCE_CASES, ids=[c[0] for c in OTHER_SOURCE_CASES])
 def test_source_options_are_checked_before_anything_is_allocated(tmp_path, capsys, data, message):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data: {data}\n")
-    status, err = validate(config, capsys)
-    assert_refused(status, err, config, message)
+    assert_data_section_refused(tmp_path, capsys, data, message)
 
 
 
@@ -434,10 +439,7 @@ SOURCE_KEY_CASES = [
 
 @pytest.mark.parametrize("data, message", SOURCE_KEY_CASES, ids=[c[0] for c in SOURCE_KEY_CASES])
 def test_keys_the_source_does_not_read_are_refused(tmp_path, capsys, data, message):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data: {data}\n")
-    status, err = validate(config, capsys)
-    assert_refused(status, err, config, message)
+    assert_data_section_refused(tmp_path, capsys, data, message)
 
 
 @pytest.mark.parametrize("data", ["{source: sklearn.iris}", "{source: npz, path: d.npz}",
@@ -505,10 +507,7 @@ SPLIT_FRACTION_CASES = [
 
 @pytest.mark.parametrize("data, message", SPLIT_FRACTION_CASES, ids=[c[0] for c in SPLIT_FRACTION_CASES])
 def test_a_fraction_too_small_for_every_class_is_named(tmp_path, capsys, data, message):
-    config = tmp_path / "config.yaml"
-    config.write_text(f"data: {data}\n")
-    status, err = validate(config, capsys)
-    assert_refused(status, err, config, message)
+    assert_data_section_refused(tmp_path, capsys, data, message)
 
 
 def test_a_stratified_split_far_from_its_fractions_warns_once_with_the_sizes(tmp_path, capsys):
