@@ -143,7 +143,6 @@ def test_result_files_are_read_through_the_same_safe_loader(tmp_path):
 # ------------------------------------------------------------------------- numbers Keras will use
 
 
-
 def assert_validate_and_run_refuse(tmp_path, capsys, config, override, message):
     """`--set OVERRIDE` is refused with `message` by validate and by run, and run leaves no folder behind."""
     assert message in refused(capsys, "validate", config, "--set", override)
