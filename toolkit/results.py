@@ -199,14 +199,15 @@ def _write_user_file(path: Path, content: Union[str, bytes], where: Optional[str
                         received=str(path)) from None
 
 
-def check_path_given(path: Any, where: str, what: str = "a file path") -> None:
-    """Refuses an empty (or blank) path for a flag: it would mean the current folder, or nothing at all.
+def check_path_given(path: Any, where: Optional[str], what: str = "a file path", problem: Optional[str] = None) -> None:
+    """Refuses an empty (or blank) path for a flag or argument: ``Path("")`` is the current folder, so an empty
+    argument would mean "." or nothing at all, never what was meant. None (not given) passes.
 
     Raises:
-        UserError: naming `where`.
+        UserError: naming `where`, with `problem` before what was expected when given.
     """
     if path is not None and not str(path).strip():
-        raise UserError(where=where, expected=what, received=str(path))
+        raise UserError(problem, where=where, expected=what, received=str(path))
 
 
 def _real(path: PathLike) -> Optional[Path]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from toolkit.errors import UserError, reason
-from toolkit.results import LABELS_FILE, check_outside
+from toolkit.results import LABELS_FILE, check_outside, check_path_given
 
 FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
 NEEDS = {"onnx": ("tf2onnx", "onnx")}  # converter packages ktk does not install
@@ -44,8 +44,7 @@ def export_run(run_dir: Union[str, Path], fmt: str, out: Union[str, Path]) -> Pa
                         where="--format", expected=f"`pip install {' '.join(missing)}` first, or another format",
                         received=fmt, choices=sorted(FORMATS))
     out = Path(out)
-    if str(out) == "":
-        raise UserError("an empty path", where="--out", expected="a new path to write", received="")
+    check_path_given(out, "--out", "a new path to write", problem="an empty path")
     if out.exists() or out.is_symlink():
         raise UserError("the path already exists; ktk export never replaces anything", where="--out",
                         expected="a new path", received=str(out))

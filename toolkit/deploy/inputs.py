@@ -19,6 +19,7 @@ import numpy as np
 
 from toolkit.schema import TEXT, Labels
 from toolkit.errors import UserError, did_you_mean, first_line, show
+from toolkit.results import check_path_given
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
 DEFAULT_CHUNK_ROWS = 10_000
@@ -77,8 +78,7 @@ def check_input_file(path: Path, where: str) -> str:
     Raises:
         UserError: naming `where`, the path and what it is.
     """
-    if str(path) == "":
-        raise UserError("an empty path", where=where, expected="a CSV, parquet or npz file", received="")
+    check_path_given(path, where, "a CSV, parquet or npz file", problem="an empty path")
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -303,7 +303,8 @@ def _csv_frames(path: Path, labels: Labels, chunk_rows: int, where: str) -> Iter
                 break
             except Exception as error:  # noqa: BLE001 - as above, at any row of the file
                 raise unreadable(error) from None
-            if not frame.index.equals(pd.RangeIndex(start, start + len(frame))):  # pandas took each row's first field as the index
+            # pandas takes each row's first field as the index when rows have one field more than the header
+            if not frame.index.equals(pd.RangeIndex(start, start + len(frame))):
                 raise UserError(f"the header of {path} names {len(frame.columns)} columns, but its data rows have "
                                 f"more fields (a comma at the end of each row?)", where=where,
                                 expected="a header naming every field of a row", received=str(path))

@@ -24,7 +24,7 @@ from toolkit.deploy import inputs as raw_inputs
 from toolkit.schema import TEXT, Labels, output_columns, read_labels
 from toolkit.errors import UserError, reason, show
 from toolkit.results import (BEST_DIR, CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, SWEEP_FILE, SWEEP_MARKER,
-                             check_outside, new_file_mode, read_json)
+                             check_outside, check_path_given, new_file_mode, read_json)
 
 OUTPUT_FORMATS = ("csv", "json", "parquet")
 PathLike = Union[str, Path]
@@ -33,8 +33,7 @@ PathLike = Union[str, Path]
 def resolve_run_dir(path: PathLike, where: str = "RUN_DIR") -> Path:
     """A run directory, or a sweep directory's ``best/`` run."""
     path = Path(path)
-    if str(path) == "":
-        raise UserError("an empty path", where=where, expected="a run or sweep directory", received="")
+    check_path_given(path, where, "a run or sweep directory", problem="an empty path")
     if not path.is_dir():
         raise UserError("not a directory" if path.exists() else "no such directory", where=where,
                         expected="a run directory (or a sweep directory: its best/ run)", received=str(path))
@@ -352,8 +351,7 @@ def _check_output(output: PathLike, run_dirs: List[PathLike]) -> Path:
     """Where --output writes: a new file (a link is followed to its target), a FIFO or a character device;
     never an existing file, and never inside the run (or sweep) directory being read."""
     path = Path(output)
-    if str(output) == "":
-        raise UserError("an empty path", where="--output", expected="a file to write", received="")
+    check_path_given(output, "--output", "a file to write", problem="an empty path")
     try:
         if path.is_symlink():  # written where the link points, and the link stays
             path = Path(os.path.realpath(path))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 from toolkit.errors import UserError
 from toolkit.lessons.run_files import columns, first_line, read_history_rows
-from toolkit.results import check_new_dir, finished_best_run, make_dir
+from toolkit.results import check_new_dir, check_path_given, finished_best_run, make_dir
 
 DEFAULT_OUT = Path("runs") / "experiments"
 TAIL = 10  # epochs at the end whose training-loss spread is reported (tail_sd)
@@ -58,8 +58,7 @@ class SuiteResult:
 def suite_configs(suite: Union[str, Path]) -> List[Path]:
     """The variant configs of a suite folder, sorted by name (``base*`` and ``_*`` files excluded)."""
     expected = "a folder of configs, e.g. experiments/initialization"
-    if str(suite) == "":  # Path("") is the current folder: an empty argument is a mistake, not "."
-        raise UserError("an empty path", expected=expected, received="")
+    check_path_given(suite, None, expected, problem="an empty path")
     path = Path(suite)
     try:
         if not path.is_dir():
@@ -121,8 +120,7 @@ def run_suite(suite: Union[str, Path], out_dir: Optional[Union[str, Path]] = Non
                 parse_search(config)
             except UserError as error:
                 raise error.at(file=str(config_path)) from None
-    if out_dir is not None and str(out_dir) == "":
-        raise UserError("an empty path", where="--out", expected="a new or empty folder", received="")
+    check_path_given(out_dir, "--out", "a new or empty folder", problem="an empty path")
     out = _claim_default_out(suite_path) if out_dir is None else _check_out(Path(out_dir))
 
     result = SuiteResult(suite=suite_path, out_dir=out)

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from toolkit import errors
 from toolkit.errors import UserError
 from toolkit.results import (BEST_DIR, CONFIG_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE, SPLITS, SWEEP_FILE,
-                             SWEEP_MARKER, TRIALS_FILE, YAML_LOADER, finished_best_run)
+                             SWEEP_MARKER, TRIALS_FILE, YAML_LOADER, check_path_given, finished_best_run)
 
 PathLike = Union[str, Path]
 
@@ -49,8 +49,7 @@ def check_run_dir(run_dir: PathLike) -> Path:
         UserError: the path is empty, missing, not a directory, a sweep directory (pointing at its ``best/``), or a
             directory without ``metrics.json``.
     """
-    if str(run_dir) == "":  # Path("") is the current folder: an empty argument is a mistake, not "."
-        raise UserError("an empty path", expected=RUN_DIR_EXPECTED, received="")
+    check_path_given(run_dir, None, RUN_DIR_EXPECTED, problem="an empty path")
     path = Path(run_dir)
     try:
         if not path.is_dir():
