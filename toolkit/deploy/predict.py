@@ -129,11 +129,15 @@ def load_run(run_dir: PathLike) -> LoadedRun:
     Raises:
         UserError: not a run directory, or one made before ktk saved ``labels.json``.
     """
+    path = resolve_run_dir(run_dir)
+    return _load(path, read_labels(path))
+
+
+def _load(path: Path, labels: Labels) -> LoadedRun:
+    """:func:`load_run` of a resolved run directory whose labels.json is read already."""
     from toolkit.config import load_config
     from toolkit.quiet import quiet_tensorflow
 
-    path = resolve_run_dir(run_dir)
-    labels = read_labels(path)
     metrics = _read_metrics(path / METRICS_FILE)
     config = load_config(path / CONFIG_FILE)
     check_archive(path / MODEL_FILE)
@@ -302,7 +306,7 @@ def predict_file(run_dir: PathLike, input_path: PathLike, output: Optional[PathL
     raw_inputs.check_input_file(input_path, "INPUT")
     labels = read_labels(run_path)
     next(raw_inputs.read_file(input_path, labels, 1, "INPUT"), None)  # a bad file is said before the model loads
-    loaded = load_run(run_dir)
+    loaded = _load(run_path, labels)
     notes = raw_inputs.Notes()
     evaluation = None
     if evaluate:
