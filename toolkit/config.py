@@ -563,6 +563,42 @@ class CallbackConfig(_Section):
         return _keras_arguments(value)
 
 
+class DistributeConfig(_Section):
+    """``training.distribute``: one model trained data-parallel over several devices or machines.
+
+    ``mirrored``: every visible GPU of this machine, or `devices` (``GPU:0``, ``CPU:1``...); ``multi_worker``:
+    one model across machines (``ktk run --role/--cluster/--index`` or ``TF_CONFIG``). ``training.batch_size``
+    is the global batch, split evenly across replicas.
+    """
+
+    strategy: Literal["mirrored", "multi_worker"]
+    devices: Optional[List[str]] = None  # mirrored only: the devices to use (default every GPU, else the CPU)
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, value: Optional[List[str]]) -> Optional[List[str]]:
+        if value is None:
+            return value
+        if not value:
+            raise InvalidValue(expected="at least one device, such as GPU:0", received=value)
+        names = []
+        for i, name in enumerate(value):
+            match = re.fullmatch(r"(?:/?device:)?/?(cpu|gpu):(\d{1,4})", name.strip(), re.IGNORECASE)
+            if match is None:
+                raise InvalidValue(where=str(i), expected="a device such as GPU:0 or CPU:1", received=name)
+            names.append(f"{match.group(1).upper()}:{int(match.group(2))}")
+        if len(set(names)) != len(names):
+            raise InvalidValue(expected="each device once", received=value)
+        return names
+
+    @model_validator(mode="after")
+    def _devices_for_mirrored(self) -> "DistributeConfig":
+        if self.devices is not None and self.strategy != "mirrored":
+            raise InvalidValue(where="devices", expected="devices only with strategy: mirrored (each multi_worker "
+                               "worker uses the devices it sees)", received=self.devices)
+        return self
+
+
 class TrainingConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: Optional[ScheduleConfig] = None
@@ -580,6 +616,26 @@ class TrainingConfig(_Section):
     steps_per_execution: Any = "auto"
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     callbacks: List[CallbackConfig] = Field(default_factory=list)  # (a top-level callbacks: list lands here)
+    # Hardware switches (README "Training on GPUs"): the Keras dtype policy (the output layer stays float32);
+    # XLA (auto: on with a GPU, off on CPU, where it was measured ~3x slower); op determinism.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: Any = "auto"
+    deterministic: bool = True
+    distribute: Optional[DistributeConfig] = None
+
+    @field_validator("jit_compile")
+    @classmethod
+    def _jit_compile(cls, value: Any) -> Any:
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise InvalidValue(expected="auto, true or false", received=value, choices=["auto", "true", "false"])
+
+    @field_validator("distribute", mode="before")
+    @classmethod
+    def _distribute(cls, value: Any) -> Any:
+        if value is None or value is False or value == "off":
+            return None
+        return {"strategy": value} if isinstance(value, str) else value
 
     @field_validator("callbacks", mode="before")
     @classmethod
@@ -729,6 +785,8 @@ class DiagnoseConfig(_Section):
 
 
 Task = Literal["auto", "binary", "multiclass", "regression"]
+# training keys left out of to_dict at these values (configs and results from before them read the same)
+HARDWARE_DEFAULTS = {"precision": "float32", "jit_compile": "auto", "deterministic": True, "distribute": None}
 
 
 class Config(_Section):
@@ -806,6 +864,9 @@ class Config(_Section):
             del data["training"]["callbacks"]
         if data["tracking"] == {"tensorboard": None, "mlflow": None}:
             del data["tracking"]
+        for key, default in HARDWARE_DEFAULTS.items():
+            if data["training"][key] == default:
+                del data["training"][key]
         return data
 
     def with_values(self, values: Mapping[str, Any]) -> "Config":
