@@ -117,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     _add_verbose(p, help="show Keras' per-epoch progress, and TensorFlow's start-up and C++ log lines")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="run N worker processes on this machine (chief/worker on loopback)")
+                   help="run N worker processes on this machine (chief/worker on loopback); with NVIDIA GPUs, "
+                        "each sees one GPU (round-robin) and allocates GPU memory as it needs it")
+    p.add_argument("--gpus", metavar="LIST",
+                   help="the GPUs the workers run on, as nvidia-smi -L numbers them, e.g. 0,1 (default: all; "
+                        "without --workers, one worker each); refused on a machine without GPUs")
+    p.add_argument("--per-gpu", type=int, default=None, metavar="K",
+                   help="K workers on each GPU, for small trials (without --workers: K times the GPUs; with "
+                        "it: at most that many); refused on a machine without GPUs")
     p.add_argument("--role", choices=["chief", "worker"], help="multi-machine mode: this process's role")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="with --role chief: address to serve the oracle on (default: 127.0.0.1, a free port; "
@@ -309,14 +316,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from toolkit.sweeps import format_sweep_summary
 
     config = _load(args)
-    distributed = (args.workers, args.role, args.listen, args.chief, args.worker_id, args.chief_timeout)
+    distributed = (args.workers, args.role, args.listen, args.chief, args.worker_id, args.chief_timeout,
+                   args.gpus, args.per_gpu)
     if any(option is not None for option in distributed):
         from toolkit.distributed import tune_distributed
 
         result = tune_distributed(config, out_dir=args.out, workers=args.workers, role=args.role,
                                   listen=args.listen, chief=args.chief, worker_id=args.worker_id,
                                   overwrite=args.overwrite, verbose=args.verbose,
-                                  chief_timeout=args.chief_timeout,
+                                  chief_timeout=args.chief_timeout, gpus=args.gpus, per_gpu=args.per_gpu,
                                   progress=lambda line: print(line, flush=True))
     else:
         from toolkit.sweeps import tune

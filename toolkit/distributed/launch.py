@@ -27,8 +27,8 @@ POLL_S = 0.1  # how often the chief's loop checks its workers and whether the se
 def tune_distributed(config: Any, *, out_dir: Optional[str] = None, workers: Optional[int] = None,
                      role: Optional[str] = None, listen: Optional[str] = None, chief: Optional[str] = None,
                      worker_id: Optional[str] = None, overwrite: bool = False, verbose: bool = False,
-                     chief_timeout: Optional[float] = None,
-                     progress: Optional[Callable[[str], None]] = None) -> Any:
+                     chief_timeout: Optional[float] = None, gpus: Optional[str] = None,
+                     per_gpu: Optional[int] = None, progress: Optional[Callable[[str], None]] = None) -> Any:
     """Runs the config's sweep as a keras-tuner chief with workers, supervised.
 
     With ``workers=N`` (and no role) this process is the chief on loopback and runs N local workers. With
@@ -48,6 +48,9 @@ def tune_distributed(config: Any, *, out_dir: Optional[str] = None, workers: Opt
         chief_timeout: seconds a worker waits for an absent chief before giving up with an error
             (default :data:`~toolkit.distributed.plan.CHIEF_TIMEOUT_S`; local workers of a chief always use
             the default).
+        gpus: ``--gpus``: the GPUs local workers run on, e.g. ``"0,1"`` (default: every GPU this process sees).
+        per_gpu: ``--per-gpu``: local workers per GPU. Each local worker sees one GPU and grows its memory as
+            needed (:mod:`toolkit.hardware.gpus`); on a machine without GPUs `gpus` and `per_gpu` are refused.
         progress: called with one line per finished trial and per event (a worker restarted, ...).
 
     Returns:
@@ -59,7 +62,7 @@ def tune_distributed(config: Any, *, out_dir: Optional[str] = None, workers: Opt
     from toolkit.sweeps.keras_tuner_compat import check_version
 
     the_plan = plan(workers=workers, role=role, listen=listen, chief=chief, worker_id=worker_id,
-                    overwrite=overwrite, chief_timeout=chief_timeout)
+                    overwrite=overwrite, chief_timeout=chief_timeout, gpus=gpus, per_gpu=per_gpu)
     check_version()
     if the_plan.role == "worker":
         return run_worker(config, chief=the_plan.chief, worker_id=the_plan.worker_id, out_dir=out_dir,
@@ -88,8 +91,11 @@ def _run_chief(config: Any, the_plan: Plan, *, out_dir: Optional[str], overwrite
         if not the_plan.listen.port:
             the_plan = dataclasses.replace(the_plan, listen=Address(the_plan.listen.host,
                                                                     free_port(the_plan.listen.host)))
-        supervisor = Supervisor([f"tuner{i}" for i in range(the_plan.workers)], address=the_plan.listen,
-                                sweep_dir=sweep_dir, verbose=verbose, chief_timeout=CHIEF_TIMEOUT_S, on_event=say)
+        worker_ids = [f"tuner{i}" for i in range(the_plan.workers)]
+        supervisor = Supervisor(worker_ids, address=the_plan.listen, sweep_dir=sweep_dir, verbose=verbose,
+                                chief_timeout=CHIEF_TIMEOUT_S, on_event=say, gpus=the_plan.gpus)
+        if the_plan.gpus is not None:
+            say(the_plan.gpus.describe(worker_ids))
         if not overwrite:  # (--overwrite empties the directory they would log into)
             # The workers import TensorFlow while this process loads the sweep; their handshake waits for us.
             supervisor.start_all()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from toolkit.errors import UserError
+from toolkit.hardware import gpus as gpu_assignment
+from toolkit.hardware.gpus import Assignment, Detected
 
 LOOPBACK = "127.0.0.1"
 CHIEF_TIMEOUT_S = 120.0  # how long a worker waits for an absent chief before giving up
@@ -88,14 +90,21 @@ class Plan:
     listen: Optional[Address] = None
     chief: Optional[Address] = None
     worker_id: Optional[str] = None
+    gpus: Optional[Assignment] = None  # the GPU of each local worker (None: no GPU, or none to assign)
 
 
 def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: Optional[str] = None,
          chief: Optional[str] = None, worker_id: Optional[str] = None, overwrite: bool = False,
-         chief_timeout: Optional[float] = None) -> Plan:
+         chief_timeout: Optional[float] = None, gpus: Optional[str] = None, per_gpu: Optional[int] = None,
+         detected: Optional[Detected] = None) -> Plan:
     """Checks the combination of distributed flags and says what this process does.
 
-    ``--chief`` implies ``--role worker`` and ``--listen`` implies ``--role chief``.
+    ``--chief`` implies ``--role worker`` and ``--listen`` implies ``--role chief``. Local workers get GPUs as
+    :func:`toolkit.hardware.gpus.assign` says (`gpus` and `per_gpu` are ``--gpus`` and ``--per-gpu``; with
+    ``--per-gpu`` or ``--gpus`` and no ``--workers``, they set the number of workers).
+
+    Args:
+        detected: the GPUs this process sees (default: :func:`toolkit.hardware.gpus.detect`, when needed).
 
     Raises:
         UserError: for a combination that does not make sense, naming the flag.
@@ -107,10 +116,23 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UserError(where="--workers", expected="a whole number of worker processes, 1 or more",
                         received=workers)
+    if role == "worker":
+        for flag, value in (("--gpus", gpus), ("--per-gpu", per_gpu)):
+            if value is not None:
+                raise UserError("a worker uses the GPUs its environment shows it (e.g. CUDA_VISIBLE_DEVICES=1 "
+                                "ktk tune ... --role worker); --gpus and --per-gpu place the local workers of a "
+                                "chief", where=flag, received=value)
+    workers_flag = "--workers" if workers is not None else "--per-gpu" if per_gpu is not None else "--gpus"
+    assignment = None
+    if role == "chief" and (workers is not None or gpus is not None or per_gpu is not None):
+        assignment = gpu_assignment.assign(gpu_assignment.detect() if detected is None else detected,
+                                           workers=workers, gpus=gpus, per_gpu=per_gpu)
+        if assignment is not None:
+            workers = assignment.workers
     most = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
     if workers is not None and workers > most:  # each one imports TensorFlow and trains on these cores
         raise UserError(f"more worker processes than this machine can run ({os.cpu_count()} cores)",
-                        where="--workers", expected=f"at most {most}", received=workers)
+                        where=workers_flag, expected=f"at most {most}", received=workers)
     if chief_timeout is not None:
         _check_chief_timeout(chief_timeout)
     if role == "worker":
@@ -138,7 +160,7 @@ def plan(*, workers: Optional[int] = None, role: Optional[str] = None, listen: O
                         received=chief_timeout)
     address = parse_address(listen, flag="--listen", default_port=0) if listen is not None else Address(LOOPBACK, 0)
     free_port(address.host, address.port)  # a host that is not this machine's, or a port in use: said now
-    return Plan("chief", workers=workers or 0, listen=address)
+    return Plan("chief", workers=workers or 0, listen=address, gpus=assignment)
 
 
 def _check_chief_timeout(seconds: float) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from toolkit.distributed.plan import CRASHES_PER_TRIAL, STARTUP_CRASHES, STOP_GRACE_S, LOOPBACK, Address
 from toolkit.errors import UserError
+from toolkit.hardware.gpus import Assignment
 from toolkit.results import CONFIG_FILE, LOGS_DIR, write_json
 from toolkit.sweeps.keras_tuner_compat import without_tuner_environment
 
@@ -85,10 +86,11 @@ class Supervisor:
         verbose: workers show Keras' per-epoch progress (in their logs).
         chief_timeout: how long a worker waits for the chief.
         on_event: called with a line of text when a worker dies or is restarted.
+        gpus: the GPU of each worker, in the order of `worker_ids` (None: they see what this process sees).
     """
 
     def __init__(self, worker_ids: List[str], *, address: Address, sweep_dir: Path, verbose: bool,
-                 chief_timeout: float, on_event: Callable[[str], None]):
+                 chief_timeout: float, on_event: Callable[[str], None], gpus: Optional[Assignment] = None):
         self.chief: Optional[Chief] = None
         self.slots = {worker_id: _Slot(worker_id) for worker_id in worker_ids}
         wildcard = {"0.0.0.0": LOOPBACK, "::": "::1"}
@@ -98,6 +100,7 @@ class Supervisor:
         self.verbose = verbose
         self.chief_timeout = chief_timeout
         self.on_event = on_event
+        self.gpus = gpus
 
     def attach(self, chief: Chief) -> None:
         """The chief is serving: it learns which workers are supervised (their liveness is known here)."""
@@ -112,17 +115,25 @@ class Supervisor:
                    "--chief-timeout", str(self.chief_timeout), "--parent", str(os.getpid())]
         return command + (["--verbose"] if self.verbose else [])
 
-    def start(self, slot: _Slot) -> None:
-        if self.chief is not None:
-            self.chief.supervise(slot.worker_id)
-        slot.log_path = self.sweep_dir / LOGS_DIR / f"{slot.worker_id}{LOG_SUFFIX}"
+    def environment(self, worker_id: str) -> Dict[str, str]:
+        """The environment worker `worker_id` starts with (its trial processes inherit it): this process's,
+        without keras-tuner's role variables, with this package first on PYTHONPATH and, with GPUs, its own
+        ``CUDA_VISIBLE_DEVICES`` and ``TF_FORCE_GPU_ALLOW_GROWTH``."""
         env = without_tuner_environment(dict(os.environ))  # a worker gets its role by flags
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if self.gpus is not None:
+            env.update(self.gpus.environment(list(self.slots).index(worker_id), env))
+        return env
+
+    def start(self, slot: _Slot) -> None:
+        if self.chief is not None:
+            self.chief.supervise(slot.worker_id)
+        slot.log_path = self.sweep_dir / LOGS_DIR / f"{slot.worker_id}{LOG_SUFFIX}"
         slot.process = subprocess.Popen(self._command(slot.worker_id), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        env=self.environment(slot.worker_id), start_new_session=True)
         slot.pump = threading.Thread(target=_pump, args=(slot.process.stdout, slot.log_path, self._sweep_ready),
                                      name=f"ktk-log-{slot.worker_id}", daemon=True)
         slot.pump.start()

@@ -183,6 +183,9 @@ def worker_process_main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.parent:
         watch_parent(args.parent)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:  # the GPU this worker runs on (--gpus, --per-gpu)
+        print(f"worker {args.worker_id}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} "
+              f"TF_FORCE_GPU_ALLOW_GROWTH={os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH')}", flush=True)
     # TensorFlow (through keras-tuner) first: a worker started early imports it while the chief loads.
     importlib.import_module("keras_tuner")
 
