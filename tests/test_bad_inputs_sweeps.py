@@ -422,11 +422,13 @@ def test_a_damaged_or_foreign_lock_is_refused_with_a_message(tmp_path):
 def test_an_untested_keras_tuner_is_refused_unless_allowed(monkeypatch):
     monkeypatch.delenv(compat.ALLOW_UNTESTED, raising=False)
     compat.check_version("1.4.8")
+    compat.check_version("1.4.7")
     with pytest.raises(UserError) as caught:
-        compat.check_version("1.5.0")
+        compat.check_version("1.4.9")  # an untested patch release too
     assert str(caught.value) == (
-        "keras-tuner: ktk's sweeps rely on keras-tuner internals tested with keras-tuner 1.4.8 only; install that "
-        "version, or set KTK_ALLOW_UNTESTED_KERAS_TUNER=1 to try this one anyway; expected 1.4.8; received '1.5.0'.")
+        "keras-tuner: ktk's sweeps rely on keras-tuner internals tested with keras-tuner 1.4.7, 1.4.8 only; install "
+        "one of those, or set KTK_ALLOW_UNTESTED_KERAS_TUNER=1 to try this one anyway; expected 1.4.7, 1.4.8; "
+        "received '1.4.9'.")
     monkeypatch.setenv(compat.ALLOW_UNTESTED, "1")
     compat.check_version("1.5.0")
     assert compat.installed_version() in compat.TESTED_VERSIONS  # what this checkout installs
