@@ -16,7 +16,7 @@ from helpers import IRIS_SWEEP, ktk_here, subprocess_env
 from toolkit.distributed import Address, Supervisor, plan
 from toolkit.errors import UserError
 from toolkit.hardware import gpus
-from toolkit.hardware.gpus import Assignment, Detected, Gpu
+from toolkit.hardware.gpus import Detected, Gpu
 
 SMI = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa1111)

@@ -4,8 +4,9 @@ The GPUs are found without TensorFlow (the parent of a sweep never imports it fo
 where that command is not installed, ``/proc/driver/nvidia/gpus``; then ``CUDA_VISIBLE_DEVICES``, if set, picks
 and orders them as CUDA does. ``--gpus`` indices count the GPUs this process sees, from 0, in ``nvidia-smi -L``'s
 order (or ``CUDA_VISIBLE_DEVICES``'s, when set). Each worker sees exactly one GPU (``CUDA_VISIBLE_DEVICES`` set to
-that GPU's UUID, or to the entry of this process's ``CUDA_VISIBLE_DEVICES``) and allocates GPU memory as it needs it (``TF_FORCE_GPU_ALLOW_GROWTH=true``,
-unless set already), so several workers can share one GPU and no trial takes a whole one up front.
+that GPU's UUID, or to the entry of this process's ``CUDA_VISIBLE_DEVICES``) and allocates GPU memory as it
+needs it (``TF_FORCE_GPU_ALLOW_GROWTH=true``, unless set already), so several workers can share one GPU and no
+trial takes a whole one up front. The worker's trial processes inherit both.
 
 - ``--workers N``: workers go round-robin over the GPUs (all of them, or those of ``--gpus``);
 - ``--gpus 0,2``: only those GPUs; without ``--workers``, one worker on each;
@@ -169,10 +170,13 @@ def visible_gpus(physical: Sequence[Tuple[str, str]], visible_devices: Optional[
     return chosen
 
 
-def detect(environ: Optional[Mapping[str, str]] = None, **sources: object) -> Detected:
-    """The GPUs this process sees, found without TensorFlow (`sources`: see :func:`physical_gpus`)."""
+def detect(environ: Optional[Mapping[str, str]] = None, *,
+           which: Callable[[str], Optional[str]] = shutil.which,
+           run: Callable[[str], Optional[str]] = _run_nvidia_smi, proc_root: Path = PROC_GPUS) -> Detected:
+    """The GPUs this process sees, found without TensorFlow (`which`, `run`, `proc_root`: see
+    :func:`physical_gpus`; tests pass their own)."""
     environ = os.environ if environ is None else environ
-    physical, how = physical_gpus(**sources)  # type: ignore[arg-type]
+    physical, how = physical_gpus(which=which, run=run, proc_root=proc_root)
     visible_devices = environ.get(VISIBLE_DEVICES)
     gpus = visible_gpus(physical, visible_devices)
     if visible_devices is not None and len(gpus) != len(physical):
