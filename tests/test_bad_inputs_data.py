@@ -255,7 +255,7 @@ CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, 
     ("options-for-a-file", "{source: csv, path: {file}, target: y, options: {sep: ';'}}", csv(),
      "data.options: source 'csv' does not read options (arguments of the data set or generator, read by the "
      "sklearn., synthetic. and keras. sources); expected only the keys that apply to csv; received {sep: ';'}. "
-     "Valid choices: source, path, target, features, test_path, missing, split, split.column, normalize."),
+     "Valid choices: source, path, target, features, test_path, missing, stream, shuffle_buffer, split, split.column, split.key, normalize."),
 ]
 
 TEST_FILE_CASES = [
@@ -411,8 +411,8 @@ def test_compressed_csv_files_are_read(tmp_path, capsys):
 # need not exist on disk: keras.mnist is never downloaded here).
 SOURCE_KEY_CASES = [
     ("{source: sklearn.iris, path: d.csv, target: y, features: [a]}",
-     "data.path: source 'sklearn.iris' does not read path (the data file, read by the csv, parquet and npz "
-     "sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
+     "data.path: source 'sklearn.iris' does not read path (the data file or folder, read by the csv, parquet, npz "
+     "and images sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
      "Valid choices: source, options, split, normalize."),
     ("{source: sklearn.iris, split: {column: s}}",
      "data.split.column: source 'sklearn.iris' does not read split.column (a column naming each row's split, read "

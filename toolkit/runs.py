@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
 from toolkit.results import (BACKUP_DIR, CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
-                             MODEL_FILE, RUN_MARKER, SPLITS, TENSORBOARD_DIR, atomic_write_text, check_new_dir,
-                             history_logger, make_dir, utc_now, write_json)
+                             MODEL_FILE, RUN_MARKER, SPLIT_FILES, SPLITS, SPLITS_DIR, TENSORBOARD_DIR,
+                             atomic_write_text, check_new_dir, history_logger, make_dir, utc_now, write_json)
 from toolkit.tracking import RunTracking
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -118,6 +118,7 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         environment = _environment(config, started_at)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     write_json(run_dir / ENVIRONMENT_FILE, environment)
+    write_split_files(run_dir, data)
 
     logger = history_logger(run_dir / HISTORY_FILE, earlier)
     callbacks = [logger]
@@ -152,6 +153,17 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
     checkpoint.remove()  # the run is complete: its backup has served
     return metrics
+
+
+def write_split_files(run_dir: Path, data: Any) -> None:
+    """``splits/train.txt``, ``validation.txt``, ``test.txt``: the files of each split (images), one path a line
+    relative to ``data.path``, so that a run can be audited and repeated. Nothing for other sources."""
+    files = getattr(data, "split_files", None)
+    if not files:
+        return
+    make_dir(run_dir / SPLITS_DIR, where="--out")
+    for name, file_name in zip(SPLITS, SPLIT_FILES):
+        atomic_write_text(run_dir / SPLITS_DIR / file_name, "".join(f"{f}\n" for f in files.get(name, ())))
 
 
 def save_model(run_dir: Path, model: Any, data: Any) -> None:
@@ -235,9 +247,9 @@ class RunDirClaim:
         for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
-        tensorboard = self.path / TENSORBOARD_DIR
-        if tensorboard.is_dir() and not tensorboard.is_symlink():
-            shutil.rmtree(tensorboard, ignore_errors=True)
+        for folder in (self.path / TENSORBOARD_DIR, self.path / SPLITS_DIR):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
         for folder in ((self.path,) if self.created else ()) + self.parents_made:
             with contextlib.suppress(OSError):  # not empty: someone else's files or runs; they stay
                 folder.rmdir()
