@@ -282,6 +282,10 @@ def _load_source(data: Any, seed: int, base_dir: Path) -> _Raw:
         return loaders[family](name, dict(data.options), seed)
     if data.source in files:
         return files[data.source](data, base_dir)
+    if data.source == "python":
+        raise UserError("the data of source 'python' is given from Python: toolkit.run(config, data={'train': ..., "
+                        "'validation': ...})", where="data.source", expected="a source ktk loads, for ktk run, "
+                        "validate and tune", received="python")
     choices = ([f"sklearn.{n}" for n in SKLEARN_DATASETS] + [f"synthetic.{n}" for n in SYNTHETIC]
                + [f"keras.{n}" for n in KERAS_DATASETS] + list(files))
     raise UserError(where="data.source", expected="a known data source", received=data.source, choices=choices)

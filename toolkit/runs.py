@@ -47,7 +47,10 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         out_dir: the run directory; default ``runs/<name>/<timestamp>``. It must be new or empty.
         verbose: Keras' progress display (0 silent, 1 progress bar, 2 one line per epoch; see
             :func:`toolkit.training.progress_verbosity`).
-        data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None.
+        data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None. Or your own
+            pipelines: ``{"train": ..., "validation": ...[, "test": ...]}`` (or a tuple in that order) of
+            ``tf.data.Dataset`` or ``keras.utils.PyDataset`` yielding ``(x, y)`` batches, used as they are (the
+            config's data section is then not read; see :mod:`toolkit.sources.pipelines`).
         callbacks: more Keras callbacks for ``fit``, after ktk's own (``tracking:`` and ``training.callbacks``
             are the config's way to add them).
         resume: continue the unfinished run in `out_dir` (one ktk claimed for this same config and data) from
@@ -80,6 +83,13 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     try:
         if data is None:
             data = load_data(config)
+        elif not hasattr(data, "task"):  # not a Dataset or Pipelines: a user's tf.data / PyDataset pipelines (toolkit.sources.pipelines)
+            from toolkit.sources.pipelines import from_user
+
+            data = from_user(data, config)
+        if config.training.monitor.gradients and not hasattr(data, "x_train"):
+            raise UserError("training.monitor.gradients probes examples held in memory", where="training.monitor."
+                            "gradients", expected="false for streamed, image-file or your own pipelines", received=True)
         check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
         model = training.prepare_model(config, data)
         if resumed is not None:
@@ -133,7 +143,8 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
 
     monitor = training.monitor_name(config)
     mode = training.monitor_mode(config)
-    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS}
+    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS
+                               if getattr(data, "has_test", True) or split != "test"}
     epochs_run = len(history.get("loss", []))
     metrics.update({
         "epochs_run": epochs_run,
