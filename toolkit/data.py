@@ -135,6 +135,11 @@ def load_data(config: Any) -> Dataset:
             missing or non-finite values, x and y of different lengths, an empty split.
     """
     data = config.data
+    if data.source in ("csv", "parquet"):
+        from toolkit.sources.streaming import load_streamed, wants_stream
+
+        if wants_stream(data, config.base_dir):  # files read in batches: toolkit.sources.streaming
+            return load_streamed(config)  # type: ignore[return-value]
     raw = _load_source(data, config.seed, config.base_dir)
     task = _infer_task(raw, config.task)
     y_all = raw.y
