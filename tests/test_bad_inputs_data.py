@@ -246,8 +246,11 @@ CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, 
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
     ("npz-fifo", NPZ, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
-    ("csv-directory", "{source: csv, path: ., target: y}", None,
+    ("csv-directory", "{source: csv, path: ., target: y, stream: false}", None,
      "data.path: this is a directory, not a data file; expected a regular file; received '{dir}'."),
+    ("csv-directory-streamed", "{source: csv, path: ., target: y}", None,  # a folder of shards, streamed
+     "data.path: the folder holds no csv files; expected a folder of csv shards (.csv, .csv.gz, .csv.bz2, .csv.xz, "
+     ".csv.zip, .tsv, .txt); received '.'."),
     ("npz-dev-zero", "{source: npz, path: /dev/zero}", None,
      "data.path: this is a device, not a data file; expected a regular file; received '/dev/zero'."),
     ("csv-name-too-long", "{source: csv, path: " + "a" * 300 + ".csv, target: y}", None,
