@@ -58,21 +58,17 @@ def wants_stream(data: Any, base_dir: Path) -> bool:
         return False
     if is_glob(data.path):
         return True
-    path = _located(data.path, base_dir)
-    if path.is_dir():
-        return True
     try:
-        return path.stat().st_size > STREAM_THRESHOLD_BYTES
-    except OSError:
+        path = _located(data.path, base_dir)
+        return path.is_dir() or path.stat().st_size > STREAM_THRESHOLD_BYTES
+    except (OSError, ValueError):
         return False  # the in-memory loader says what is wrong with it
 
 
 def _located(given: str, base_dir: Path) -> Path:
-    path = Path(given)
-    if path.is_absolute():
-        return path
-    beside = base_dir / path
-    return path if not beside.exists() and path.exists() else beside
+    from toolkit.provenance import resolve_data_path
+
+    return resolve_data_path(given, base_dir)
 
 
 def shard_files(kind: str, given: str, base_dir: Path) -> List[Path]:
@@ -91,14 +87,19 @@ def shard_files(kind: str, given: str, base_dir: Path) -> List[Path]:
                             "files (relative to the config's folder)", received=given)
         return files
     path = _located(given, base_dir)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot use this path ({getattr(error, 'strerror', None) or error})", where="data.path",
+                        received=given) from None
+    if is_dir:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name.lower().endswith(_SUFFIXES[kind]))
         if not files:
             raise UserError(f"the folder holds no {kind} files", where="data.path",
                             expected=f"a folder of {kind} shards ({', '.join(_SUFFIXES[kind])})", received=given)
         return files
-    if not path.exists():
+    if not exists:
         raise UserError("file not found", where="data.path", received=given)
     return [path]
 
