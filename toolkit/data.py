@@ -999,6 +999,9 @@ def _load_images(data: Any, base_dir: Path) -> _Raw:
     """An ``images`` folder decoded into memory (see :mod:`toolkit.sources.images`)."""
     from toolkit.sources import images
 
+    if data.cache == "none":  # decoding from the files each epoch (an ImageFiles pipeline) is not written yet
+        raise UserError("cache: none (images decoded from their files every epoch) is not available in this ktk",
+                        where="data.cache", expected="auto or memory (decoded once into memory)", received="none")
     root = _resolve(data.path, base_dir, "data.path")
     folder = images.scan(root, data.path)
     shape, readable = images.image_shape(folder, data.image_size, data.color_mode, data.path)
@@ -1006,8 +1009,8 @@ def _load_images(data: Any, base_dir: Path) -> _Raw:
     if size > MAX_DATA_BYTES or (data.cache == "auto" and size > images.MEMORY_CACHE_BYTES):
         raise UserError(f"the decoded images take {_size_text(size)}, more than ktk holds in memory "
                         f"({_size_text(images.MEMORY_CACHE_BYTES if data.cache == 'auto' else MAX_DATA_BYTES)})",
-                        where="data.cache", expected="cache: none (images decoded from their files each epoch), or "
-                        "a smaller data.image_size", received=data.cache)
+                        where="data.cache", expected="a smaller data.image_size (or fewer images)",
+                        received=data.cache)
     pixels, kept = images.decode(folder, np.flatnonzero(readable), shape, data.color_mode)
     images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
     task = "binary" if len(folder.class_names) == 2 else "multiclass"

@@ -35,7 +35,7 @@ from toolkit.errors import DataWarning, UserError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
 _PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
-# cache: auto keeps the decoded images in memory (float32) up to this size; above it, they are decoded per epoch.
+# cache: auto keeps the decoded images in memory (float32) up to this size; above it, the run is refused.
 MEMORY_CACHE_BYTES = 2 * 2**30
 MAX_IMAGES = 10_000_000
 MAX_PIXELS = 2**28  # one image's pixels at most: Pillow's own guard against decompression bombs is 89M
