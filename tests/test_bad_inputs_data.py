@@ -246,8 +246,11 @@ CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, 
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
     ("npz-fifo", NPZ, fifo,
      "data.path: this is a FIFO (named pipe), not a data file; expected a regular file; received '{path}'."),
-    ("csv-directory", "{source: csv, path: ., target: y}", None,
+    ("csv-directory", "{source: csv, path: ., target: y, stream: false}", None,
      "data.path: this is a directory, not a data file; expected a regular file; received '{dir}'."),
+    ("csv-directory-streamed", "{source: csv, path: ., target: y}", None,  # a folder of shards, streamed
+     "data.path: the folder holds no csv files; expected a folder of csv shards (.csv, .csv.gz, .csv.bz2, .csv.xz, "
+     ".csv.zip, .tsv, .txt); received '.'."),
     ("npz-dev-zero", "{source: npz, path: /dev/zero}", None,
      "data.path: this is a device, not a data file; expected a regular file; received '/dev/zero'."),
     ("csv-name-too-long", "{source: csv, path: " + "a" * 300 + ".csv, target: y}", None,
@@ -255,7 +258,7 @@ CASES = [(case, CSV, csv(change=cell), "data.path: " + message) for case, cell, 
     ("options-for-a-file", "{source: csv, path: {file}, target: y, options: {sep: ';'}}", csv(),
      "data.options: source 'csv' does not read options (arguments of the data set or generator, read by the "
      "sklearn., synthetic. and keras. sources); expected only the keys that apply to csv; received {sep: ';'}. "
-     "Valid choices: source, path, target, features, test_path, missing, split, split.column, normalize."),
+     "Valid choices: source, path, target, features, test_path, missing, stream, shuffle_buffer, split, split.column, split.key, normalize."),
 ]
 
 TEST_FILE_CASES = [
@@ -411,8 +414,8 @@ def test_compressed_csv_files_are_read(tmp_path, capsys):
 # need not exist on disk: keras.mnist is never downloaded here).
 SOURCE_KEY_CASES = [
     ("{source: sklearn.iris, path: d.csv, target: y, features: [a]}",
-     "data.path: source 'sklearn.iris' does not read path (the data file, read by the csv, parquet and npz "
-     "sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
+     "data.path: source 'sklearn.iris' does not read path (the data file or folder, read by the csv, parquet, npz "
+     "and images sources), nor target, features; expected only the keys that apply to sklearn.iris; received 'd.csv'. "
      "Valid choices: source, options, split, normalize."),
     ("{source: sklearn.iris, split: {column: s}}",
      "data.split.column: source 'sklearn.iris' does not read split.column (a column naming each row's split, read "

@@ -200,11 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", metavar="NAME", help="the MLflow experiment (default: each config's name)")
     p.add_argument("--no-model", action="store_true", help="do not upload model.keras")
 
-    p = commands.add_parser("predict", help="predictions of a run's model for the rows of a CSV, parquet or npz file")
+    p = commands.add_parser("predict", help="predictions of a run's model for the rows of a CSV, parquet or npz file "
+                            "(images: image files or folders)")
     p.add_argument("run_dir", metavar="RUN_DIR", type=_path("a run or sweep directory"),
                    help="a run directory (or a sweep directory: its best/ run)")
-    p.add_argument("input", metavar="INPUT", type=_path("a CSV, parquet or npz file"),
-                   help="a .csv, .parquet or .npz file with the model's feature columns")
+    p.add_argument("input", metavar="INPUT", nargs="+", type=_path("a CSV, parquet or npz file"),
+                   help="a .csv, .parquet or .npz file with the model's feature columns; for a run trained on "
+                   "images, image files and folders of them")
     p.add_argument("--output", metavar="FILE", type=_path("a file"),
                    help="write to FILE, a new file (default: standard output)")
     p.add_argument("--format", choices=["csv", "json", "parquet"],

@@ -182,6 +182,55 @@ class SplitConfig(_Section):
     test: Optional[Number] = Field(None, ge=0, lt=1)
     stratify: Optional[bool] = None  # default: true for classification
     column: Optional[str] = None  # a column holding train / validation / test for each row
+    key: Optional[str] = None  # streamed tables: the column whose hash picks each row's split (default: row index)
+
+
+# Keras' random augmentation layers data.augment may name (active in training only). MixUp and CutMix are left
+# out: they mix labels too, which a layer inside the model cannot do.
+AUGMENT_LAYERS = ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomCrop", "RandomContrast",
+                  "RandomBrightness", "RandomShear", "RandomGrayscale", "RandomHue", "RandomSaturation",
+                  "RandomColorJitter", "RandomColorDegeneration", "RandomSharpness", "RandomPosterization",
+                  "RandomInvert", "RandomErasing", "RandomGaussianBlur", "RandomElasticTransform", "RandomPerspective",
+                  "RandAugment", "AugMix", "Solarization")
+
+
+def _augment_name(value: str) -> str:
+    if value not in AUGMENT_LAYERS:
+        why = f"{value} mixes labels too, which a layer inside the model cannot do" if value in ("MixUp", "CutMix") \
+            else None
+        raise InvalidValue(why, expected="a Keras random augmentation layer (active in training only)",
+                           received=value, choices=list(AUGMENT_LAYERS))
+    return value
+
+
+class AugmentConfig(_Section):
+    """One entry of ``data.augment``: a Keras random preprocessing layer by class, ``{class_name: RandomFlip,
+    config: {mode: horizontal}}`` (or its name alone), active in training only."""
+
+    class_name: Annotated[str, AfterValidator(_augment_name)]
+    config: Dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"class_name": value} if isinstance(value, str) else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_mapping(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("config")
+    @classmethod
+    def _config_numbers(cls, value: Dict[str, Any]) -> Dict[str, Any]:
+        return _keras_arguments(value)
+
+
+def _image_size(value: Any) -> Any:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 65_535 for d in value)):
+        raise InvalidValue(expected="[height, width]: two whole numbers of pixels from 1 to 65535", received=value)
+    return value
 
 
 class DataConfig(_Section):
@@ -194,6 +243,14 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     normalize: Literal["standard", "minmax", "none"] = "standard"
     missing: Literal["error", "drop"] = "error"
+    # images (toolkit.sources.images)
+    image_size: Annotated[Optional[List[int]], AfterValidator(lambda v: v if v is None else _image_size(v))] = None
+    color_mode: Literal["rgb", "grayscale", "rgba"] = "rgb"
+    cache: Literal["auto", "memory", "none"] = "auto"
+    augment: List[AugmentConfig] = Field(default_factory=list)
+    # streamed tables (toolkit.sources.streaming)
+    stream: Optional[bool] = None  # None: automatic (several files, or more than STREAM_THRESHOLD_BYTES)
+    shuffle_buffer: Annotated[int, _int_from(1, 10**8)] = 10_000
 
     @field_validator("options", mode="before")
     @classmethod
@@ -787,6 +844,9 @@ class DiagnoseConfig(_Section):
 Task = Literal["auto", "binary", "multiclass", "regression"]
 # training keys left out of to_dict at these values (configs and results from before them read the same)
 HARDWARE_DEFAULTS = {"precision": "float32", "jit_compile": "auto", "deterministic": True, "distribute": None}
+# data keys left out of to_dict at these values, for the same reason
+DATA_DEFAULTS = {"image_size": None, "color_mode": "rgb", "cache": "auto", "augment": [], "stream": None,
+                 "shuffle_buffer": 10_000}
 
 
 class Config(_Section):
@@ -867,6 +927,11 @@ class Config(_Section):
         for key, default in HARDWARE_DEFAULTS.items():
             if data["training"][key] == default:
                 del data["training"][key]
+        for key, default in DATA_DEFAULTS.items():
+            if data["data"][key] == default:
+                del data["data"][key]
+        if data["data"]["split"]["key"] is None:
+            del data["data"]["split"]["key"]
         return data
 
     def with_values(self, values: Mapping[str, Any]) -> "Config":

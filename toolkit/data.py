@@ -68,6 +68,7 @@ class Dataset:
     inputs: Optional[InputSchema] = None  # the raw inputs, as the saved model takes them (labels.json)
     target_name: str = "y"
     rows: Dict[str, np.ndarray] = field(default_factory=dict)  # split -> row numbers in its source (file)
+    split_files: Dict[str, List[str]] = field(default_factory=dict)  # images: split -> files (relative to data.path)
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
@@ -117,6 +118,7 @@ class _Raw:
     columns: Optional[Tuple[Column, ...]] = None  # table sources: the raw columns behind the columns of x
     source_rows: Optional[np.ndarray] = None  # the file's row number of each row of x (rows may be dropped)
     test_rows: Optional[np.ndarray] = None  # the same for the test file's rows
+    files: Optional[List[str]] = None  # images: the file of each source row (relative to data.path)
 
 
 def load_data(config: Any) -> Dataset:
@@ -133,6 +135,11 @@ def load_data(config: Any) -> Dataset:
             missing or non-finite values, x and y of different lengths, an empty split.
     """
     data = config.data
+    if data.source in ("csv", "parquet"):
+        from toolkit.sources.streaming import load_streamed, wants_stream
+
+        if wants_stream(data, config.base_dir):  # files read in batches: toolkit.sources.streaming
+            return load_streamed(config)  # type: ignore[return-value]
     raw = _load_source(data, config.seed, config.base_dir)
     task = _infer_task(raw, config.task)
     y_all = raw.y
@@ -164,7 +171,14 @@ def load_data(config: Any) -> Dataset:
         parts = [(x[:, keep], part_y) for x, part_y in parts]
         feature_names = [name for name, kept in zip(feature_names or [], keep) if kept] or None
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts
-    x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
+    if raw.files is not None:  # images: pixels as they are; the model normalizes them (per channel)
+        if task == "regression":
+            raise UserError(where="task", expected="binary or multiclass for an images source (its classes are "
+                            "folders)", received=task)
+        x_tr, x_va, x_te = (np.asarray(a, dtype=np.float32) for a in (x_tr, x_va, x_te))
+        stats = image_statistics(data.normalize, x_tr)
+    else:
+        x_tr, x_va, x_te, stats = _normalize(data.normalize, x_tr, x_va, x_te)
     y_type = np.int32 if task == "multiclass" else np.float32
     if raw.columns is not None:
         inputs = InputSchema("columns", columns=columns, missing=data.missing)
@@ -176,6 +190,7 @@ def load_data(config: Any) -> Dataset:
         x_test=x_te, y_test=y_te.astype(y_type), task=task, num_classes=num_classes,
         class_names=class_names, feature_names=feature_names, normalization=stats, inputs=inputs,
         target_name=raw.target_name, rows=rows,
+        split_files={name: [raw.files[i] for i in rows[name]] for name in SPLITS} if raw.files is not None else {},
     )
 
 
@@ -206,14 +221,22 @@ def _training_vocabulary(columns: Tuple[Column, ...], x_train: np.ndarray) -> Tu
 # The keys of the data section that only some sources read: what each is, and the sources that read it.
 # Every source reads source, split (fractions, stratify) and normalize.
 _SOURCE_KEYS = {
-    "path": ("the data file", ("csv", "parquet", "npz")),
+    "path": ("the data file or folder", ("csv", "parquet", "npz", "images")),
     "target": ("the target column", ("csv", "parquet")),
     "features": ("the feature columns", ("csv", "parquet")),
     "test_path": ("a separate test file", ("csv", "parquet", "npz")),
     "options": ("arguments of the data set or generator", ("sklearn", "synthetic", "keras")),
     "missing": ("what to do with missing values in a table", ("csv", "parquet")),
     "split.column": ("a column naming each row's split", ("csv", "parquet")),
+    "image_size": ("the size images are resized to", ("images",)),
+    "color_mode": ("the images' channels", ("images",)),
+    "cache": ("where decoded images are kept", ("images",)),
+    "augment": ("random augmentation layers", ("images",)),
+    "stream": ("whether a table is streamed", ("csv", "parquet")),
+    "shuffle_buffer": ("the shuffle buffer of a streamed table", ("csv", "parquet")),
+    "split.key": ("the column whose hash splits a streamed table", ("csv", "parquet")),
 }
+_FILE_KINDS = ("csv", "parquet", "npz", "images")
 
 
 def check_source_keys(data: Any) -> None:
@@ -224,20 +247,25 @@ def check_source_keys(data: Any) -> None:
         InvalidValue: located below ``data``.
     """
     family, _, name = data.source.partition(".")
-    kind = data.source if data.source in ("csv", "parquet", "npz") else family if name else None
-    if kind not in ("csv", "parquet", "npz", "sklearn", "synthetic", "keras"):
+    kind = data.source if data.source in _FILE_KINDS else family if name else None
+    if kind not in (*_FILE_KINDS, "sklearn", "synthetic", "keras"):
         return  # an unknown source: load_data lists the known ones
     given = {"path": data.path, "target": data.target, "features": data.features, "test_path": data.test_path,
              "options": data.options or None, "missing": None if data.missing == "error" else data.missing,
-             "split.column": data.split.column}
+             "split.column": data.split.column, "image_size": data.image_size,
+             "color_mode": None if data.color_mode == "rgb" else data.color_mode,
+             "cache": None if data.cache == "auto" else data.cache, "augment": data.augment or None,
+             "stream": data.stream, "shuffle_buffer": None if data.shuffle_buffer == 10_000 else data.shuffle_buffer,
+             "split.key": data.split.key}
     unread = [key for key, value in given.items() if value is not None and kind not in _SOURCE_KEYS[key][1]]
     if unread:
         key = unread[0]
         what, kinds = _SOURCE_KEYS[key]
         readers = ", ".join(k + ("." if k in ("sklearn", "synthetic", "keras") else "") for k in kinds)
         readers = " and ".join(readers.rsplit(", ", 1))
-        applying = ["source", *(k for k, (_, ks) in _SOURCE_KEYS.items() if kind in ks and k != "split.column"),
-                    "split", *(["split.column"] if kind in _SOURCE_KEYS["split.column"][1] else []), "normalize"]
+        applying = ["source", *(k for k, (_, ks) in _SOURCE_KEYS.items() if kind in ks and not k.startswith("split.")),
+                    "split", *(k for k, (_, ks) in _SOURCE_KEYS.items() if kind in ks and k.startswith("split.")),
+                    "normalize"]
         nor = f", nor {', '.join(unread[1:])}" if len(unread) > 1 else ""
         raise InvalidValue(f"source {data.source!r} does not read {key} ({what}, read by the {readers} sources){nor}",
                            where=key, expected=f"only the keys that apply to {data.source}", received=given[key],
@@ -253,11 +281,16 @@ def _load_source(data: Any, seed: int, base_dir: Path) -> _Raw:
     loaders: Dict[str, Callable[..., _Raw]] = {
         "sklearn": _load_sklearn, "synthetic": _load_synthetic, "keras": _load_keras,
     }
-    files: Dict[str, Callable[..., _Raw]] = {"csv": _load_table, "parquet": _load_table, "npz": _load_npz}
+    files: Dict[str, Callable[..., _Raw]] = {"csv": _load_table, "parquet": _load_table, "npz": _load_npz,
+                                             "images": _load_images}
     if family in loaders and name:
         return loaders[family](name, dict(data.options), seed)
     if data.source in files:
         return files[data.source](data, base_dir)
+    if data.source == "python":
+        raise UserError("the data of source 'python' is given from Python: toolkit.run(config, data={'train': ..., "
+                        "'validation': ...})", where="data.source", expected="a source ktk loads, for ktk run, "
+                        "validate and tune", received="python")
     choices = ([f"sklearn.{n}" for n in SKLEARN_DATASETS] + [f"synthetic.{n}" for n in SYNTHETIC]
                + [f"keras.{n}" for n in KERAS_DATASETS] + list(files))
     raise UserError(where="data.source", expected="a known data source", received=data.source, choices=choices)
@@ -962,6 +995,29 @@ def _split_labels(values: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _load_images(data: Any, base_dir: Path) -> _Raw:
+    """An ``images`` folder decoded into memory (see :mod:`toolkit.sources.images`)."""
+    from toolkit.sources import images
+
+    if data.cache == "none":  # decoding from the files each epoch (an ImageFiles pipeline) is not written yet
+        raise UserError("cache: none (images decoded from their files every epoch) is not available in this ktk",
+                        where="data.cache", expected="auto or memory (decoded once into memory)", received="none")
+    root = _resolve(data.path, base_dir, "data.path")
+    folder = images.scan(root, data.path)
+    shape, readable = images.image_shape(folder, data.image_size, data.color_mode, data.path)
+    size = images.decoded_bytes(int(readable.sum()), shape)
+    if size > MAX_DATA_BYTES or (data.cache == "auto" and size > images.MEMORY_CACHE_BYTES):
+        raise UserError(f"the decoded images take {_size_text(size)}, more than ktk holds in memory "
+                        f"({_size_text(images.MEMORY_CACHE_BYTES if data.cache == 'auto' else MAX_DATA_BYTES)})",
+                        where="data.cache", expected="a smaller data.image_size (or fewer images)",
+                        received=data.cache)
+    pixels, kept = images.decode(folder, np.flatnonzero(readable), shape, data.color_mode)
+    images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
+    task = "binary" if len(folder.class_names) == 2 else "multiclass"
+    return _Raw(pixels, folder.labels[kept], None, list(folder.class_names), task, target_name="class folder",
+                source_rows=kept, files=folder.files)
+
+
 _NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (np.savez), possibly empty
 
 
@@ -1295,6 +1351,30 @@ def _warn_if_stratification_distorts(y: np.ndarray, fractions: Tuple[float, floa
 
 
 # ---------------------------------------------------------------------------------- normalization
+
+
+def image_statistics(method: str, x_train: np.ndarray) -> Dict[str, Any]:
+    """Per-channel statistics of training images (float64), for the ``Normalization`` layer the model starts
+    with (``in_model``: the pipeline feeds raw pixel values, so that augmentation sees them as they are)."""
+    if method == "none":
+        return {"method": "none"}
+    flat = x_train.reshape(-1, x_train.shape[-1])
+    if method == "standard":
+        count = len(flat)
+        center = np.zeros(flat.shape[1])
+        squares = np.zeros(flat.shape[1])
+        for start in range(0, count, 2**22):  # float64 sums in blocks: bounded memory
+            block = flat[start:start + 2**22].astype(np.float64)
+            center += block.sum(axis=0)
+            squares += np.square(block).sum(axis=0)
+        center /= max(count, 1)
+        scale = np.sqrt(np.maximum(squares / max(count, 1) - np.square(center), 0.0))
+    else:  # minmax
+        center = flat.min(axis=0).astype(np.float64)
+        scale = flat.max(axis=0).astype(np.float64) - center
+    scale = np.where(scale > 0, scale, 1.0)
+    return {"method": method, "center": center.astype(np.float64), "scale": scale.astype(np.float64),
+            "in_model": True}
 
 
 def _normalize(method: str, x_train: np.ndarray, *others: np.ndarray):

@@ -54,7 +54,7 @@ def build_model(config: Any, data: Any) -> Any:
         specs = [(f"model.layers.{i}", layer.model_dump(exclude_none=True)) for i, layer in enumerate(model_cfg.layers)]
     _check_kernel_sizes(specs, data)
     inputs = keras.Input(shape=data.input_shape, name="inputs")
-    x = inputs
+    x = input_block(config, data, inputs)
     for index, (where, spec) in enumerate(specs):
         try:
             if "class_name" in spec:
@@ -73,6 +73,38 @@ def build_model(config: Any, data: Any) -> Any:
     activation = {"binary": "sigmoid", "multiclass": "softmax"}.get(data.task, "linear")
     outputs = keras.layers.Dense(data.output_units, activation=activation, name="output")(x)
     return keras.Model(inputs, outputs, name=scope_name(config.name))
+
+
+def input_block(config: Any, data: Any, x: Any) -> Any:
+    """What the model does to its inputs first: ``data.augment``'s random layers (active in training only: Keras'
+    random preprocessing layers pass inputs through at inference), then, for data normalized inside the model
+    (images: ``normalization["in_model"]``), a ``Normalization`` layer with the training split's statistics."""
+    import keras
+
+    for i, spec in enumerate(getattr(config.data, "augment", ())):
+        where = f"data.augment.{i}"
+        cls = getattr(keras.layers, spec.class_name, None)
+        if not isinstance(cls, type):
+            raise UserError(where=f"{where}.class_name", expected=f"a random augmentation layer of this Keras "
+                            f"({keras.__version__})", received=spec.class_name)
+        try:  # unseeded: their generators draw from keras.utils.set_random_seed(config.seed)
+            layer = cls(**copy.deepcopy(spec.config), name=f"augment_{i}_{snake(spec.class_name)}")
+            x = layer(x)
+        except Exception as error:  # noqa: BLE001 - Keras says what is wrong with the arguments or the input
+            raise UserError(f"Keras rejected the augmentation layer: {reason(error)}", where=where,
+                            received={"class_name": spec.class_name, "config": spec.config}) from None
+    stats = getattr(data, "normalization", None) or {}
+    if stats.get("in_model") and stats.get("method", "none") != "none":
+        import numpy as np
+
+        x = keras.layers.Normalization(axis=-1, mean=np.asarray(stats["center"], dtype=np.float32),
+                                       variance=np.square(np.asarray(stats["scale"], dtype=np.float32)),
+                                       name="normalization")(x)
+    return x
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def scope_name(name: str) -> str:

@@ -16,11 +16,11 @@ from typing import Any, Dict, Optional, Tuple
 
 # ktk's direct dependencies, as pyproject.toml's [project] dependencies name them (a test keeps the two equal).
 DIRECT_DEPENDENCIES = ("tensorflow", "keras", "keras-tuner", "tensorboard", "six", "grpcio", "protobuf", "numpy",
-                       "scipy", "pandas", "pyarrow", "pyyaml", "pydantic", "scikit-learn", "matplotlib")
+                       "scipy", "pandas", "pyarrow", "pyyaml", "pydantic", "scikit-learn", "matplotlib", "pillow")
 # Distributions that install the same package under another name (TensorFlow's CPU-only build).
 _ALTERNATIVES = {"tensorflow": ("tensorflow-cpu",)}
 GIT_TIMEOUT_S = 5.0
-_FILE_SOURCES = ("csv", "parquet", "npz")
+_FILE_SOURCES = ("csv", "parquet", "npz", "images")  # images: a folder, hashed file by file
 _MAX_FILES_IN_FOLDER = 10_000  # a parquet data set given as a folder: hashed file by file, up to this many
 
 

@@ -44,10 +44,12 @@ LABELS_FILE = "labels.json"        # what model.keras takes and gives (toolkit.s
 RUN_MARKER = ".ktk-run"            # made with O_EXCL when a run claims its directory (locked while it trains)
 TENSORBOARD_DIR = "tensorboard"    # with tracking.tensorboard: event files (runs: train/, validation/; sweeps: the
                                    # HParams experiment and trial_<id>/ folders), toolkit.tracking.tensorboard
+SPLITS_DIR = "splits"              # images: splits/train.txt, validation.txt, test.txt, the files of each split
 BACKUP_DIR = "backup"              # an unfinished run's training state, for --resume (removed when the run finishes)
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, MODEL_FILE, LABELS_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE,
              RUN_MARKER)
 RUN_DIRS = (TENSORBOARD_DIR,)      # folders of a finished run directory (each holds only TensorBoard's files)
+SPLIT_FILES = ("train.txt", "validation.txt", "test.txt")  # in SPLITS_DIR: one path a line, relative to data.path
 # In BACKUP_DIR: Keras' BackupAndRestore files, and ktk's commit record pointing at the epoch's own files.
 BACKUP_STATE_FILE = "state.json"   # the last finished epoch and the files that hold its state, written last
 BACKUP_KERAS_FILES = ("latest.weights.h5", "training_metadata.json", "latest.weights.h5.bkp",

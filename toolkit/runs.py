@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
 from toolkit.results import (BACKUP_DIR, CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
-                             MODEL_FILE, RUN_MARKER, SPLITS, TENSORBOARD_DIR, atomic_write_text, check_new_dir,
-                             history_logger, make_dir, utc_now, write_json)
+                             MODEL_FILE, RUN_MARKER, SPLIT_FILES, SPLITS, SPLITS_DIR, TENSORBOARD_DIR,
+                             atomic_write_text, check_new_dir, history_logger, make_dir, utc_now, write_json)
 from toolkit.tracking import RunTracking
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -47,7 +47,10 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         out_dir: the run directory; default ``runs/<name>/<timestamp>``. It must be new or empty.
         verbose: Keras' progress display (0 silent, 1 progress bar, 2 one line per epoch; see
             :func:`toolkit.training.progress_verbosity`).
-        data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None.
+        data: an already loaded :class:`toolkit.data.Dataset` (sweeps load once); loaded when None. Or your own
+            pipelines: ``{"train": ..., "validation": ...[, "test": ...]}`` (or a tuple in that order) of
+            ``tf.data.Dataset`` or ``keras.utils.PyDataset`` yielding ``(x, y)`` batches, used as they are (the
+            config's data section is then not read; see :mod:`toolkit.sources.pipelines`).
         callbacks: more Keras callbacks for ``fit``, after ktk's own (``tracking:`` and ``training.callbacks``
             are the config's way to add them).
         resume: continue the unfinished run in `out_dir` (one ktk claimed for this same config and data) from
@@ -80,6 +83,13 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     try:
         if data is None:
             data = load_data(config)
+        elif not hasattr(data, "task"):  # not a Dataset or Pipelines: a user's tf.data / PyDataset pipelines (toolkit.sources.pipelines)
+            from toolkit.sources.pipelines import from_user
+
+            data = from_user(data, config)
+        if config.training.monitor.gradients and not hasattr(data, "x_train"):
+            raise UserError("training.monitor.gradients probes examples held in memory", where="training.monitor."
+                            "gradients", expected="false for streamed, image-file or your own pipelines", received=True)
         check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
         model = training.prepare_model(config, data)
         if resumed is not None:
@@ -118,6 +128,7 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         environment = _environment(config, started_at)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     write_json(run_dir / ENVIRONMENT_FILE, environment)
+    write_split_files(run_dir, data)
 
     logger = history_logger(run_dir / HISTORY_FILE, earlier)
     callbacks = [logger]
@@ -132,7 +143,8 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
 
     monitor = training.monitor_name(config)
     mode = training.monitor_mode(config)
-    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS}
+    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS
+                               if getattr(data, "has_test", True) or split != "test"}
     epochs_run = len(history.get("loss", []))
     metrics.update({
         "epochs_run": epochs_run,
@@ -152,6 +164,17 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
     write_json(run_dir / METRICS_FILE, metrics)  # last: its presence means the run is complete
     checkpoint.remove()  # the run is complete: its backup has served
     return metrics
+
+
+def write_split_files(run_dir: Path, data: Any) -> None:
+    """``splits/train.txt``, ``validation.txt``, ``test.txt``: the files of each split (images), one path a line
+    relative to ``data.path``, so that a run can be audited and repeated. Nothing for other sources."""
+    files = getattr(data, "split_files", None)
+    if not files:
+        return
+    make_dir(run_dir / SPLITS_DIR, where="--out")
+    for name, file_name in zip(SPLITS, SPLIT_FILES):
+        atomic_write_text(run_dir / SPLITS_DIR / file_name, "".join(f"{f}\n" for f in files.get(name, ())))
 
 
 def save_model(run_dir: Path, model: Any, data: Any) -> None:
@@ -235,9 +258,9 @@ class RunDirClaim:
         for name in (CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, RUN_MARKER):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
-        tensorboard = self.path / TENSORBOARD_DIR
-        if tensorboard.is_dir() and not tensorboard.is_symlink():
-            shutil.rmtree(tensorboard, ignore_errors=True)
+        for folder in (self.path / TENSORBOARD_DIR, self.path / SPLITS_DIR):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
         for folder in ((self.path,) if self.created else ()) + self.parents_made:
             with contextlib.suppress(OSError):  # not empty: someone else's files or runs; they stay
                 folder.rmdir()

@@ -133,11 +133,26 @@ def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[
 def batch_size(config: Any, data: Any) -> int:
     """The mini-batch size; "full" means the whole training split (batch gradient descent)."""
     size = config.training.batch_size
-    return len(data.y_train) if size == "full" else int(size)
+    return _train_size(data) if size == "full" else int(size)
+
+
+def _train_size(data: Any) -> int:
+    """Examples in the training split (of a Dataset, or of pipelines: known for ktk's, counted for a user's)."""
+    return len(data.y_train) if hasattr(data, "y_train") else int(data.sizes()["train"] or 1)
 
 
 def _steps_per_epoch(config: Any, data: Any) -> int:
-    return max(1, math.ceil(len(data.y_train) / batch_size(config, data)))
+    if getattr(data, "batched", False):  # a user's pipelines: their own batches
+        return max(1, _cardinality(data.train(0, config.seed, None)))
+    return max(1, math.ceil(_train_size(data) / batch_size(config, data)))
+
+
+def _cardinality(pipeline: Any) -> int:
+    import tensorflow as tf
+
+    if isinstance(pipeline, tf.data.Dataset):
+        return max(int(pipeline.cardinality()), 1)  # unknown (-2) or infinite (-1): 1
+    return len(pipeline)
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, *, shuffle: bool = False, seed: int = 0,
@@ -185,6 +200,13 @@ def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
     if spec != "balanced":
         return weights
     names = data.class_names or [str(i) for i in range(data.num_classes or 2)]
+    if not hasattr(data, "y_train"):  # pipelines: the class counts of their one pass over the training split
+        if data.class_counts is None:
+            raise UserError("class weights 'balanced' need the training split's class counts, which these "
+                            "pipelines do not give", where="training.class_weight",
+                            expected="a mapping {class: weight}", received="balanced")
+        counts = np.asarray(data.class_counts)
+        return {i: float(counts.sum() / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
     counts = np.bincount(data.y_train.astype(int).ravel(), minlength=len(names))
     return {i: float(len(data.y_train) / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
 
@@ -210,12 +232,16 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     batch = batch_size(config, data)
     weights = class_weights(config, data)
     sample_weight = None
-    if weights is not None:
-        sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
-                         sample_weight=sample_weight, epoch=epoch)
-    validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
+    if hasattr(data, "y_train"):
+        if weights is not None:
+            sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
+        train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
+                             sample_weight=sample_weight, epoch=epoch)
+        validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
+    else:  # pipelines (toolkit.sources.pipelines): files read in batches, or a user's own
+        train = data.train(batch, config.seed, epoch, shuffle=config.training.shuffle)
+        validation = data.split("validation", max(batch, 256))
     all_callbacks: List[Any] = [epoch_setter(epoch), *callbacks, *config_callbacks(config)]
     stopping = config.training.early_stopping
     restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
@@ -233,7 +259,8 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         all_callbacks.extend(checkpoint.callbacks(model, early_stopping))
         initial_epoch, epochs = checkpoint.initial_epoch, checkpoint.epochs(epochs)
     return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
-                     callbacks=all_callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+                     callbacks=all_callbacks, verbose=verbose, shuffle=False,  # tf.data shuffles
+                     class_weight=weights if not hasattr(data, "y_train") else None)
 
 
 def config_callbacks(config: Any) -> List[Any]:
@@ -273,8 +300,11 @@ def progress_verbosity(show: bool, stream: Any = None) -> int:
 
 def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
     """Loss and metrics of `model` on one split (dropout off), as {metric name: value}."""
-    x, y = data.split(split)
-    dataset = make_dataset(x, y, max(batch_size(config, data), 256))
+    if not hasattr(data, "y_train"):  # pipelines
+        dataset = data.split(split, max(batch_size(config, data), 256))
+    else:
+        x, y = data.split(split)
+        dataset = make_dataset(x, y, max(batch_size(config, data), 256))
     results = model.evaluate(dataset, verbose=0, return_dict=True)
     return {name: float(value) for name, value in results.items()}
 

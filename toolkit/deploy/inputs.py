@@ -34,6 +34,7 @@ class Chunk:
     rows: np.ndarray
     features: Any
     target: Optional[np.ndarray] = None
+    names: Optional[List[str]] = None  # images: the file of each row
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -433,3 +434,79 @@ def frame_from(data: Any, labels: Labels, where: str = "data") -> Tuple[Optional
         return None, np.asarray(data)
     except ValueError:
         raise UserError("the rows have different lengths", where=where, expected=expected) from None
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def is_image_input(paths: Sequence[Path]) -> bool:
+    """Whether INPUT names images: a folder, several files, or a file with an image suffix."""
+    from toolkit.sources.images import IMAGE_EXTENSIONS
+
+    return len(paths) > 1 or paths[0].is_dir() or paths[0].suffix.lower() in IMAGE_EXTENSIONS
+
+
+def image_files(paths: Sequence[Path], where: str) -> Tuple[List[Path], Optional[List[str]]]:
+    """The image files `paths` name (a folder gives its images, sorted; a folder of class folders gives theirs,
+    with the class of each), and the class names when every file comes from a class folder (for --evaluate)."""
+    from toolkit.sources.images import IMAGE_EXTENSIONS, scan
+
+    files: List[Path] = []
+    classes: List[str] = []
+    labelled = True
+    for path in paths:
+        check_path_given(path, where, "an image file or a folder of images", problem="an empty path")
+        if path.is_dir():
+            entries = sorted(path.iterdir())
+            if any(e.is_dir() and not e.name.startswith(".") for e in entries):
+                folder = scan(path, str(path), where)
+                files += [path / f for f in folder.files]
+                classes += [folder.class_names[i] for i in folder.labels]
+                continue
+            found = [e for e in entries if e.is_file() and not e.name.startswith(".")
+                     and e.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found:
+                raise UserError(f"the folder {path} holds no images", where=where,
+                                expected=f"image files ({', '.join(IMAGE_EXTENSIONS)}) or class folders of them",
+                                received=str(path))
+            files += found
+            labelled = False
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UserError("not an image file", where=where, expected=f"image files "
+                                f"({', '.join(IMAGE_EXTENSIONS)}) or folders of them", received=str(path))
+            files.append(path)
+            labelled = False
+        else:
+            raise UserError("no such file or folder", where=where, expected="image files or folders of them",
+                            received=str(path))
+    return files, (classes if labelled else None)
+
+
+def image_chunks(paths: Sequence[Path], labels: Labels, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 where: str = "INPUT") -> Iterator[Chunk]:
+    """Images decoded as the run's images were (its size and channels, by labels.json's input shape), in chunks.
+
+    Raises:
+        UserError: a run whose model does not take images, or an image that cannot be read (named).
+    """
+    from toolkit.sources.images import CHANNELS, load_image
+
+    shape = tuple(labels.inputs.shape)
+    modes = {channels: mode for mode, channels in CHANNELS.items()}
+    if labels.inputs.kind != "array" or len(shape) != 3 or shape[-1] not in modes:
+        raise UserError("this run's model does not take images", where=where,
+                        expected=f"{'a CSV, parquet or npz file' if labels.inputs.kind == 'columns' else 'an npz file'}"
+                        " of the model's inputs", received=", ".join(map(str, paths)))
+    files, classes = image_files(paths, where)
+    for start in range(0, len(files), chunk_rows):
+        part = files[start:start + chunk_rows]
+        pixels = np.empty((len(part), *shape), dtype=np.float64)
+        for i, file in enumerate(part):
+            try:
+                pixels[i] = load_image(str(file), shape, modes[shape[-1]])
+            except Exception as error:  # noqa: BLE001 - the user asked for this file: said, not skipped
+                raise UserError(f"cannot read the image ({first_line(error)})", where=where,
+                                expected="a readable image", received=str(file)) from None
+        target = None if classes is None else np.asarray(classes[start:start + len(part)], dtype=object)
+        yield Chunk(np.arange(start, start + len(part), dtype=np.int64), pixels, target, [str(f) for f in part])

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, TextIO, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Union
 
 import numpy as np
 
@@ -283,19 +283,24 @@ def prediction_table(labels: Labels, rows: np.ndarray, outputs: np.ndarray) -> D
 # ------------------------------------------------------------------------------------------- ktk predict
 
 
-def predict_file(run_dir: PathLike, input_path: PathLike, output: Optional[PathLike] = None,
+def predict_file(run_dir: PathLike, input_path: Union[PathLike, Sequence[PathLike]], output: Optional[PathLike] = None,
                  fmt: Optional[str] = None, batch_size: int = 1024, evaluate: bool = False,
                  chunk_rows: int = raw_inputs.DEFAULT_CHUNK_ROWS, stdout: Optional[TextIO] = None,
                  stderr: Optional[TextIO] = None) -> Dict[str, Any]:
     """``ktk predict``: predictions for every row of a file, streamed in chunks, written as CSV, JSON or
     parquet to `output` (stdout when None). Returns {"rows": written, "dropped": ..., "evaluation": ...}.
 
+    For a run trained on images, `input_path` may also be image files and folders of them (a folder of class
+    folders can be evaluated): the output then has a ``file`` column after ``row``.
+
     An output file is written under a temporary name and linked to its name at the end (never replacing a
     file that appeared meanwhile), so an error leaves nothing. Nothing is written inside the run directory.
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    input_path = Path(input_path)
+    paths = [Path(p) for p in ([input_path] if isinstance(input_path, (str, os.PathLike)) else input_path)]
+    if not paths:
+        raise UserError("nothing to predict", where="INPUT", expected="a file (or image files and folders)")
     _check_batch_size(batch_size, "--batch-size")
     fmt = _output_format(fmt, output)
     if output is None and fmt == "parquet":
@@ -303,19 +308,31 @@ def predict_file(run_dir: PathLike, input_path: PathLike, output: Optional[PathL
                         expected="--output FILE with --format parquet (or csv/json to the terminal)")
     run_path = resolve_run_dir(run_dir)
     target = _check_output(output, [run_dir, run_path]) if output is not None else None
-    raw_inputs.check_input_file(input_path, "INPUT")
+    images = raw_inputs.is_image_input(paths)
+    if not images:
+        if len(paths) > 1:
+            raise UserError("several inputs are for image files", where="INPUT", expected="one CSV, parquet or "
+                            "npz file", received=[str(p) for p in paths])
+        raw_inputs.check_input_file(paths[0], "INPUT")
     labels = read_labels(run_path)
-    next(raw_inputs.read_file(input_path, labels, 1, "INPUT"), None)  # a bad file is said before the model loads
-    loaded = _load(run_path, labels)
     notes = raw_inputs.Notes()
+
+    def read(rows: int, notes: Any = None) -> Iterator[raw_inputs.Chunk]:
+        if images:
+            return raw_inputs.image_chunks(paths, labels, rows, "INPUT")
+        return raw_inputs.read_file(paths[0], labels, rows, "INPUT", notes)
+
+    next(read(1), None)  # a bad file is said before the model loads
+    loaded = _load(run_path, labels)
     evaluation = None
     if evaluate:
-        evaluation = _evaluate(loaded, input_path, batch_size, chunk_rows)
-    chunks = raw_inputs.read_file(input_path, loaded.labels, chunk_rows, "INPUT", notes)
+        evaluation = _evaluate(loaded, read, batch_size, chunk_rows, ", ".join(map(str, paths)))
     with _Output(target, fmt, stdout) as out:
         written = 0
-        for chunk in chunks:
+        for chunk in read(chunk_rows, notes):
             table = loaded._table(chunk, batch_size)
+            if chunk.names is not None:
+                table = {"row": table.pop("row"), "file": np.asarray(chunk.names, dtype=object), **table}
             out.write(table)
             written += len(chunk)
     if notes.ignored:
@@ -514,7 +531,7 @@ def _plain(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------- --evaluate
 
 
-def _evaluate(loaded: LoadedRun, input_path: Path, batch_size: int, chunk_rows: int) -> Dict[str, Any]:
+def _evaluate(loaded: LoadedRun, read: Any, batch_size: int, chunk_rows: int, input_path: str) -> Dict[str, Any]:
     """Loss and metrics on the input's target column, computed by Keras over the whole file in one pass
     (streamed), with the run's loss and metrics: the numbers ``metrics.json`` holds for its splits."""
     import tensorflow as tf
@@ -522,10 +539,11 @@ def _evaluate(loaded: LoadedRun, input_path: Path, batch_size: int, chunk_rows: 
     from toolkit.training import DEFAULT_LOSS, DEFAULT_METRICS
 
     labels = loaded.labels
-    first = next(raw_inputs.read_file(input_path, labels, min(chunk_rows, 1), "INPUT"), None)
+    first = next(read(min(chunk_rows, 1)), None)
     if first is None or first.target is None:
         raise UserError(f"the input has no target column {labels.target!r} to evaluate against", where="--evaluate",
-                        expected=f"a column {labels.target!r} (an array y in an npz file)", received=str(input_path))
+                        expected=f"a column {labels.target!r} (an array y in an npz file; images: a folder of "
+                        "class folders)", received=str(input_path))
     units = loaded._units
     target_shape = _target_shape(labels, units)
     counted = {"rows": 0}
@@ -534,7 +552,7 @@ def _evaluate(loaded: LoadedRun, input_path: Path, batch_size: int, chunk_rows: 
     def batches() -> Iterator[Any]:
         # Raised inside tf.data's generator, an error would come out as TensorFlow's: it is kept and raised after.
         try:
-            for chunk in raw_inputs.read_file(input_path, labels, chunk_rows, "INPUT"):
+            for chunk in read(chunk_rows):
                 if chunk.target is None:
                     continue
                 y = _encode_target(chunk.target, labels, chunk.rows, target_shape)

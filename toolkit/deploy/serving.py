@@ -61,7 +61,8 @@ def serving_model(core: Any, schema: InputSchema, normalization: Dict[str, Any])
                 parts.append(raw)
             inputs[column.name] = raw
         x = keras.layers.Concatenate(dtype="float64", name="features")(parts) if len(parts) > 1 else parts[0]
-    if normalization.get("method", "none") != "none":
+    # in_model: the core normalizes its inputs itself (images; see toolkit.models.input_block)
+    if normalization.get("method", "none") != "none" and not normalization.get("in_model"):
         center = np.asarray(normalization["center"], dtype=np.float64)
         scale = np.asarray(normalization["scale"], dtype=np.float64)
         axis = tuple(range(1, len(center.shape) + 1)) if center.ndim > 1 else -1

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from toolkit.errors import UserError, show
 from toolkit.results import (BACKUP_DIR, BACKUP_FILE_PATTERN, BACKUP_KERAS_FILES, BACKUP_STATE_FILE, BEST_DIR,
                              CONFIG_FILE, ENVIRONMENT_FILE, HISTORIES_DIR, HISTORY_FILE, LOGS_DIR, METRICS_FILE,
-                             MODEL_FILE, RECORDS_DIR, RUN_DIRS, RUN_FILES, RUN_MARKER, SWEEP_FILE, SWEEP_MARKER,
+                             MODEL_FILE, RECORDS_DIR, RUN_DIRS, RUN_FILES, RUN_MARKER, SPLIT_FILES, SPLITS_DIR,
+                             SWEEP_FILE, SWEEP_MARKER,
                              TENSORBOARD_DIR, TOP_DIR, TRIALS_FILE, TUNER_DIR, atomic_write_text, write_json)
 from toolkit.sweeps.lock import is_lock_file
 from toolkit.results import utc_now
@@ -101,7 +102,9 @@ _LAYOUT: Dict[str, Tuple[Any, Dict[str, str]]] = {
     "records": (_file_rule(_TRIAL_ID + r"\.json"), {}),
     "histories": (_file_rule(_TRIAL_ID + r"\.csv"), {}),
     "run": (RUN_FILES.__contains__, {**{re.escape(name): "tensorboard" for name in RUN_DIRS},
-                                     re.escape(BACKUP_DIR): "backup"}),  # backup/: a run stopped before it finished
+                                     re.escape(BACKUP_DIR): "backup",  # backup/: a run stopped before it finished
+                                     re.escape(SPLITS_DIR): "splits"}),
+    "splits": (SPLIT_FILES.__contains__, {}),
     "tensorboard": (_file_rule(_EVENT_FILE), {r"train|validation": "tensorboard", "plugins": "tensorboard plugins"}),
     "sweep tensorboard": (_file_rule(_EVENT_FILE), {r"trial_" + _TRIAL_ID: "tensorboard trial"}),
     "tensorboard trial": (_file_rule(_EVENT_FILE), {r"train|validation|execution[0-9]{1,6}": "tensorboard",

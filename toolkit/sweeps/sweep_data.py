@@ -34,5 +34,8 @@ class DataCache:
         key = self.key(config)
         if key not in self._trials:
             full = self.get(config)
-            self._trials[key] = dataclasses.replace(full, x_test=full.x_test[:0], y_test=full.y_test[:0])
+            if hasattr(full, "without_test"):  # pipelines (streamed tables, image files): paths, not arrays
+                self._trials[key] = full.without_test()
+            else:
+                self._trials[key] = dataclasses.replace(full, x_test=full.x_test[:0], y_test=full.y_test[:0])
         return key, self._trials[key]
