@@ -31,7 +31,7 @@ def test_tf_data_pipelines_train_evaluate_and_save_a_model(tmp_path):
         "test": batches(X[200:], Y[200:])})
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) >= {"train", "validation", "test"} and metrics["task"] == "binary"
-    assert metrics["sizes"]["train"] == 160 and metrics["epochs_run"] == 2
+    assert metrics["sizes"] == {"train": 160, "validation": 40, "test": 40} and metrics["epochs_run"] == 2
     loaded = load_run(result.run_dir)
     table = loaded.predict(X[200:])
     accuracy = np.mean(table["prediction"].astype(int).to_numpy() == Y[200:])
@@ -59,7 +59,18 @@ def test_a_py_dataset_trains_without_a_test_split(tmp_path):
                                                                           "class_weight": "balanced"}})
     result = toolkit.run(config, out_dir=tmp_path / "run", verbose=0, data=(Batches(X[:200], Y[:200]),
                                                                              batches(X[200:], Y[200:])))
-    assert "test" not in result.metrics and result.metrics["num_classes"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics == result.metrics and metrics["num_classes"] == 2
+    # no test pipeline: said in metrics.json (null), not left out; the run's readers take it
+    assert metrics["test"] is None and metrics["sizes"] == {"train": 200, "validation": 40, "test": None}
+    from helpers import ktk_here
+
+    for command in (("diagnose", tmp_path / "run"), ("compare", tmp_path / "run")):
+        done = ktk_here(*command)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    from toolkit.summary import format_run_summary
+
+    assert "examples (train / validation / test): 200 / 40 / none" in format_run_summary(result)
 
 
 @pytest.mark.slow

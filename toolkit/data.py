@@ -119,6 +119,7 @@ class _Raw:
     source_rows: Optional[np.ndarray] = None  # the file's row number of each row of x (rows may be dropped)
     test_rows: Optional[np.ndarray] = None  # the same for the test file's rows
     files: Optional[List[str]] = None  # images: the file of each source row (relative to data.path)
+    image_pass: Optional[Tuple[Any, Any, Any]] = None  # images with cache none: (folder, shape, per-image sums)
 
 
 def load_data(config: Any) -> Dataset:
@@ -175,6 +176,8 @@ def load_data(config: Any) -> Dataset:
         if task == "regression":
             raise UserError(where="task", expected="binary or multiclass for an images source (its classes are "
                             "folders)", received=task)
+        if raw.image_pass is not None:  # cache: none: file lists, decoded each epoch
+            return _image_files(raw, parts, rows, task, class_names, data)
         x_tr, x_va, x_te = (np.asarray(a, dtype=np.float32) for a in (x_tr, x_va, x_te))
         stats = image_statistics(data.normalize, x_tr)
     else:
@@ -192,6 +195,21 @@ def load_data(config: Any) -> Dataset:
         target_name=raw.target_name, rows=rows,
         split_files={name: [raw.files[i] for i in rows[name]] for name in SPLITS} if raw.files is not None else {},
     )
+
+
+def _image_files(raw: _Raw, parts: List[Tuple[np.ndarray, np.ndarray]], rows: Dict[str, np.ndarray], task: str,
+                 class_names: Optional[List[str]], data: Any) -> Any:
+    """The split of an images folder as :class:`toolkit.sources.images.ImageFiles` (``cache: none``): the x of
+    each part holds file indexes; the statistics come from the decoding pass's per-image sums."""
+    from toolkit.sources.images import ImageFiles, pass_statistics
+
+    folder, shape, per_image = raw.image_pass  # type: ignore[misc]
+    y_type = np.int32 if task == "multiclass" else np.float32
+    return ImageFiles(
+        str(folder.root), {name: [raw.files[i] for i in rows[name]] for name in SPLITS},  # type: ignore[index]
+        {name: part_y.astype(y_type) for name, (_, part_y) in zip(SPLITS, parts)}, shape, data.color_mode, task,
+        list(class_names or folder.class_names), pass_statistics(data.normalize, per_image, rows["train"], shape),
+        InputSchema("array", shape=tuple(int(d) for d in shape), features=None, missing=data.missing))
 
 
 def _training_vocabulary(columns: Tuple[Column, ...], x_train: np.ndarray) -> Tuple[Tuple[Column, ...], np.ndarray]:
@@ -996,24 +1014,30 @@ def _split_labels(values: np.ndarray) -> np.ndarray:
 
 
 def _load_images(data: Any, base_dir: Path) -> _Raw:
-    """An ``images`` folder decoded into memory (see :mod:`toolkit.sources.images`)."""
+    """An ``images`` folder decoded into memory, or (``cache: none``, or ``auto`` above its memory limit) checked
+    by one decoding pass and read from its files each epoch (see :mod:`toolkit.sources.images`)."""
     from toolkit.sources import images
 
-    if data.cache == "none":  # decoding from the files each epoch (an ImageFiles pipeline) is not written yet
-        raise UserError("cache: none (images decoded from their files every epoch) is not available in this ktk",
-                        where="data.cache", expected="auto or memory (decoded once into memory)", received="none")
     root = _resolve(data.path, base_dir, "data.path")
     folder = images.scan(root, data.path)
     shape, readable = images.image_shape(folder, data.image_size, data.color_mode, data.path)
     size = images.decoded_bytes(int(readable.sum()), shape)
-    if size > MAX_DATA_BYTES or (data.cache == "auto" and size > images.MEMORY_CACHE_BYTES):
+    if data.cache == "memory" and size > MAX_DATA_BYTES:
         raise UserError(f"the decoded images take {_size_text(size)}, more than ktk holds in memory "
-                        f"({_size_text(images.MEMORY_CACHE_BYTES if data.cache == 'auto' else MAX_DATA_BYTES)})",
-                        where="data.cache", expected="a smaller data.image_size (or fewer images)",
+                        f"({_size_text(MAX_DATA_BYTES)})", where="data.cache",
+                        expected="none or auto (decoded from their files every epoch), or a smaller data.image_size",
                         received=data.cache)
+    task = "binary" if len(folder.class_names) == 2 else "multiclass"
+    if data.cache == "none" or (data.cache == "auto" and size > images.MEMORY_CACHE_BYTES):
+        kept, per_image = images.decode_pass(folder, np.flatnonzero(readable), shape, data.color_mode)
+        if not len(kept):
+            raise UserError(f"none of the {len(folder.files):,} image files of {data.path} can be decoded",
+                            where="data.path", expected="readable images", received=data.path)
+        images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
+        return _Raw(kept, folder.labels[kept], None, list(folder.class_names), task, target_name="class folder",
+                    source_rows=kept, files=folder.files, image_pass=(folder, shape, per_image))
     pixels, kept = images.decode(folder, np.flatnonzero(readable), shape, data.color_mode)
     images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
-    task = "binary" if len(folder.class_names) == 2 else "multiclass"
     return _Raw(pixels, folder.labels[kept], None, list(folder.class_names), task, target_name="class folder",
                 source_rows=kept, files=folder.files)
 

@@ -143,8 +143,9 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
 
     monitor = training.monitor_name(config)
     mode = training.monitor_mode(config)
-    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split) for split in SPLITS
-                               if getattr(data, "has_test", True) or split != "test"}
+    # (your own pipelines without a test split: "test": null, said in metrics.json rather than left out)
+    metrics: Dict[str, Any] = {split: training.evaluate(model, config, data, split)
+                               if getattr(data, "has_test", True) or split != "test" else None for split in SPLITS}
     epochs_run = len(history.get("loss", []))
     metrics.update({
         "epochs_run": epochs_run,

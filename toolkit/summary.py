@@ -15,13 +15,13 @@ def format_run_summary(result: Any) -> str:
     metrics = result.metrics
     names: List[str] = []
     for split in SPLITS:
-        for name in metrics.get(split, {}):
+        for name in metrics.get(split) or {}:
             if name not in names:
                 names.append(name)
-    cells = [[split] + [format_metric(metrics.get(split, {}).get(n)) for n in names] for split in SPLITS]
+    cells = [[split] + [format_metric((metrics.get(split) or {}).get(n)) for n in names] for split in SPLITS]
     table = text_table(["", *names], cells, [False] + [True] * len(names), rule=False, indent="  ", min_width=10)
     sizes = metrics.get("sizes", {})
-    size_text = " / ".join(f"{sizes[s]}" for s in SPLITS if s in sizes)
+    size_text = " / ".join("none" if sizes[s] is None else f"{sizes[s]}" for s in SPLITS if s in sizes)
     lines = [
         "",
         f"{result.config.name}: {metrics['epochs_run']} epochs (best {metrics['best_epoch']} by "

@@ -175,8 +175,10 @@ def layer_of_variables(model: Any) -> List[str]:
 
 
 def without_dropout(config: Any) -> Any:
-    """The config with every dropout (and noise) rate set to 0: dropout makes the cost random."""
+    """The config with every dropout (and noise) rate set to 0 and no ``data.augment``: they make the cost random."""
     values: Dict[str, Any] = {"model.dropout": 0.0}
+    if getattr(config.data, "augment", None):  # random augmentation layers (images): off, as dropout
+        values["data.augment"] = []
     for i, layer in enumerate(config.model.layers or []):
         if layer.class_name is None:
             if layer.dropout:
@@ -229,23 +231,43 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     from toolkit.training import prepare_model
 
     checked_config = without_dropout(config)
-    if data is None:
-        data = load_data(checked_config)
-    if len(data.y_train) == 0:
+    if data is None:  # an images folder: read from its files (cache: none), not all held for a few examples
+        data = load_data(checked_config.with_values({"data.cache": "none"})
+                         if checked_config.data.source == "images" else checked_config)
+    x_np, y_np = training_sample(data, samples)
+    if len(y_np) == 0:
         raise UserError("the training split is empty", where="data.split")
     previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     try:
         model = prepare_model(checked_config, data, seed=config.seed)
-        x = tf.constant(np.asarray(data.x_train[:samples], dtype=np.float64))
-        y_np = np.asarray(data.y_train[:samples])
+        x = tf.constant(np.asarray(x_np, dtype=np.float64))
         y = tf.constant(y_np if data.task == "multiclass" else y_np.astype(np.float64))
         limits = _Limits(max_parameters, max_parameters_per_layer)
         return _check(model, x, y, int(x.shape[0]), epsilon, limits, config.seed, progress)
     finally:
         keras.config.set_floatx(previous_floatx)
         keras.config.set_dtype_policy(previous_policy)
+
+
+def training_sample(data: Any, samples: int) -> Any:
+    """The first `samples` training examples (x, y) as arrays, of any prepared data: a ``Dataset``'s arrays, or the
+    first batches of a pipeline's training split in order (streamed tables, image files: nothing else is read)."""
+    if hasattr(data, "x_train"):
+        return data.x_train[:samples], data.y_train[:samples]
+    xs, ys, count = [], [], 0
+    pipeline = data.split("train", samples)
+    for batch in (pipeline if hasattr(pipeline, "as_numpy_iterator") else iter(pipeline)):
+        x, y = np.asarray(batch[0]), np.asarray(batch[1])
+        xs.append(x)
+        ys.append(y)
+        count += len(y)
+        if count >= samples:
+            break
+    if not ys:
+        return np.zeros((0, *data.input_shape)), np.zeros((0,))
+    return np.concatenate(xs)[:samples], np.concatenate(ys)[:samples]
 
 
 @dataclass

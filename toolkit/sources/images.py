@@ -18,6 +18,15 @@ from the seed and recorded as file lists (``splits/`` of the run directory); tha
 
 An image that cannot be read (a damaged or truncated file, or not an image) is **skipped**: the run goes on
 without it, with one warning giving the count and the first few files. The split files list the images used.
+
+``cache``: ``memory`` decodes every image once into one array (``toolkit.data.Dataset``); ``none`` keeps only
+the file lists (:class:`ImageFiles`) and decodes each batch's files again every epoch through ``tf.data``, so
+that a folder larger than memory trains; ``auto`` is ``memory`` up to :data:`MEMORY_CACHE_BYTES`, else ``none``.
+With ``none``, one pass before training decodes every image once (a file that cannot be decoded is skipped, as
+with ``memory``) and keeps each image's per-channel sums, so that the split, the skipped files and the
+training-split statistics are those of ``memory``; and since an epoch's order is the same function of (seed,
+epoch) over the same examples, both train alike (up to the float rounding of the statistics' sums). Both decode
+with Pillow, as ``ktk predict`` does.
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from toolkit.errors import DataWarning, UserError
+from toolkit.sources.pipelines import Pipelines, epoch_shuffled
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 CHANNELS = {"grayscale": 1, "rgb": 3, "rgba": 4}
 _PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
-# cache: auto keeps the decoded images in memory (float32) up to this size; above it, the run is refused.
+# cache: auto keeps the decoded images in memory (float32) up to this size; above it, they are decoded from their
+# files every epoch (cache: none).
 MEMORY_CACHE_BYTES = 2 * 2**30
 MAX_IMAGES = 10_000_000
 MAX_PIXELS = 2**28  # one image's pixels at most: Pillow's own guard against decompression bombs is 89M
@@ -181,3 +192,114 @@ def warn_skipped(folder: ImageFolder, skipped: Sequence[int], given: str) -> Non
 def decoded_bytes(count: int, shape: Tuple[int, int, int]) -> int:
     """The memory `count` decoded images take as float32 (what training reads)."""
     return int(count) * int(np.prod(shape)) * 4
+
+
+# ------------------------------------------------------------------------------------- cache: none
+
+
+def decode_pass(folder: ImageFolder, indexes: np.ndarray, shape: Tuple[int, int, int], color_mode: str
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """One pass decoding each image at `indexes` once, keeping none: the indexes that could be decoded, and per
+    image (rows aligned with the file list, NaN for others) its per-channel [sum, sum of squares, min, max]."""
+    per_image = np.full((len(folder.files), 4, shape[-1]), np.nan)
+    kept = np.ones(len(indexes), dtype=bool)
+    for row, index in enumerate(indexes):
+        try:
+            pixels = load_image(str(folder.root / folder.files[index]), shape, color_mode)
+        except Exception:  # noqa: BLE001 - damaged or truncated: skipped (and counted), as decode() does
+            kept[row] = False
+            continue
+        flat = pixels.reshape(-1, shape[-1]).astype(np.float64)
+        per_image[index] = (flat.sum(axis=0), np.square(flat).sum(axis=0), flat.min(axis=0), flat.max(axis=0))
+    return np.asarray(indexes)[kept], per_image
+
+
+def pass_statistics(method: str, per_image: np.ndarray, train: np.ndarray, shape: Tuple[int, int, int]
+                    ) -> Dict[str, object]:
+    """``toolkit.data.image_statistics`` of the training images, from the per-image sums of :func:`decode_pass`."""
+    if method == "none":
+        return {"method": "none"}
+    chosen = per_image[train]
+    if method == "standard":
+        count = max(len(train) * shape[0] * shape[1], 1)
+        center = chosen[:, 0].sum(axis=0) / count
+        scale = np.sqrt(np.maximum(chosen[:, 1].sum(axis=0) / count - np.square(center), 0.0))
+    else:  # minmax
+        center = chosen[:, 2].min(axis=0)
+        scale = chosen[:, 3].max(axis=0) - center
+    scale = np.where(scale > 0, scale, 1.0)
+    return {"method": method, "center": center.astype(np.float64), "scale": scale.astype(np.float64),
+            "in_model": True}
+
+
+class ImageFiles(Pipelines):
+    """An images folder read from its files each epoch (``cache: none``): file lists, labels and statistics only,
+    so it pickles small (a sweep sends it to its trial workers) and memory does not grow with the folder."""
+
+    kind = "image files"
+
+    def __init__(self, root: str, split_files: Dict[str, List[str]], labels: Dict[str, np.ndarray],
+                 shape: Tuple[int, int, int], color_mode: str, task: str, class_names: List[str],
+                 normalization: Dict[str, object], inputs: object):
+        self.root = str(root)
+        self.split_files = split_files
+        self.labels = labels
+        self.shape = tuple(int(d) for d in shape)
+        self.input_shape = self.shape
+        self.color_mode = color_mode
+        self.task = task
+        self.class_names = list(class_names)
+        self.num_classes = len(class_names)
+        self.normalization = normalization
+        self.inputs = inputs  # type: ignore[assignment]
+        self.target_name = "class folder"
+        self.counts = {name: len(files) for name, files in split_files.items()}
+        self.class_counts = np.bincount(np.asarray(labels["train"], dtype=np.int64),
+                                        minlength=len(class_names)).tolist()
+
+    def _files(self, name: str) -> object:
+        import tensorflow as tf
+
+        paths = [os.path.join(self.root, f) for f in self.split_files[name]]
+        kind = np.int32 if self.task == "multiclass" else np.float32
+        return tf.data.Dataset.from_tensor_slices((paths, np.asarray(self.labels[name], dtype=kind)))
+
+    def _decoded(self, dataset: object) -> object:
+        import tensorflow as tf
+
+        shape, mode = self.shape, self.color_mode
+
+        def load(path: bytes) -> np.ndarray:
+            return load_image(path.decode(), shape, mode)
+
+        def read(path: object, label: object) -> object:
+            pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+            pixels.set_shape(shape)
+            return tf.cast(pixels, tf.float32), label
+
+        return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # type: ignore[attr-defined]
+
+    def train(self, batch: int, seed: int, epoch: object, shuffle: bool = True) -> object:
+        import tensorflow as tf
+
+        files = self._files("train")
+        size = self.counts["train"]
+        if shuffle:  # the whole file list, each epoch's order as make_dataset's of (seed, epoch): as cache: memory
+            files = epoch_shuffled(lambda s: files.shuffle(size, seed=s, reshuffle_each_iteration=False),
+                                   seed, epoch)
+            files = files.apply(tf.data.experimental.assert_cardinality(size))
+        return self._decoded(files).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    def split(self, name: str, batch: int) -> object:
+        import tensorflow as tf
+
+        return self._decoded(self._files(name)).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    def without_test(self) -> "ImageFiles":
+        import copy
+
+        clone = copy.copy(self)
+        clone.has_test = False
+        clone.split_files = {**self.split_files, "test": []}
+        clone.labels = {**self.labels, "test": np.zeros(0, dtype=np.int64)}
+        return clone

@@ -103,7 +103,9 @@ class UserPipelines(Pipelines):
 
     Each yields ``(x, y)`` (or ``(x, y, sample_weight)``) batches, x one tensor. The task is the config's, else
     inferred from one pass over the training labels (which also counts the examples and classes): integer labels
-    with at most 50 values are classes (0..k-1), anything else regression. ktk neither shuffles, batches nor
+    with at most 50 values are classes (0..k-1), anything else regression. The validation and test pipelines are
+    counted by one pass over their labels too (metrics.json's ``sizes``). Without a test pipeline, metrics.json
+    says so: ``"test": null`` and ``sizes.test: null`` (no test split was given, so none was evaluated). ktk neither shuffles, batches nor
     normalizes them: training.batch_size, training.shuffle and data.normalize do not apply.
     """
 
@@ -128,7 +130,8 @@ class UserPipelines(Pipelines):
         self.input_shape = tuple(int(d) for d in spec_x.shape[1:])
         self.inputs = InputSchema("array", shape=self.input_shape)
         labels, count = _labels_of(given["train"])
-        self.counts = {"train": count}
+        # every split counted (one pass over its labels): metrics.json's sizes; a split not given is None there
+        self.counts = {"train": count, **{name: _labels_of(given[name], name)[1] for name in given if name != "train"}}
         self.task, self.num_classes, self.class_names, self.class_counts, self.targets = _task_of(labels, task)
 
     def train(self, batch: int, seed: int, epoch: Any, shuffle: bool = True) -> Any:
@@ -200,8 +203,8 @@ def _element_spec(pipeline: Any, name: str) -> Tuple[Any, Any]:
     return spec[0], spec[1]
 
 
-def _labels_of(pipeline: Any) -> Tuple[Any, int]:
-    """Every training label (one pass) and the number of examples."""
+def _labels_of(pipeline: Any, name: str = "train") -> Tuple[Any, int]:
+    """Every label of a split (one pass) and the number of examples."""
     import numpy as np
     import tensorflow as tf
 
@@ -213,7 +216,7 @@ def _labels_of(pipeline: Any) -> Tuple[Any, int]:
         for i in range(len(pipeline)):
             parts.append(np.asarray(pipeline[i][1]))
     if not parts:
-        raise UserError("the train pipeline is empty", where="data['train']", expected="at least one batch")
+        raise UserError(f"the {name} pipeline is empty", where=f"data[{name!r}]", expected="at least one batch")
     labels = np.concatenate([p.reshape(len(p), -1) for p in parts])
     return labels, len(labels)
 

@@ -44,7 +44,7 @@ def format_sweep_summary(result: "SweepResult") -> str:
     if result.best_run is not None:
         metrics = result.best_run.metrics
         for split in SPLITS[1:]:  # validation and test: what the retrained best configuration scores
-            shown = ", ".join(f"{k} {format_metric(v)}" for k, v in metrics.get(split, {}).items())
+            shown = ", ".join(f"{k} {format_metric(v)}" for k, v in (metrics.get(split) or {}).items())
             lines.append(f"  best retrained, {split}: {shown}")
         lines.append(f"  best run directory: {result.best_run.run_dir}")
     for run in result.top_runs:
