@@ -14,7 +14,14 @@
   added, removed or reordered. Split sizes follow the fractions on average, not exactly.
 - **One pass** over the rows before training computes, on the training rows only, each numeric feature's
   statistics (float64 sums: mean and standard deviation, or min and max) and each text column's categories, and
-  counts every split; the target's classes are those of every row.
+  counts every split and each file's rows; the target's classes are those of every row (see **Classes**).
+- **Training order**: each epoch reads the shards in an order drawn from (seed, epoch), four at a time, a chunk
+  of each in turn (``tf.data`` interleave), and passes the rows through the shuffle buffer: rows of different
+  shards mix even when the buffer is smaller than a shard. Validation and test rows are read in file order.
+- **Classes** are those of every row (train, validation and test), as for an in-memory table (whose labels are
+  encoded before the split): the model has an output for a class seen only in validation or test rows (never
+  trained toward, so it is scored as a mistake there, honestly), and such rows need no refusal in the middle of
+  training. ``class_weight: balanced`` weighs a class without training rows 0.
 - Every chunk is checked as an in-memory table is: columns of every shard the same as the first's (refused
   otherwise, naming the shard), numbers in numeric columns, missing values refused (``missing: error``) or
   dropped (``missing: drop``).
@@ -39,6 +46,7 @@ from toolkit.sources.pipelines import Pipelines, epoch_shuffled
 
 STREAM_THRESHOLD_BYTES = 1 * 2**30  # stream (automatically) the files of a table larger than this
 CHUNK_ROWS = 8192
+INTERLEAVE_SHARDS = 4  # shards read at once by a shuffled training epoch (a chunk of each in turn)
 MAX_CATEGORIES = 1000
 MAX_CLASSES = 50
 _SUFFIXES = {"csv": (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip", ".tsv", ".txt"),
@@ -169,6 +177,7 @@ class StreamedTable(Pipelines):
     class_lookup: Optional[Dict[str, int]] = None
     method: str = "standard"
     stats: Dict[str, Any] = field(default_factory=dict)
+    offsets: List[int] = field(default_factory=list)  # each file's first row number (counted over the files)
 
     kind = "streamed"
 
@@ -184,19 +193,24 @@ class StreamedTable(Pipelines):
     # ---- reading
 
     def _batches(self, split: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """(features, target) of the rows of `split` (0, 1, 2; -1: every row), chunk by chunk."""
+        """(features, target) of the rows of `split` (0, 1, 2; -1: every row), chunk by chunk, file by file."""
+        for index in range(len(self.files)):
+            yield from self._file_batches(index, split)
+
+    def _file_batches(self, index: int, split: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """The same, of the file at `index` only (its rows numbered from its offset: the split is the same)."""
         used = [*self.feature_columns, self.target] + ([self.key] if self.key and self.key not in
                                                          (*self.feature_columns, self.target) else [])
-        start = 0
-        for file in self.files:
-            for frame in _chunks(self.source, Path(file), used):
-                count = len(frame)
-                keep = self._split_mask(frame, start, split)
-                start += count
-                frame = _present(frame[keep], [*self.feature_columns, self.target], self.missing, file)
-                if not len(frame):
-                    continue
-                yield self._encode(frame, file), self._labels(frame[self.target], file)
+        file = self.files[index]
+        start = self.offsets[index] if self.offsets else 0
+        for frame in _chunks(self.source, Path(file), used):
+            count = len(frame)
+            keep = self._split_mask(frame, start, split)
+            start += count
+            frame = _present(frame[keep], [*self.feature_columns, self.target], self.missing, file)
+            if not len(frame):
+                continue
+            yield self._encode(frame, file), self._labels(frame[self.target], file)
 
     def _split_mask(self, frame: Any, start: int, split: int) -> np.ndarray:
         if split < 0:
@@ -241,20 +255,35 @@ class StreamedTable(Pipelines):
         codes = codes.to_numpy(np.int64)
         return codes.astype(np.int32) if self.task == "multiclass" else codes.astype(np.float32)
 
-    def _dataset(self, split: int) -> Any:
+    def _signature(self) -> Any:
         import tensorflow as tf
 
         y_spec = tf.TensorSpec((None,), tf.int32 if self.task == "multiclass" else tf.float32)
-        return tf.data.Dataset.from_generator(lambda: self._batches(split), output_signature=(
-            tf.TensorSpec((None, self.input_shape[0]), tf.float32), y_spec))
+        return (tf.TensorSpec((None, self.input_shape[0]), tf.float32), y_spec)
+
+    def _dataset(self, split: int) -> Any:
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_generator(lambda: self._batches(split), output_signature=self._signature())
 
     def train(self, batch: int, seed: int, epoch: Any, shuffle: bool = True) -> Any:
         import tensorflow as tf
 
-        rows = self._dataset(0).unbatch()
-        if shuffle:
-            rows = epoch_shuffled(lambda s: rows.shuffle(self.buffer, seed=s), seed, epoch)
-        return rows.batch(batch).prefetch(tf.data.AUTOTUNE)
+        if not shuffle:
+            return self._dataset(0).unbatch().batch(batch).prefetch(tf.data.AUTOTUNE)
+        count = len(self.files)
+
+        def one_epoch(epoch_seed: Any) -> Any:
+            # The shards in an order of (seed, epoch), read INTERLEAVE_SHARDS at a time, a chunk of each in turn,
+            # then the rows through the shuffle buffer: the order is not only the buffer's
+            order = tf.data.Dataset.range(count).shuffle(count, seed=epoch_seed)
+            chunks = order.interleave(
+                lambda i: tf.data.Dataset.from_generator(lambda index: self._file_batches(int(index), 0), args=(i,),
+                                                         output_signature=self._signature()),
+                cycle_length=min(count, INTERLEAVE_SHARDS), block_length=1)
+            return chunks.unbatch().shuffle(self.buffer, seed=epoch_seed)
+
+        return epoch_shuffled(one_epoch, seed, epoch).batch(batch).prefetch(tf.data.AUTOTUNE)
 
     def split(self, name: str, batch: int) -> Any:
         import tensorflow as tf
@@ -355,7 +384,9 @@ def load_streamed(config: Any) -> StreamedTable:
     start = 0
     used = [*features, data.target] + ([data.split.key] if data.split.key and data.split.key not in
                                          (*features, data.target) else [])
+    offsets: List[int] = []
     for file in files:
+        offsets.append(start)
         for frame in _chunks(kind, file, used):
             splits = table._splits(frame, start)
             start += len(frame)
@@ -452,6 +483,7 @@ def load_streamed(config: Any) -> StreamedTable:
     scale = np.asarray(scales, dtype=np.float64)
     table.center, table.scale = center, np.where(scale > 0, scale, 1.0)
     table.counts = dict(zip(SPLITS, counts))
+    table.offsets = offsets
     if table.class_names is not None:
         table.class_counts = [train_targets.get(name, 0) for name in table.class_names]
     table.__post_init__()

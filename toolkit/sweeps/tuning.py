@@ -145,6 +145,10 @@ def tune(config: Config, out_dir: Optional[Union[str, Path]] = None, overwrite: 
     say = progress or (lambda line: None)
     compat.check_version()
     spec = parse_search(config)
+    if config.data.source == "python":  # a user's pipelines live in their process; trials run in workers
+        raise UserError("a sweep loads its data itself, once, for trials that run in worker processes: your own "
+                        "pipelines cannot be sent to them", where="data.source", expected="a source ktk loads (your "
+                        "pipelines train one run: toolkit.run(config, data=...))", received="python")
     sweep_dir = directory.sweep_dir_for(config, out_dir)
     if overwrite and role.kind == WORKER:
         raise UserError("workers never delete the shared sweep directory; use --overwrite on the chief",
