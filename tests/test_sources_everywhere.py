@@ -100,7 +100,7 @@ def sweep_of(tmp_path, kind):
         space = {"model.hidden.0": {"choice": [2, 4]}}
     else:
         write_folder(tmp_path / "imgs", per_class=6)
-        base = {**images_run("imgs", **({"cache": "none"} if kind == "image files" else {})),
+        base = {**images_run("imgs", **({"cache": "none"} if kind == "image files" else {"augment": ["RandomFlip"]})),
                 "training": {"epochs": 1, "batch_size": 8}}
         space = {"model.layers.0.config.filters": {"choice": [2, 4]}}
     file = tmp_path / "sweep.yaml"
