@@ -270,7 +270,7 @@ class StreamedTable(Pipelines):
         import tensorflow as tf
 
         if not shuffle:
-            return self._dataset(0).unbatch().batch(batch).prefetch(tf.data.AUTOTUNE)
+            return self._rows(0).batch(batch).prefetch(tf.data.AUTOTUNE)
         count = len(self.files)
 
         def one_epoch(epoch_seed: Any) -> Any:
@@ -283,12 +283,23 @@ class StreamedTable(Pipelines):
                 cycle_length=min(count, INTERLEAVE_SHARDS), block_length=1)
             return chunks.unbatch().shuffle(self.buffer, seed=epoch_seed)
 
-        return epoch_shuffled(one_epoch, seed, epoch).batch(batch).prefetch(tf.data.AUTOTUNE)
+        rows = epoch_shuffled(one_epoch, seed, epoch).apply(self._counted(0))
+        return rows.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    def _counted(self, split: int) -> Any:
+        """The split's row count of the one pass, told to tf.data: Keras then knows an epoch's steps (its
+        progress bar has an end, and it does not warn that the input "ran out of data" at every epoch's end)."""
+        import tensorflow as tf
+
+        return tf.data.experimental.assert_cardinality(int(self.counts[SPLITS[split]] or 0))
+
+    def _rows(self, split: int) -> Any:
+        return self._dataset(split).unbatch().apply(self._counted(split))
 
     def split(self, name: str, batch: int) -> Any:
         import tensorflow as tf
 
-        return self._dataset(SPLITS.index(name)).unbatch().batch(batch).prefetch(tf.data.AUTOTUNE)
+        return self._rows(SPLITS.index(name)).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def _label_key(value: Any) -> str:
