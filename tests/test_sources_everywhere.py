@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import REPO, ktk, ktk_here
-from toolkit.config import load_config, parse_config
+from toolkit.config import parse_config
 from toolkit.data import load_data
 from toolkit.errors import UserError
 

@@ -105,8 +105,9 @@ class UserPipelines(Pipelines):
     inferred from one pass over the training labels (which also counts the examples and classes): integer labels
     with at most 50 values are classes (0..k-1), anything else regression. The validation and test pipelines are
     counted by one pass over their labels too (metrics.json's ``sizes``). Without a test pipeline, metrics.json
-    says so: ``"test": null`` and ``sizes.test: null`` (no test split was given, so none was evaluated). ktk neither shuffles, batches nor
-    normalizes them: training.batch_size, training.shuffle and data.normalize do not apply.
+    says so: ``"test": null`` and ``sizes.test: null`` (no test split was given, so none was evaluated).
+    ktk neither shuffles, batches nor normalizes them: training.batch_size, training.shuffle and data.normalize do
+    not apply.
     """
 
     kind = "your pipelines"
