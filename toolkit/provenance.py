@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 # ktk's direct dependencies, as pyproject.toml's [project] dependencies name them (a test keeps the two equal).
-DIRECT_DEPENDENCIES = ("tensorflow-cpu", "keras", "keras-tuner", "tensorboard", "six", "grpcio", "protobuf", "numpy",
+DIRECT_DEPENDENCIES = ("tensorflow", "keras", "keras-tuner", "tensorboard", "six", "grpcio", "protobuf", "numpy",
                        "scipy", "pandas", "pyarrow", "pyyaml", "pydantic", "scikit-learn", "matplotlib")
-# Distributions that install the same package under another name (the GPU build of TensorFlow).
-_ALTERNATIVES = {"tensorflow-cpu": ("tensorflow",)}
+# Distributions that install the same package under another name (the CPU-only build of TensorFlow).
+_ALTERNATIVES = {"tensorflow": ("tensorflow-cpu",)}
 GIT_TIMEOUT_S = 5.0
 _FILE_SOURCES = ("csv", "parquet", "npz")
 _MAX_FILES_IN_FOLDER = 10_000  # a parquet data set given as a folder: hashed file by file, up to this many
@@ -124,28 +124,10 @@ def _hash_file(path: Path) -> Tuple[int, str]:
 
 def machine() -> Dict[str, Any]:
     """Host name, CPU count, the GPUs TensorFlow sees, and whether op determinism is on (imports TensorFlow)."""
-    import tensorflow as tf
+    from toolkit.hardware.devices import gpu_names, op_determinism
 
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        gpus.append(str(details.get("device_name") or device.name))
-    return {"host": socket.gethostname(), "cpu_count": os.cpu_count(), "gpus": gpus,
+    return {"host": socket.gethostname(), "cpu_count": os.cpu_count(), "gpus": gpu_names(),
             "deterministic_ops": op_determinism()}
-
-
-def op_determinism() -> Optional[bool]:
-    """Whether TensorFlow's op determinism is on (None when this TensorFlow cannot say). TensorFlow exports
-    only the switch, so this asks its framework module (the name the switch itself is defined beside)."""
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        return bool(tf_config.is_op_determinism_enabled())
-    except (ImportError, AttributeError):  # pragma: no cover - another TensorFlow
-        return None
 
 
 def provenance(config: Any) -> Dict[str, Any]:
