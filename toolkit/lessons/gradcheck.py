@@ -228,7 +228,8 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     from toolkit.data import load_data
     from toolkit.training import prepare_model
 
-    checked_config = without_dropout(config)
+    # float64 whatever training.precision says: a mixed policy would replace it while the model is built
+    checked_config = without_dropout(config).with_values({"training.precision": "float32"})
     if data is None:
         data = load_data(checked_config)
     if len(data.y_train) == 0:
