@@ -674,7 +674,7 @@ class TrainingConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     callbacks: List[CallbackConfig] = Field(default_factory=list)  # (a top-level callbacks: list lands here)
     # Hardware switches (README "Training on GPUs"): the Keras dtype policy (the output layer stays float32);
-    # XLA (auto: on with a GPU, off on CPU, where it was measured ~3x slower); op determinism.
+    # XLA (auto: on with a GPU, off on CPU, where it was measured slower); op determinism.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: Any = "auto"
     deterministic: bool = True
@@ -693,6 +693,16 @@ class TrainingConfig(_Section):
         if value is None or value is False or value == "off":
             return None
         return {"strategy": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _xla_without_determinism(self) -> "TrainingConfig":
+        # Keras compiles without XLA while op determinism is on (not every op XLA makes has a deterministic
+        # kernel), only warning: said here rather than ignored.
+        if self.jit_compile is True and self.deterministic:
+            raise InvalidValue("Keras does not compile with XLA while op determinism is on; set training."
+                               "deterministic: false to use XLA", where="jit_compile",
+                               expected="auto or false with deterministic: true", received=True)
+        return self
 
     @field_validator("callbacks", mode="before")
     @classmethod

@@ -41,12 +41,24 @@ def build_model(config: Any, data: Any) -> Any:
 
     Returns:
         A functional ``keras.Model`` named after the config: hidden blocks, then an output layer chosen
-        by the task (sigmoid unit for binary, softmax for multiclass, linear for regression).
+        by the task (sigmoid unit for binary, softmax for multiclass, linear for regression). Built under the
+        dtype policy of ``training.precision`` (Keras' global policy is put back afterwards); under a mixed
+        policy the output layer is float32, so the loss is computed in float32.
     """
-    import keras
+    from toolkit.hardware.devices import precision_policy
 
     import_custom_modules(config.model.custom_modules, config.base_dir)
     check_training_names(config, data.task)
+    with precision_policy(config.training.precision):
+        return _build(config, data)
+
+
+def _build(config: Any, data: Any) -> Any:
+    """:func:`build_model`'s layers, under the dtype policy already set."""
+    import keras
+
+    from toolkit.hardware.devices import output_dtype
+
     model_cfg = config.model
     if model_cfg.layers is None:
         specs = [(f"model.hidden.{i}", {"units": units}) for i, units in enumerate(model_cfg.hidden)]
@@ -71,7 +83,8 @@ def build_model(config: Any, data: Any) -> Any:
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_output")(x)
     activation = {"binary": "sigmoid", "multiclass": "softmax"}.get(data.task, "linear")
-    outputs = keras.layers.Dense(data.output_units, activation=activation, name="output")(x)
+    outputs = keras.layers.Dense(data.output_units, activation=activation, name="output",
+                                 dtype=output_dtype(config.training.precision))(x)
     return keras.Model(inputs, outputs, name=scope_name(config.name))
 
 

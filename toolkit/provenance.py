@@ -124,28 +124,10 @@ def _hash_file(path: Path) -> Tuple[int, str]:
 
 def machine() -> Dict[str, Any]:
     """Host name, CPU count, the GPUs TensorFlow sees, and whether op determinism is on (imports TensorFlow)."""
-    import tensorflow as tf
+    from toolkit.hardware.devices import gpu_names, op_determinism
 
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        try:
-            details = tf.config.experimental.get_device_details(device)
-        except (ValueError, RuntimeError):
-            details = {}
-        gpus.append(str(details.get("device_name") or device.name))
-    return {"host": socket.gethostname(), "cpu_count": os.cpu_count(), "gpus": gpus,
+    return {"host": socket.gethostname(), "cpu_count": os.cpu_count(), "gpus": gpu_names(),
             "deterministic_ops": op_determinism()}
-
-
-def op_determinism() -> Optional[bool]:
-    """Whether TensorFlow's op determinism is on (None when this TensorFlow cannot say). TensorFlow exports
-    only the switch, so this asks its framework module (the name the switch itself is defined beside)."""
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        return bool(tf_config.is_op_determinism_enabled())
-    except (ImportError, AttributeError):  # pragma: no cover - another TensorFlow
-        return None
 
 
 def provenance(config: Any) -> Dict[str, Any]:

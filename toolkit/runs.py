@@ -123,9 +123,9 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
     earlier: Dict[str, Any] = {}
     if resume:
         earlier = checkpoint.rewind(run_dir / HISTORY_FILE, config)  # back to the last epoch backed up
-        environment = resumed_environment(run_dir, _environment(config, started_at), checkpoint.initial_epoch)
+        environment = resumed_environment(run_dir, _environment(config, started_at, model), checkpoint.initial_epoch)
     else:
-        environment = _environment(config, started_at)
+        environment = _environment(config, started_at, model)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_split_files(run_dir, data)
@@ -376,12 +376,13 @@ def _lock(fd: int) -> bool:
     return True
 
 
-def _environment(config: Config, started_at: str) -> Dict[str, Any]:
+def _environment(config: Config, started_at: str, model: Any) -> Dict[str, Any]:
     import keras
     import numpy
     import tensorflow
 
     from toolkit import __version__
+    from toolkit.hardware.devices import switches_in_effect
     from toolkit.provenance import provenance
 
     return {
@@ -393,6 +394,7 @@ def _environment(config: Config, started_at: str) -> Dict[str, Any]:
         "platform": platform.platform(),
         "seed": config.seed,
         **provenance(config),  # git, data_files, packages, host, cpu_count, gpus, deterministic_ops
+        **switches_in_effect(config, model),  # devices, training_switches (precision, jit_compile, deterministic)
         "command": sys.argv,
         "cwd": os.getcwd(),
         "config_source": config.source,

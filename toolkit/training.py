@@ -28,13 +28,14 @@ AUTO_STEPS_PER_EXECUTION = 32
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
-    """Seeds Python, NumPy and TensorFlow (initializers, shuffling, dropout) and makes ops deterministic."""
+    """Seeds Python, NumPy and TensorFlow (initializers, shuffling, dropout) and turns op determinism on, or
+    off with `deterministic` false (the switch is process-global: each training sets it)."""
     import keras
-    import tensorflow as tf
+
+    from toolkit.hardware.devices import set_op_determinism
 
     keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
+    set_op_determinism(deterministic)
 
 
 def prepare_model(config: Any, data: Any, seed: Optional[int] = None) -> Any:
@@ -45,7 +46,7 @@ def prepare_model(config: Any, data: Any, seed: Optional[int] = None) -> Any:
     """
     from toolkit.models import build_model
 
-    set_seed(config.seed if seed is None else seed)
+    set_seed(config.seed if seed is None else seed, config.training.deterministic)
     model = build_model(config, data)
     compile_model(model, config, data)
     return model
@@ -114,7 +115,11 @@ def _check_arguments(cls: type, arguments: Dict[str, Any], where: str) -> None:
 
 
 def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[int] = None) -> Any:
-    """Compiles `model` with the config's optimizer, schedule, loss and metrics (defaults by task)."""
+    """Compiles `model` with the config's optimizer, schedule, loss and metrics (defaults by task), with XLA as
+    ``training.jit_compile`` resolves (:func:`toolkit.hardware.devices.resolve_jit`). Under a ``mixed_float16``
+    model Keras wraps the optimizer in its ``LossScaleOptimizer`` itself."""
+    from toolkit.hardware.devices import resolve_jit
+
     steps = steps_per_epoch or _steps_per_epoch(config, data)
     loss = config.training.loss or DEFAULT_LOSS[data.task]
     metrics = list(config.training.metrics) if config.training.metrics is not None else DEFAULT_METRICS[data.task]
@@ -123,7 +128,8 @@ def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[
         spe = max(1, min(AUTO_STEPS_PER_EXECUTION, steps))
     try:
         model.compile(optimizer=get_optimizer(config, steps), loss=copy.deepcopy(loss),
-                      metrics=copy.deepcopy(metrics), steps_per_execution=spe, jit_compile=False)
+                      metrics=copy.deepcopy(metrics), steps_per_execution=spe,
+                      jit_compile=resolve_jit(config))
     except (ValueError, TypeError) as error:
         raise UserError(f"Keras rejected the loss or metrics: {reason(error)}", where="training",
                         received={"loss": loss, "metrics": metrics}) from None

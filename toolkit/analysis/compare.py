@@ -48,7 +48,7 @@ LOCATION_COLUMNS = ("path", "trial_id")
 # Columns of a run's environment.json (its provenance: code, data, packages, machine), shown with all_params.
 ENV_PREFIX = "env."
 ENV_FIELDS = ("ktk", "python", "tensorflow", "keras", "numpy", "platform", "host", "cpu_count", "gpus",
-              "deterministic_ops")
+              "deterministic_ops", "devices")
 # Folders never searched for runs: hidden folders, caches, and keras-tuner's own project.
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -236,8 +236,9 @@ def read_run(run_dir: Path, label: str, kind: str = RUN) -> Entry:
 
 def environment_columns(run_dir: Path) -> Dict[str, Any]:
     """A run's provenance as ``env.*`` columns: versions, ``env.git.commit``/``env.git.dirty``, ``env.host``,
-    ``env.cpu_count``, ``env.gpus``, ``env.deterministic_ops``, ``env.packages.<name>`` and
-    ``env.data_files.<key>.sha256``; {} when environment.json is missing or damaged (it is only provenance)."""
+    ``env.cpu_count``, ``env.gpus``, ``env.deterministic_ops``, ``env.devices``, ``env.packages.<name>``,
+    ``env.data_files.<key>.sha256`` and ``env.training_switches.<switch>.in_effect``; {} when environment.json is
+    missing or damaged (it is only provenance)."""
     try:
         environment = read_json(run_dir / ENVIRONMENT_FILE)
     except (OSError, ValueError):
@@ -252,7 +253,7 @@ def environment_columns(run_dir: Path) -> Dict[str, Any]:
         git = environment["git"] if isinstance(environment["git"], dict) else {}
         for key in ("commit", "dirty"):
             out[f"{ENV_PREFIX}git.{key}"] = _env_value(git.get(key))
-    for section, leaf in (("packages", None), ("data_files", "sha256")):
+    for section, leaf in (("packages", None), ("data_files", "sha256"), ("training_switches", "in_effect")):
         values = environment.get(section)
         for name, value in list(values.items())[:MAX_ENV_ITEMS] if isinstance(values, dict) else ():
             if leaf is not None:

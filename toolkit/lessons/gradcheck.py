@@ -230,7 +230,8 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
     from toolkit.data import load_data
     from toolkit.training import prepare_model
 
-    checked_config = without_dropout(config)
+    # float64 whatever training.precision says: a mixed policy would replace it while the model is built
+    checked_config = without_dropout(config).with_values({"training.precision": "float32"})
     if data is None:  # an images folder: read from its files (cache: none), not all held for a few examples
         data = load_data(checked_config.with_values({"data.cache": "none"})
                          if checked_config.data.source == "images" else checked_config)
