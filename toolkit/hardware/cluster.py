@@ -12,6 +12,7 @@ Everything here is checked before TensorFlow is imported; nothing here imports i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -181,16 +182,29 @@ def parse_tf_config(text: str) -> Cluster:
 
 
 def _addresses(items: Sequence[Any], where: str, received: Any) -> List[str]:
-    from toolkit.distributed.plan import parse_address
-
     parsed = []
     for item in items:
         if not isinstance(item, str) or not item.strip():
             raise UserError(where=where, expected="HOST:PORT addresses separated by commas", received=received)
-        parsed.append(str(parse_address(item, flag=where)))
+        parsed.append(_address(item.strip(), where))
     if len(set(parsed)) != len(parsed):
         raise UserError("an address is listed twice: each process needs its own", where=where, received=received)
     return parsed
+
+
+def _address(text: str, where: str) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), as TensorFlow's cluster spec takes it. (The same form as ``ktk tune``'s
+    addresses, :func:`toolkit.distributed.plan.parse_address`, which this lower layer does not import.)"""
+    expected = "HOST:PORT, e.g. 10.0.0.5:2222"
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+)(?::(\d*))?", text)
+    if match is None:
+        raise UserError(where=where, expected=expected, received=text)
+    if not match.group(2):
+        raise UserError("the port is missing", where=where, expected=expected, received=text)
+    port = int(match.group(2))
+    if not 1 <= port <= 65535:
+        raise UserError(where=where, expected="a port between 1 and 65535", received=port)
+    return f"{match.group(1)}:{port}"
 
 
 def check_distribute(config: Any, cluster: Optional[Cluster], resume: bool = False,
