@@ -38,9 +38,10 @@ BASE = {
 CLUSTER_TIMEOUT = 240  # seconds a test waits for its processes (a hang fails the test instead of stalling it)
 
 
-def _config(folder: Path, name: str = "config.yaml", **training) -> Path:
+def _config(folder: Path, name: str = "config.yaml", model: Dict = None, **training) -> Path:
     config = json.loads(json.dumps(BASE))
     config["training"].update(training)
+    config["model"].update(model or {})
     path = folder / name
     path.write_text(yaml.safe_dump(config))
     return path
@@ -171,6 +172,38 @@ def test_mirrored_over_two_logical_cpus_matches_one_device(tmp_path, single_devi
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["training"]["distribute"] == \
         {"strategy": "mirrored", "devices": ["CPU:0", "CPU:1"]}
     _assert_close(_metrics(tmp_path / "run"), single_device)
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_killed_resumes_to_the_uninterrupted_result(tmp_path):
+    config = _config(tmp_path, model={"dropout": 0.2}, epochs=12,
+                     distribute={"strategy": "mirrored", "devices": ["CPU:0", "CPU:1"]})
+    whole = ktk("run", config, "--out", tmp_path / "whole", "-q", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(config), "--out", str(killed), "-q"],
+                               cwd=tmp_path, env=subprocess_env(KTK_BACKUP_EVERY_EPOCH="1"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + CLUSTER_TIMEOUT
+        history = killed / "history.csv"
+        while not (history.exists() and len(history.read_text().splitlines()) > 3):  # three epochs done
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()[1]
+            time.sleep(0.01)
+        process.kill()
+        process.communicate()
+    finally:
+        _kill([process])
+    assert not (killed / "metrics.json").exists()
+    resumed = ktk("run", "--resume", killed, "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("history.csv", "metrics.json"):  # bit for bit (but the wall time)
+        texts = [json.loads((run / name).read_text()) if name.endswith(".json") else (run / name).read_text()
+                 for run in (tmp_path / "whole", killed)]
+        for text in texts:
+            if isinstance(text, dict):
+                text.pop("wall_time_s")
+        assert texts[0] == texts[1], name
 
 
 def _free_ports(count: int) -> List[int]:

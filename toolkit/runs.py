@@ -223,6 +223,10 @@ def validate(config: Config, deep: bool = False) -> str:
     from toolkit.keras_names import check_config_names
 
     names_checked = check_config_names(config)
+    if config.training.distribute is not None:
+        from toolkit.hardware.cluster import distributed_steps_per_execution
+
+        distributed_steps_per_execution(config)
     spec = None
     if config.search is not None:  # every searched path, range end and choice, before any data loads
         from toolkit.search import parse_search
