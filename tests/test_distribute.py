@@ -218,15 +218,20 @@ def _free_ports(count: int) -> List[int]:
             s.close()
 
 
-def _start(config: Path, cwd: Path, cluster: str, index: int, *more: str) -> subprocess.Popen:
+def _start(config: Path, cwd: Path, cluster: str, index: int, *more: str, tf_config: bool = False) -> subprocess.Popen:
+    """``ktk run CONFIG --role ... --cluster ... --index ...``, or with the same cluster as ``TF_CONFIG``."""
     cwd.mkdir()
     (cwd.parent / f"{cwd.name}-tmp").mkdir()
     role = "chief" if index == 0 else "worker"
     # TMPDIR: a worker's temporary run directory is made there, so the test sees it removed.
     env = subprocess_env(TMPDIR=str(cwd.parent / f"{cwd.name}-tmp"), PYTHONUNBUFFERED="1")
     env.pop("TF_CONFIG", None)
-    return subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(config), "--role", role,
-                             "--cluster", cluster, "--index", str(index), *more],
+    flags = ["--role", role, "--cluster", cluster, "--index", str(index)]
+    if tf_config:
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": cluster.split(",")},
+                                       "task": {"type": "worker", "index": index}})
+        flags = []
+    return subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(config), *flags, *more],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -287,7 +292,7 @@ def test_killed_worker_stops_the_chief_with_one_message(tmp_path):
         processes = []
         try:
             processes.append(_start(config, chief_dir, cluster, 0, "--out", "run", "-q"))
-            processes.append(_start(config, tmp_path / f"worker{attempt}", cluster, 1, "-q"))
+            processes.append(_start(config, tmp_path / f"worker{attempt}", cluster, 1, "-q", tf_config=True))
             deadline = time.monotonic() + CLUSTER_TIMEOUT
             history = chief_dir / "run" / "history.csv"
             while not (history.exists() and len(history.read_text().splitlines()) > 2):  # two epochs done

@@ -203,9 +203,12 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     ``training.early_stopping`` when it is set, else of ``training``; both default true). `keep_best=False` skips that
     (a sweep trial, whose model is thrown away, only needs the history).
 
+    A model built under a multi-worker strategy (``training.distribute: multi_worker``) trains in
+    :func:`toolkit.hardware.loop.fit`, the same epochs and callbacks, since Keras' ``fit`` fails there.
+
     Args:
         checkpoint: a :class:`toolkit.resume.Checkpoint`: the training state is backed up after every epoch, and
-            training goes on from the last backed-up epoch (a resumed run).
+            training goes on from the last backed-up epoch (a resumed run). Not with a multi-worker strategy.
 
     Returns:
         The Keras ``History`` (of the epochs this call ran).
@@ -288,9 +291,9 @@ def progress_verbosity(show: bool, stream: Any = None) -> int:
 
 def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
     """Loss and metrics of `model` on one split (dropout off), as {metric name: value}."""
-    x, y = data.split(split)
     from toolkit.hardware.strategy import is_multi_worker
 
+    x, y = data.split(split)
     dataset = make_dataset(x, y, max(batch_size(config, data), 256))
     if is_multi_worker(model.distribute_strategy):  # Keras' evaluate fails across processes, as fit does
         from toolkit.hardware import loop

@@ -6,9 +6,10 @@
 - ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the processes of a
   :class:`~toolkit.hardware.cluster.Cluster`. It must exist before any other TensorFlow op, and its constructor
   waits in C++ (deaf to Ctrl-C and SIGTERM) until every process has started: a watchdog process kills this one
-  after the cluster's timeout instead, with one message. Once training, a process that dies stops sending heartbeats to TensorFlow's
-  coordination service (hosted by the chief), and the others' next collective fails about 10 s later (its
-  default heartbeat timeout); :func:`peer_failures` turns that into one :class:`ClusterError`.
+  after the cluster's timeout instead, with one message. Once training, a process that dies closes its
+  connections (the others' next collective fails at once) or, frozen or cut off, stops sending heartbeats to
+  TensorFlow's coordination service (hosted by the chief: the others fail about 10 s later, its default heartbeat
+  timeout); :func:`peer_failures` turns either into one :class:`ClusterError`.
 
 Keras' ``model.fit`` runs under ``mirrored`` as on one device; under ``multi_worker`` it fails in Keras 3
 (keras-team/keras#20585), so :mod:`toolkit.hardware.loop` trains there instead.
