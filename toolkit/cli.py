@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable, List, Optional, Sequence
 
 from toolkit.errors import DataWarning, UserError, did_you_mean
+from toolkit.hardware.cluster import ClusterError
 from toolkit.quiet import quiet_tensorflow
 
 EXIT_USER_ERROR = 2
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
     _add_tracking(p)
     _add_verbose(p)
+    p.add_argument("--role", choices=["chief", "worker"],
+                   help="training.distribute: multi_worker: this process's role (the chief writes the run directory)")
+    p.add_argument("--cluster", metavar="HOST:PORT,...",
+                   help="with --role: every process's address, the chief's first (the same list for all)")
+    p.add_argument("--index", type=int, metavar="I", help="with --role worker: this process's position in --cluster")
+    p.add_argument("--cluster-timeout", type=float, metavar="SECONDS",
+                   help="with a cluster: give up when the other processes have not all started by then (default 300)")
 
     p = commands.add_parser("validate", help="check a config and that its data loads, without training")
     p.add_argument("config", metavar="CONFIG", type=CONFIG_PATH, help="YAML config file")
@@ -235,9 +243,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with warnings.catch_warnings():  # the library's DataWarnings as ktk lines; others as Python shows them
             warnings.showwarning = _data_warnings_as_ktk_lines(warnings.showwarning)
             return int(handler(args) or 0)
+    except ClusterError as error:  # another process of a multi_worker run failed: not this user's mistake
+        print(f"ktk: error: {error}", file=sys.stderr)
+        return 1
     except UserError as error:
         config_file = getattr(args, "config", None)
-        if config_file and not (error.where or "").startswith("--"):
+        if config_file and not (error.where or "").startswith(("--", "TF_CONFIG")):  # (not keys of the config)
             loaded = getattr(args, "loaded_config", None)  # a key a base file (extends:) set is that file's
             error.at(file=loaded.file_of(error.where) if loaded is not None else config_file)
         print(f"ktk: error: {error}", file=sys.stderr)
@@ -278,10 +289,14 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from toolkit.hardware.cluster import cluster_from_flags
     from toolkit.runs import run
     from toolkit.summary import format_run_summary
     from toolkit.training import progress_verbosity
 
+    cluster = cluster_from_flags(args.role, args.cluster, args.index, args.cluster_timeout, environ=os.environ)
     out, resume = args.out, args.resume is not None
     if isinstance(args.resume, str):
         if out is not None and out != args.resume:
@@ -301,8 +316,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UserError("a run resumes with its own config", where="--set",
                             expected="no --set with --resume RUN_DIR", received=args.overrides[0])
         config = load_run_config(out)
-    result = run(config, out_dir=out, verbose=progress_verbosity(not args.quiet), resume=resume)
-    print(format_run_summary(result))
+    result = run(config, out_dir=out, verbose=progress_verbosity(not args.quiet), resume=resume, cluster=cluster)
+    if result.run_dir is None:  # a worker of a multi_worker run
+        print(f"{config.name}: trained as a worker, {result.metrics['epochs_run']} epochs; the chief wrote the run "
+              "directory")
+    else:
+        print(format_run_summary(result))
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from toolkit.config import Config, check_with_data, dump_yaml
 from toolkit.errors import UserError
+from toolkit.hardware.cluster import Cluster, check_distribute
 from toolkit.results import (BACKUP_DIR, CONFIG_FILE, ENVIRONMENT_FILE, GRADIENTS_FILE, HISTORY_FILE, METRICS_FILE,
                              MODEL_FILE, RUN_MARKER, SPLIT_FILES, SPLITS, SPLITS_DIR, TENSORBOARD_DIR,
                              atomic_write_text, check_new_dir, history_logger, make_dir, utc_now, write_json)
@@ -33,13 +35,14 @@ DEFAULT_RUNS_DIR = Path("runs")
 class RunResult:
     """What a run produced: where it is and its metrics (as in metrics.json)."""
 
-    run_dir: Path
+    run_dir: Optional[Path]  # None on a worker of a multi_worker run: the chief writes the run directory
     metrics: Dict[str, Any]
     config: Config
 
 
 def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int = 1,
-        data: Any = None, callbacks: Sequence[Any] = (), resume: bool = False) -> RunResult:
+        data: Any = None, callbacks: Sequence[Any] = (), resume: bool = False,
+        cluster: Optional[Cluster] = None) -> RunResult:
     """Trains and evaluates a config into a run directory.
 
     Args:
@@ -55,6 +58,10 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
             are the config's way to add them).
         resume: continue the unfinished run in `out_dir` (one ktk claimed for this same config and data) from
             its last finished epoch (see :mod:`toolkit.resume`).
+        cluster: with ``training.distribute: multi_worker``, this process's place in the cluster
+            (:func:`toolkit.hardware.cluster.cluster_from_flags`); default: the ``TF_CONFIG`` environment variable.
+            The chief writes the run directory; a worker trains the same model into a temporary folder it removes,
+            and its result has no `run_dir`.
 
     Returns:
         A :class:`RunResult` with the run directory and the metrics written to ``metrics.json``.
@@ -63,12 +70,15 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         UserError: a bad config or data (nothing is written then), or an `out_dir` that is not empty or
             that another run claimed first; with `resume`, an `out_dir` that is not an unfinished ktk run of this
             config and data, or that a running process holds.
+        ClusterError: (multi_worker) another process of the cluster failed.
     """
     from toolkit import training
     from toolkit.data import load_data
 
     started = time.time()
     started_at = utc_now()
+    cluster = check_distribute(config, cluster, resume, environ=os.environ)
+    worker = cluster is not None and not cluster.is_chief  # the chief alone writes the run directory
     resumed: Optional[RunDirClaim] = None
     if resume:
         from toolkit.resume import check_resumable
@@ -78,8 +88,12 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
                             expected="--resume RUN_DIR, or CONFIG --out RUN_DIR --resume")
         check_resumable(out_dir, config)  # said now, before the data loads
         resumed = claim_to_resume(out_dir)  # a process still training in it is said now too
-    elif out_dir is not None:
+    elif out_dir is not None and not worker:
         check_new_dir(out_dir, "run directory")  # said now, not after seconds of importing TensorFlow
+    if config.training.distribute is not None:
+        from toolkit.hardware.strategy import prepare
+
+        prepare(config, cluster)  # before anything starts TensorFlow (multi_worker's strategy must be first)
     try:
         if data is None:
             data = load_data(config)
@@ -92,14 +106,17 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
                             "gradients", expected="false for streamed, image-file or your own pipelines", received=True)
         check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written
         model = training.prepare_model(config, data)
+        if worker:
+            return _train_as_worker(cluster, config, data, model, started, started_at, verbose, callbacks)
         if resumed is not None:
             claim = resumed
         else:
             claim = claim_run_dir(out_dir) if out_dir is not None else claim_default_run_dir(config.name, started)
         tracker = RunTracking(config, claim.path, started_at)
         try:
-            metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, tracker, callbacks,
-                                  resume)
+            with _in_cluster(config, cluster):
+                metrics = _train_into(claim.path, config, data, model, started, started_at, verbose, tracker,
+                                      callbacks, resume, cluster)
         except BaseException as error:
             tracker.abort(interrupted=isinstance(error, KeyboardInterrupt))
             if not resume and not (claim.path / HISTORY_FILE).exists():  # stopped before its first epoch
@@ -113,9 +130,34 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
     return RunResult(run_dir=claim.path, metrics=metrics, config=config)
 
 
+def _in_cluster(config: Config, cluster: Optional[Cluster]) -> Any:
+    """Around a multi-worker run's training: a failed process as one ClusterError; at its end, every process waits
+    for the others (workers end once the chief has written the run directory)."""
+    if cluster is None:
+        return contextlib.nullcontext()
+    from toolkit.hardware.strategy import cluster_run
+
+    return cluster_run(config, cluster)
+
+
+def _train_as_worker(cluster: Cluster, config: Config, data: Any, model: Any, started: float, started_at: str,
+                     verbose: int, callbacks: Sequence[Any]) -> RunResult:
+    """A worker of a multi_worker run: the chief's training step for step (every collective is shared), into a
+    temporary folder removed at the end; MLflow and TensorBoard are the chief's alone."""
+    untracked = config.with_values({"tracking.tensorboard": None, "tracking.mlflow": None})
+    scratch = Path(tempfile.mkdtemp(prefix="ktk-worker-"))
+    try:
+        with _in_cluster(config, cluster):
+            metrics = _train_into(scratch, untracked, data, model, started, started_at, verbose,
+                                  RunTracking(untracked, scratch, started_at), callbacks, cluster=cluster)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return RunResult(run_dir=None, metrics=metrics, config=config)
+
+
 def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: float, started_at: str,
                 verbose: int, tracker: RunTracking, extra_callbacks: Sequence[Any] = (),
-                resume: bool = False) -> Dict[str, Any]:
+                resume: bool = False, cluster: Optional[Cluster] = None) -> Dict[str, Any]:
     from toolkit import training
     from toolkit.resume import Checkpoint, resumed_environment
 
@@ -126,6 +168,10 @@ def _train_into(run_dir: Path, config: Config, data: Any, model: Any, started: f
         environment = resumed_environment(run_dir, _environment(config, started_at, model), checkpoint.initial_epoch)
     else:
         environment = _environment(config, started_at, model)
+    if config.training.distribute is not None:
+        from toolkit.hardware.strategy import describe
+
+        environment["distribute"] = describe(config, cluster)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config.to_dict()))
     write_json(run_dir / ENVIRONMENT_FILE, environment)
     write_split_files(run_dir, data)
@@ -201,6 +247,10 @@ def validate(config: Config, deep: bool = False) -> str:
     from toolkit.keras_names import check_config_names
 
     names_checked = check_config_names(config)
+    if config.training.distribute is not None:
+        from toolkit.hardware.cluster import distributed_steps_per_execution
+
+        distributed_steps_per_execution(config)
     spec = None
     if config.search is not None:  # every searched path, range end and choice, before any data loads
         from toolkit.search import parse_search

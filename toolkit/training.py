@@ -44,11 +44,13 @@ def prepare_model(config: Any, data: Any, seed: Optional[int] = None) -> Any:
     Args:
         seed: the seed to use instead of ``config.seed`` (a trial's later executions differ in initialization).
     """
+    from toolkit.hardware.strategy import scope
     from toolkit.models import build_model
 
     set_seed(config.seed if seed is None else seed, config.training.deterministic)
-    model = build_model(config, data)
-    compile_model(model, config, data)
+    with scope(config):  # training.distribute: the variables are made by its strategy
+        model = build_model(config, data)
+        compile_model(model, config, data)
     return model
 
 
@@ -124,6 +126,10 @@ def compile_model(model: Any, config: Any, data: Any, steps_per_epoch: Optional[
     loss = config.training.loss or DEFAULT_LOSS[data.task]
     metrics = list(config.training.metrics) if config.training.metrics is not None else DEFAULT_METRICS[data.task]
     spe = config.training.steps_per_execution
+    if config.training.distribute is not None:
+        from toolkit.hardware.cluster import distributed_steps_per_execution
+
+        spe = distributed_steps_per_execution(config)
     if spe == "auto":
         spe = max(1, min(AUTO_STEPS_PER_EXECUTION, steps))
     try:
@@ -225,15 +231,20 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     ``training.early_stopping`` when it is set, else of ``training``; both default true). `keep_best=False` skips that
     (a sweep trial, whose model is thrown away, only needs the history).
 
+    A model built under a multi-worker strategy (``training.distribute: multi_worker``) trains in
+    :func:`toolkit.hardware.loop.fit`, the same epochs and callbacks, since Keras' ``fit`` fails there.
+
     Args:
         checkpoint: a :class:`toolkit.resume.Checkpoint`: the training state is backed up after every epoch, and
-            training goes on from the last backed-up epoch (a resumed run).
+            training goes on from the last backed-up epoch (a resumed run). Not with a multi-worker strategy.
 
     Returns:
         The Keras ``History`` (of the epochs this call ran).
     """
     import keras
     import tensorflow as tf
+
+    from toolkit.hardware.strategy import is_multi_worker
 
     batch = batch_size(config, data)
     weights = class_weights(config, data)
@@ -261,9 +272,16 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
         )
         all_callbacks.append(early_stopping)
     initial_epoch, epochs = 0, config.training.epochs
-    if checkpoint is not None:  # after early stopping: its state is backed up once it has seen the epoch
+    multi_worker = is_multi_worker(model.distribute_strategy)
+    if checkpoint is not None and not multi_worker:  # (a multi_worker run cannot resume: it keeps no backup)
+        # after early stopping: its state is backed up once it has seen the epoch
         all_callbacks.extend(checkpoint.callbacks(model, early_stopping))
         initial_epoch, epochs = checkpoint.initial_epoch, checkpoint.epochs(epochs)
+    if multi_worker:  # Keras' fit fails across processes (keras-team/keras#20585): the same epochs, another loop
+        from toolkit.hardware import loop
+
+        return loop.fit(model, train, validation, epochs=epochs, initial_epoch=initial_epoch,
+                        callbacks=all_callbacks, verbose=verbose)
     return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
                      callbacks=all_callbacks, verbose=verbose, shuffle=False,  # tf.data shuffles
                      class_weight=weights if not hasattr(data, "y_train") else None)
@@ -306,11 +324,17 @@ def progress_verbosity(show: bool, stream: Any = None) -> int:
 
 def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]:
     """Loss and metrics of `model` on one split (dropout off), as {metric name: value}."""
+    from toolkit.hardware.strategy import is_multi_worker
+
     if not hasattr(data, "y_train"):  # pipelines
         dataset = data.split(split, max(batch_size(config, data), 256))
     else:
         x, y = data.split(split)
         dataset = make_dataset(x, y, max(batch_size(config, data), 256))
+    if is_multi_worker(model.distribute_strategy):  # Keras' evaluate fails across processes, as fit does
+        from toolkit.hardware import loop
+
+        return loop.evaluate(model, dataset)
     results = model.evaluate(dataset, verbose=0, return_dict=True)
     return {name: float(value) for name, value in results.items()}
 
