@@ -84,6 +84,15 @@ class _QuietLoader:
         module.__spec__.loader = module.__loader__ = self.loader  # the package sees its own loader
         with _startup_lines_hidden():
             self.loader.exec_module(module)
+            _find_gpus(module)
+
+
+def _find_gpus(tensorflow: Any) -> None:
+    """Lets TensorFlow look for GPUs now, while its lines are hidden: a CUDA build on a machine without a
+    GPU logs "failed call to cuInit" the first time it looks. (Listing physical devices does not start the
+    runtime, so logical devices and distribution strategies can still be set up after.)"""
+    with contextlib.suppress(Exception):
+        tensorflow.config.list_physical_devices("GPU")
 
 
 @contextlib.contextmanager
