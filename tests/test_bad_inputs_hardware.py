@@ -55,3 +55,11 @@ def test_gpus_lists_are_ascii_indices(gpus):
 
 def test_cuda_visible_devices_with_other_digits_ends_the_list_as_cuda_does():
     assert visible_gpus([("a", "GPU-1"), ("b", "GPU-2")], "²,1") == []
+
+
+def test_cpu_devices_are_bounded_before_the_cpu_is_split():
+    from toolkit.config import parse_config
+
+    with pytest.raises(UserError, match=r"training\.distribute\.devices\.1: expected CPU:0 to CPU:63"):
+        parse_config({"data": {"source": "sklearn.iris"},
+                      "training": {"distribute": {"strategy": "mirrored", "devices": ["CPU:0", "CPU:9999"]}}})
