@@ -66,3 +66,64 @@ def test_an_image_deleted_during_training_is_one_message_naming_it(tmp_path):
     message = _run(tmp_path, {"source": "images", "path": str(folder), "cache": "none"}, act)
     assert "can no longer be read" in message and any(path in message for path in gone), message
     assert "Traceback" not in message
+
+
+def _pipelines(case):
+    import keras
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((64, 3)).astype("float32")
+    y = (x[:, 0] > 0.5).astype("int64")
+
+    def batches(x, y):
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    class Endless(keras.utils.PyDataset):
+        num_batches = None
+
+        def __getitem__(self, i):
+            return x[:16], y[:16]
+
+    class Huge(keras.utils.PyDataset):
+        def __len__(self):
+            return 10 ** 12
+
+        def __getitem__(self, i):
+            return x[:16], y[:16]
+
+    def broken():
+        yield x[:16], y[:16]
+        raise ValueError("the user's generator broke")
+
+    spec = (tf.TensorSpec((None, 3)), tf.TensorSpec((None,), tf.int64))
+    return {
+        "repeat": lambda: (batches(x, y).repeat(), batches(x, y)),
+        "endless": lambda: (batches(x, y), Endless()),
+        "huge": lambda: (Huge(), batches(x, y)),
+        "labels": lambda: (batches(x, y), batches(x, np.stack([y, y], 1))),
+        "text labels": lambda: (batches(x, y.astype(str)), batches(x, y)),
+        "text inputs": lambda: (batches(x.astype(str), y), batches(x, y)),
+        "nan labels": lambda: (batches(x, x[:, 0] * np.nan), batches(x, x[:, 0])),
+        "broken": lambda: (tf.data.Dataset.from_generator(broken, output_signature=spec), batches(x, y)),
+    }[case]()
+
+
+@pytest.mark.slow  # (imports TensorFlow; trains nothing)
+@pytest.mark.parametrize("case, message", [
+    ("repeat", r"data\['train'\]: the train pipeline never ends"),
+    ("endless", r"data\['validation'\]: the validation pipeline never ends"),
+    ("huge", r"data\['train'\]: the train pipeline has more batches than ktk counts"),
+    ("labels", r"data\['validation'\]: the validation batches have labels of shape \(2,\) and the train batches \(\)"),
+    ("text labels", r"data\['train'\]: the train labels are not numbers"),
+    ("text inputs", r"data\['train'\]: the inputs are not numbers"),
+    ("nan labels", r"data\['train'\]: the train labels hold missing or infinite values"),
+    ("broken", r"data\['train'\]: reading the train pipeline failed \(ValueError: the user's generator broke\)\.$"),
+])
+def test_user_pipelines_of_any_shape_are_one_message_and_never_hang(tmp_path, case, message):
+    from toolkit import run
+
+    config = parse_config({"name": "p", "data": {"source": "python"}, "model": {"hidden": [4]},
+                           "training": {"epochs": 1}})
+    with pytest.raises(UserError, match=message):
+        run(config, data=_pipelines(case), out_dir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
