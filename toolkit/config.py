@@ -620,6 +620,9 @@ class CallbackConfig(_Section):
         return _keras_arguments(value)
 
 
+MAX_CPU_DEVICES = 64  # logical CPU devices a mirrored run may split the CPU into (each a replica on shared cores)
+
+
 class DistributeConfig(_Section):
     """``training.distribute``: one model trained data-parallel over several devices or machines.
 
@@ -644,6 +647,10 @@ class DistributeConfig(_Section):
             if match is None:
                 raise InvalidValue(where=str(i), expected="a device such as GPU:0 or CPU:1", received=name)
             names.append(f"{match.group(1).upper()}:{int(match.group(2))}")
+            if names[-1].startswith("CPU:") and int(match.group(2)) >= MAX_CPU_DEVICES:
+                # CPU:N splits the CPU into N + 1 logical devices (toolkit.hardware.strategy.split_cpu)
+                raise InvalidValue(where=str(i), expected=f"CPU:0 to CPU:{MAX_CPU_DEVICES - 1} (CPU:N splits the CPU "
+                                   "into N + 1 logical devices)", received=name)
         if len(set(names)) != len(names):
             raise InvalidValue(expected="each device once", received=value)
         return names

@@ -233,3 +233,68 @@ def did_you_mean(name: str, choices: Sequence[Any]) -> Optional[str]:
     if not matches or lowered[matches[0]] == name:
         return None
     return lowered[matches[0]]
+
+
+# ------------------------------------------------------------------ errors carried out of tf.data
+# An error raised in Python code that tf.data runs (a generator of ``Dataset.from_generator``, a function of
+# ``tf.numpy_function``) reaches the caller of ``fit``/``evaluate`` as TensorFlow's own error, with a C++ and a
+# Python traceback pasted into its text. ktk's functions there are wrapped with :func:`carried`, which keeps the
+# error they raise; :func:`raise_carried` around the Keras call raises that error instead of TensorFlow's.
+
+_CARRIED: list = []  # errors kept by carried(), oldest first; tf.data's threads append (atomic under the GIL)
+
+
+def carried(function: Any) -> Any:
+    """`function` (a generator function or a plain one) wrapped so that an error it raises is kept for
+    :func:`raise_carried`, then raised on to TensorFlow, which ends the iteration with its own error."""
+    import functools
+    import inspect
+
+    if inspect.isgeneratorfunction(function):
+        @functools.wraps(function)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from function(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - kept, then raised on
+                _CARRIED.append(error)
+                raise
+        return generator
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - kept, then raised on
+            _CARRIED.append(error)
+            raise
+    return call
+
+
+class raise_carried:
+    """Context manager around a Keras call that iterates ktk's datasets (``fit``, ``evaluate``, ``predict``): when
+    the call fails after a :func:`carried` function failed, the function's error is raised, not TensorFlow's.
+    A TensorFlow error saying a dataset held fewer elements than counted (a file shortened after the count) becomes
+    a :class:`UserError` naming `what`."""
+
+    def __init__(self, what: str = "the data"):
+        self.what = what
+
+    def __enter__(self) -> "raise_carried":
+        self.start = len(_CARRIED)
+        self.raised: Optional[BaseException] = None  # the carried error raised instead of the call's own
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> bool:
+        kept = _CARRIED[self.start:]
+        del _CARRIED[self.start:]
+        if error is None or not isinstance(error, Exception):
+            return False
+        if kept and kept[0] is not error:
+            self.raised = kept[0]
+            raise kept[0] from None
+        text = str(error)
+        if not kept and type(error).__module__.startswith("tensorflow") and "expected to contain" in text:
+            raise UserError(f"{self.what} changed while training: it holds fewer examples than counted before "
+                            f"training ({first_line(error).strip()})",
+                            expected="files left as they were until the run ends") from None
+        return False

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from toolkit.errors import UserError, reason
+from toolkit.errors import UserError, raise_carried, reason
 from toolkit.metrics import best_index, resolve_mode
 from toolkit.keras_names import snake_case
 from toolkit.models import exported_classes
@@ -280,11 +280,13 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     if multi_worker:  # Keras' fit fails across processes (keras-team/keras#20585): the same epochs, another loop
         from toolkit.hardware import loop
 
-        return loop.fit(model, train, validation, epochs=epochs, initial_epoch=initial_epoch,
-                        callbacks=all_callbacks, verbose=verbose)
-    return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
-                     callbacks=all_callbacks, verbose=verbose, shuffle=False,  # tf.data shuffles
-                     class_weight=weights if not hasattr(data, "y_train") else None)
+        with raise_carried():
+            return loop.fit(model, train, validation, epochs=epochs, initial_epoch=initial_epoch,
+                            callbacks=all_callbacks, verbose=verbose)
+    with raise_carried():  # a data file that changed during training: one message, not TensorFlow's
+        return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
+                         callbacks=all_callbacks, verbose=verbose, shuffle=False,  # tf.data shuffles
+                         class_weight=weights if not hasattr(data, "y_train") else None)
 
 
 def config_callbacks(config: Any) -> List[Any]:
@@ -334,8 +336,10 @@ def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]
     if is_multi_worker(model.distribute_strategy):  # Keras' evaluate fails across processes, as fit does
         from toolkit.hardware import loop
 
-        return loop.evaluate(model, dataset)
-    results = model.evaluate(dataset, verbose=0, return_dict=True)
+        with raise_carried():
+            return loop.evaluate(model, dataset)
+    with raise_carried():
+        results = model.evaluate(dataset, verbose=0, return_dict=True)
     return {name: float(value) for name, value in results.items()}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from toolkit.deploy import inputs as raw_inputs
 from toolkit.schema import TEXT, Labels, output_columns, read_labels
-from toolkit.errors import UserError, reason, show
+from toolkit.errors import UserError, carried, raise_carried, reason, show
 from toolkit.results import (BEST_DIR, CONFIG_FILE, LABELS_FILE, METRICS_FILE, MODEL_FILE, SWEEP_FILE, SWEEP_MARKER,
                              check_outside, check_path_given, new_file_mode, read_json)
 
@@ -547,23 +547,19 @@ def _evaluate(loaded: LoadedRun, read: Any, batch_size: int, chunk_rows: int, in
     units = loaded._units
     target_shape = _target_shape(labels, units)
     counted = {"rows": 0}
-    failures: List[BaseException] = []
 
+    @carried  # raised inside tf.data's generator, an error would come out as TensorFlow's: raise_carried below
     def batches() -> Iterator[Any]:
-        # Raised inside tf.data's generator, an error would come out as TensorFlow's: it is kept and raised after.
-        try:
-            for chunk in read(chunk_rows):
-                if chunk.target is None:
-                    continue
-                y = _encode_target(chunk.target, labels, chunk.rows, target_shape)
-                counted["rows"] += len(chunk)
-                for start in range(0, len(chunk), batch_size):
-                    part = slice(start, start + batch_size)
-                    features = ({k: v[part] for k, v in chunk.features.items()} if isinstance(chunk.features, dict)
-                                else chunk.features[part])
-                    yield features, y[part]
-        except Exception as error:  # noqa: BLE001 - carried out of the generator, raised below as it is
-            failures.append(error)
+        for chunk in read(chunk_rows):
+            if chunk.target is None:
+                continue
+            y = _encode_target(chunk.target, labels, chunk.rows, target_shape)
+            counted["rows"] += len(chunk)
+            for start in range(0, len(chunk), batch_size):
+                part = slice(start, start + batch_size)
+                features = ({k: v[part] for k, v in chunk.features.items()} if isinstance(chunk.features, dict)
+                            else chunk.features[part])
+                yield features, y[part]
 
     model = loaded.model
     if labels.inputs.kind == "columns":
@@ -578,17 +574,16 @@ def _evaluate(loaded: LoadedRun, read: Any, batch_size: int, chunk_rows: int, in
     loss = training.loss or DEFAULT_LOSS[labels.task]
     metrics = list(training.metrics) if training.metrics is not None else DEFAULT_METRICS[labels.task]
     model.compile(loss=loss, metrics=metrics, jit_compile=False)
+    carrying = raise_carried()
     try:
-        with warnings.catch_warnings():  # a generator's end is "running out of data" to Keras: expected here
+        with carrying, warnings.catch_warnings():  # a generator's end is "running out of data" to Keras: expected
             warnings.filterwarnings("ignore", message=".*ran out of data.*")
             results = model.evaluate(dataset, verbose=0, return_dict=True)
-    except Exception as error:  # noqa: BLE001 - the generator's own error first, else Keras' in its words
-        if failures:
-            raise failures[0] from None
+    except Exception as error:  # noqa: BLE001 - the generator's own error as it is, else Keras' in its words
+        if error is carrying.raised:
+            raise
         raise UserError(f"the model could not be evaluated on this input ({reason(error)})", where="--evaluate",
                         received=str(input_path)) from None
-    if failures:
-        raise failures[0]
     if not counted["rows"]:
         raise UserError("no rows were left to evaluate (every row had a missing value)", where="--evaluate",
                         received=str(input_path))

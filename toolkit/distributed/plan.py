@@ -48,7 +48,7 @@ def parse_address(text: str, *, flag: str, default_port: Optional[int] = None) -
     """
     text = str(text).strip()
     expected = "HOST:PORT, e.g. 127.0.0.1:8470 or 10.0.0.5:8470"
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?", text)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,6}))?|([A-Za-z0-9._-]+)(?::([0-9]{1,6}))?", text)
     if not match:
         raise UserError(where=flag, expected=expected, received=text)
     host = match.group(1) or match.group(3)

@@ -145,7 +145,7 @@ def parse_tf_config(text: str) -> Cluster:
     where = "TF_CONFIG"
     try:
         value = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # (nested past Python's recursion limit: RecursionError)
         raise UserError(f"not JSON ({error})", where=where, received=text) from None
     if not isinstance(value, dict) or not isinstance(value.get("cluster"), dict) or \
             not isinstance(value.get("task"), dict):
@@ -172,7 +172,7 @@ def parse_tf_config(text: str) -> Cluster:
     if len(set(everyone)) != len(everyone):
         raise UserError(where=f"{where}.cluster", expected="each address once", received=cluster)
     task_type, task_index = task.get("type"), task.get("index", 0)
-    if task_type not in dict(jobs):
+    if not isinstance(task_type, str) or task_type not in dict(jobs):
         raise UserError(where=f"{where}.task.type", received=task_type, choices=[job for job, _ in jobs])
     size = len(dict(jobs)[task_type])
     if isinstance(task_index, bool) or not isinstance(task_index, int) or not 0 <= task_index < size:
@@ -196,7 +196,8 @@ def _address(text: str, where: str) -> str:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6), as TensorFlow's cluster spec takes it. (The same form as ``ktk tune``'s
     addresses, :func:`toolkit.distributed.plan.parse_address`, which this lower layer does not import.)"""
     expected = "HOST:PORT, e.g. 10.0.0.5:2222"
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+)(?::(\d*))?", text)
+    # ASCII only: a host name TensorFlow's gRPC resolves (an IDN in its xn-- form), a port of ASCII digits
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{0,6}))?", text)
     if match is None:
         raise UserError(where=where, expected=expected, received=text)
     if not match.group(2):

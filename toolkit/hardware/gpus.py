@@ -152,7 +152,7 @@ def visible_gpus(physical: Sequence[Tuple[str, str]], visible_devices: Optional[
     chosen: List[Gpu] = []
     seen = set()
     for entry in (e.strip() for e in visible_devices.split(",")):
-        if entry.isdigit():
+        if re.fullmatch(r"[0-9]{1,4}", entry):
             position = int(entry)
             if position >= len(physical):
                 break
@@ -166,7 +166,7 @@ def visible_gpus(physical: Sequence[Tuple[str, str]], visible_devices: Optional[
         seen.add(position)
         name, uuid = physical[position]
         # an index is passed on as given: the worker's CUDA reads it as this process's CUDA did
-        chosen.append(Gpu(len(chosen), name, entry if entry.isdigit() else uuid))
+        chosen.append(Gpu(len(chosen), name, entry if entry.isdecimal() and entry.isascii() else uuid))
     return chosen
 
 
@@ -195,7 +195,7 @@ def parse_gpu_list(text: str, count: int) -> List[int]:
     """
     expected = "GPU indices separated by commas, e.g. --gpus 0,1"
     entries = [entry.strip() for entry in str(text).split(",")]
-    if not all(entry.isdigit() for entry in entries):
+    if not all(re.fullmatch(r"[0-9]{1,4}", entry) for entry in entries):  # (str.isdigit takes '²', '٣'...)
         raise UserError(where="--gpus", expected=expected, received=text)
     indices = [int(entry) for entry in entries]
     if len(set(indices)) != len(indices):

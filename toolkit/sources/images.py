@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from toolkit.errors import DataWarning, UserError
+from toolkit.errors import DataWarning, UserError, carried, first_line
 from toolkit.sources.pipelines import Pipelines, epoch_shuffled
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -269,8 +269,16 @@ class ImageFiles(Pipelines):
 
         shape, mode = self.shape, self.color_mode
 
+        @carried  # raised out of tf.data by toolkit.errors.raise_carried
         def load(path: bytes) -> np.ndarray:
-            return load_image(path.decode(), shape, mode)
+            name = path.decode()
+            try:
+                return load_image(name, shape, mode)
+            except Exception as error:  # noqa: BLE001 - read in the pass before training: it changed since
+                problem = f"{type(error).__name__}: {first_line(error)}"
+                raise UserError(f"an image read in the pass before training can no longer be read ({problem})",
+                                where="data.path", expected="the images left as they were until the run ends",
+                                received=name) from None
 
         def read(path: object, label: object) -> object:
             pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, first_line
 from toolkit.results import SPLITS
 from toolkit.schema import InputSchema
 
 MAX_CLASSES_FOR_INFERENCE = 50
+MAX_BATCHES = 10_000_000  # a split's batches counted before training: a bound on an endless pipeline's pass
 
 
 def is_pipelines(data: Any) -> bool:
@@ -119,11 +120,12 @@ class UserPipelines(Pipelines):
         spec_x, spec_y = _element_spec(given["train"], "train")
         for name in given:
             if name != "train":
-                other_x, _ = _element_spec(given[name], name)
-                if tuple(other_x.shape[1:]) != tuple(spec_x.shape[1:]):
-                    raise UserError(f"the {name} batches have inputs of shape {tuple(other_x.shape[1:])} and the train "
-                                    f"batches {tuple(spec_x.shape[1:])}", where=f"data[{name!r}]",
-                                    expected="the same input shape in every split")
+                other_x, other_y = _element_spec(given[name], name)
+                for what, mine, train in (("inputs", other_x, spec_x), ("labels", other_y, spec_y)):
+                    if tuple(mine.shape[1:]) != tuple(train.shape[1:]):
+                        raise UserError(f"the {name} batches have {what} of shape {tuple(mine.shape[1:])} and the "
+                                        f"train batches {tuple(train.shape[1:])}", where=f"data[{name!r}]",
+                                        expected=f"the same {what} shape in every split")
         if any(d is None for d in spec_x.shape[1:]):
             raise UserError("the inputs' shape is not fully known", where="data['train']",
                             expected="batches whose inputs have a known shape after the batch axis",
@@ -198,6 +200,9 @@ def _element_spec(pipeline: Any, name: str) -> Tuple[Any, Any]:
         raise UserError("the batches are not (x, y) tensors", where=f"data[{name!r}]",
                         expected="(x, y) or (x, y, sample_weight) batches, x one tensor (not a dict)",
                         received=str(spec)[:200])
+    if not (spec[0].dtype.is_floating or spec[0].dtype.is_integer or spec[0].dtype.is_bool):
+        raise UserError("the inputs are not numbers", where=f"data[{name!r}]", expected="numeric inputs (ktk's "
+                        "model takes one numeric tensor)", received=f"dtype {spec[0].dtype.name}")
     if len(spec[0].shape) < 2:
         raise UserError("the batches have no batch axis", where=f"data[{name!r}]",
                         expected="batched inputs: dataset.batch(n)", received=f"inputs of shape {spec[0].shape}")
@@ -210,16 +215,47 @@ def _labels_of(pipeline: Any, name: str = "train") -> Tuple[Any, int]:
     import tensorflow as tf
 
     parts = []
-    if isinstance(pipeline, tf.data.Dataset):
-        for batch in pipeline.map(lambda *t: t[1]).as_numpy_iterator():
+    infinite = (int(pipeline.cardinality()) == int(tf.data.INFINITE_CARDINALITY)
+                if isinstance(pipeline, tf.data.Dataset) else getattr(pipeline, "num_batches", 0) is None)
+    if infinite:  # counted once before training: that pass would never end
+        raise UserError(f"the {name} pipeline never ends (repeat() or a PyDataset without a length); ktk counts "
+                        "each split once and makes the epochs itself", where=f"data[{name!r}]",
+                        expected="a finite pipeline: one epoch's batches (leave out repeat())", received="infinite")
+    where = f"data[{name!r}]"
+    if not isinstance(pipeline, tf.data.Dataset) and len(pipeline) > MAX_BATCHES:
+        raise UserError(f"the {name} pipeline has more batches than ktk counts", where=where,
+                        expected=f"at most {MAX_BATCHES:,} batches", received=len(pipeline))
+    try:
+        batches = (pipeline.map(lambda *t: t[1]).as_numpy_iterator() if isinstance(pipeline, tf.data.Dataset)
+                   else (pipeline[i][1] for i in range(len(pipeline))))
+        for batch in batches:
             parts.append(np.asarray(batch))
-    else:
-        for i in range(len(pipeline)):
-            parts.append(np.asarray(pipeline[i][1]))
+            if len(parts) > MAX_BATCHES:
+                raise UserError(f"the {name} pipeline has more batches than ktk counts (is it endless?)", where=where,
+                                expected=f"at most {MAX_BATCHES:,} batches")
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the user's code failed inside tf.data: its own last line
+        raise UserError(f"reading the {name} pipeline failed ({_python_error(error)})", where=where) from None
     if not parts:
-        raise UserError(f"the {name} pipeline is empty", where=f"data[{name!r}]", expected="at least one batch")
+        raise UserError(f"the {name} pipeline is empty", where=where, expected="at least one batch")
     labels = np.concatenate([p.reshape(len(p), -1) for p in parts])
+    if labels.dtype.kind not in "biuf":
+        raise UserError(f"the {name} labels are not numbers", where=where, expected="numeric labels (class indexes "
+                        "0..k-1, or values)", received=f"dtype {labels.dtype}")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise UserError(f"the {name} labels hold missing or infinite values", where=where,
+                        expected="finite labels", received=float(labels[~np.isfinite(labels)][0]))
     return labels, len(labels)
+
+
+def _python_error(error: BaseException) -> str:
+    """The Python error a TensorFlow error carries from a user's function (its ``Name: text`` line), else the
+    first line."""
+    import re
+
+    lines = re.findall(r"^\s*(\w+(?:Error|Exception): .*)$", str(error), re.MULTILINE)
+    return lines[0].strip() if lines else first_line(error)
 
 
 def _task_of(labels: Any, declared: str) -> Tuple[str, Optional[int], Optional[List[str]], Optional[List[int]], int]:

@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from toolkit.errors import UserError
+from toolkit.errors import UserError, carried
 from toolkit.results import SPLITS
 from toolkit.schema import NUMBER, TEXT, Column, InputSchema
 from toolkit.sources.pipelines import Pipelines, epoch_shuffled
@@ -178,6 +178,7 @@ class StreamedTable(Pipelines):
     method: str = "standard"
     stats: Dict[str, Any] = field(default_factory=dict)
     offsets: List[int] = field(default_factory=list)  # each file's first row number (counted over the files)
+    stamps: List[Tuple[int, int]] = field(default_factory=list)  # each file's (size, mtime_ns) at the one pass
 
     kind = "streamed"
 
@@ -197,11 +198,21 @@ class StreamedTable(Pipelines):
         for index in range(len(self.files)):
             yield from self._file_batches(index, split)
 
+    @carried
     def _file_batches(self, index: int, split: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """The same, of the file at `index` only (its rows numbered from its offset: the split is the same)."""
+        """The same, of the file at `index` only (its rows numbered from its offset: the split is the same).
+
+        Raises:
+            UserError: the file changed (or went) since the one pass, whose counts and statistics it would
+                contradict; raised out of tf.data by :func:`toolkit.errors.raise_carried`.
+        """
+        file = self.files[index]
+        if self.stamps and _stamp(file) != self.stamps[index]:
+            raise UserError(f"{file} changed after the pass before training (its counts and statistics would no "
+                            "longer hold)", where="data.path", expected="the files left as they were until the run "
+                            "ends", received="a missing file" if _stamp(file) is None else "another size or time")
         used = [*self.feature_columns, self.target] + ([self.key] if self.key and self.key not in
                                                          (*self.feature_columns, self.target) else [])
-        file = self.files[index]
         start = self.offsets[index] if self.offsets else 0
         for frame in _chunks(self.source, Path(file), used):
             count = len(frame)
@@ -302,6 +313,15 @@ class StreamedTable(Pipelines):
         return self._rows(SPLITS.index(name)).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
+def _stamp(file: Any) -> Optional[Tuple[int, int]]:
+    """A file's (size, modification time in ns), or None when it is gone."""
+    try:
+        status = os.stat(file)
+    except OSError:
+        return None
+    return (status.st_size, status.st_mtime_ns)
+
+
 def _label_key(value: Any) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
@@ -396,8 +416,10 @@ def load_streamed(config: Any) -> StreamedTable:
     used = [*features, data.target] + ([data.split.key] if data.split.key and data.split.key not in
                                          (*features, data.target) else [])
     offsets: List[int] = []
+    stamps = []
     for file in files:
         offsets.append(start)
+        stamps.append(_stamp(file))
         for frame in _chunks(kind, file, used):
             splits = table._splits(frame, start)
             start += len(frame)
@@ -495,6 +517,7 @@ def load_streamed(config: Any) -> StreamedTable:
     table.center, table.scale = center, np.where(scale > 0, scale, 1.0)
     table.counts = dict(zip(SPLITS, counts))
     table.offsets = offsets
+    table.stamps = stamps
     if table.class_names is not None:
         table.class_counts = [train_targets.get(name, 0) for name in table.class_names]
     table.__post_init__()

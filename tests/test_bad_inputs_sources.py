@@ -1,0 +1,129 @@
+"""Data sources attacked: files changed after the pass before training, and the images and streamed-table inputs
+that must each end in one message (never a TensorFlow traceback)."""
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import REPO
+from toolkit.config import parse_config
+from toolkit.errors import UserError
+
+sys.path.insert(0, str(REPO / "tests"))
+from test_images import write_folder  # noqa: E402
+from test_streaming import shards  # noqa: E402
+
+
+def _after_first_epoch(action):
+    import keras
+
+    class Change(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                action()
+    return Change()
+
+
+def _run(tmp_path, data, change):
+    from toolkit import run
+
+    config = parse_config({"name": "changed", "data": data, "model": {"hidden": [4]},
+                           "training": {"epochs": 3, "batch_size": 32}})
+    with pytest.raises(UserError) as caught:
+        run(config, out_dir=tmp_path / "run", verbose=0, callbacks=[_after_first_epoch(change)])
+    return str(caught.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["delete", "truncate"])
+def test_a_shard_changed_during_training_is_one_message_naming_it(tmp_path, change):
+    folder = shards(tmp_path / "shards", count=2, n=200)
+    shard = folder / "part-1.csv"
+
+    def act():
+        if change == "delete":
+            shard.unlink()
+        else:
+            shard.write_text(shard.read_text().splitlines()[0] + "\n1,0.5,3,x,1\n")
+
+    message = _run(tmp_path, {"source": "csv", "path": str(folder), "target": "y", "features": ["a", "b", "c"]}, act)
+    assert str(shard) in message and "changed after the pass before training" in message, message
+    assert "Traceback" not in message and "tensorflow" not in message.lower()
+
+
+@pytest.mark.slow
+def test_an_image_deleted_during_training_is_one_message_naming_it(tmp_path):
+    folder = write_folder(tmp_path / "imgs", per_class=6)
+    gone = []
+
+    def act():  # every image of a class: some are in the training split, read again next epoch
+        for path in sorted((folder / "a").iterdir()):
+            path.unlink()
+            gone.append(str(path))
+
+    message = _run(tmp_path, {"source": "images", "path": str(folder), "cache": "none"}, act)
+    assert "can no longer be read" in message and any(path in message for path in gone), message
+    assert "Traceback" not in message
+
+
+def _pipelines(case):
+    import keras
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((64, 3)).astype("float32")
+    y = (x[:, 0] > 0.5).astype("int64")
+
+    def batches(x, y):
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    class Endless(keras.utils.PyDataset):
+        num_batches = None
+
+        def __getitem__(self, i):
+            return x[:16], y[:16]
+
+    class Huge(keras.utils.PyDataset):
+        def __len__(self):
+            return 10 ** 12
+
+        def __getitem__(self, i):
+            return x[:16], y[:16]
+
+    def broken():
+        yield x[:16], y[:16]
+        raise ValueError("the user's generator broke")
+
+    spec = (tf.TensorSpec((None, 3)), tf.TensorSpec((None,), tf.int64))
+    return {
+        "repeat": lambda: (batches(x, y).repeat(), batches(x, y)),
+        "endless": lambda: (batches(x, y), Endless()),
+        "huge": lambda: (Huge(), batches(x, y)),
+        "labels": lambda: (batches(x, y), batches(x, np.stack([y, y], 1))),
+        "text labels": lambda: (batches(x, y.astype(str)), batches(x, y)),
+        "text inputs": lambda: (batches(x.astype(str), y), batches(x, y)),
+        "nan labels": lambda: (batches(x, x[:, 0] * np.nan), batches(x, x[:, 0])),
+        "broken": lambda: (tf.data.Dataset.from_generator(broken, output_signature=spec), batches(x, y)),
+    }[case]()
+
+
+@pytest.mark.slow  # (imports TensorFlow; trains nothing)
+@pytest.mark.parametrize("case, message", [
+    ("repeat", r"data\['train'\]: the train pipeline never ends"),
+    ("endless", r"data\['validation'\]: the validation pipeline never ends"),
+    ("huge", r"data\['train'\]: the train pipeline has more batches than ktk counts"),
+    ("labels", r"data\['validation'\]: the validation batches have labels of shape \(2,\) and the train batches \(\)"),
+    ("text labels", r"data\['train'\]: the train labels are not numbers"),
+    ("text inputs", r"data\['train'\]: the inputs are not numbers"),
+    ("nan labels", r"data\['train'\]: the train labels hold missing or infinite values"),
+    ("broken", r"data\['train'\]: reading the train pipeline failed \(ValueError: the user's generator broke\)\.$"),
+])
+def test_user_pipelines_of_any_shape_are_one_message_and_never_hang(tmp_path, case, message):
+    from toolkit import run
+
+    config = parse_config({"name": "p", "data": {"source": "python"}, "model": {"hidden": [4]},
+                           "training": {"epochs": 1}})
+    with pytest.raises(UserError, match=message):
+        run(config, data=_pipelines(case), out_dir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
