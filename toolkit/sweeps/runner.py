@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from toolkit.errors import UserError
 from toolkit.sweeps.formatting import last_line, shorten
@@ -45,16 +45,22 @@ def run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
     """
     try:
         return _run_trial_task(task, data)
-    except UserError as error:
-        return {"status": FAILED, "message": f"invalid configuration: {error}"}
-    except MemoryError:
-        return {"status": FAILED, "message": "out of memory (MemoryError)"}
     except Exception as error:  # a trial's crash is recorded with its reason; the sweep goes on
-        name = type(error).__name__
-        text = last_line(str(error)) or name
-        if name == "ResourceExhaustedError" or "OOM" in text:
-            text = f"out of memory: {text}"
-        return {"status": FAILED, "message": f"{name}: {shorten(text, 300)}", "traceback": traceback.format_exc()}
+        return failure_outcome(error)
+
+
+def failure_outcome(error: BaseException) -> Dict[str, Any]:
+    """The outcome of a trial that raised `error`: failed, with its reason (and traceback when unexpected)."""
+    if isinstance(error, UserError):
+        return {"status": FAILED, "message": f"invalid configuration: {error}"}
+    if isinstance(error, MemoryError):
+        return {"status": FAILED, "message": "out of memory (MemoryError)"}
+    name = type(error).__name__
+    text = last_line(str(error)) or name
+    if name == "ResourceExhaustedError" or "OOM" in text:
+        text = f"out of memory: {text}"
+    return {"status": FAILED, "message": f"{name}: {shorten(text, 300)}",
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))}
 
 
 def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
@@ -62,11 +68,9 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
 
     from toolkit import training
     from toolkit.config import parse_config
-    from toolkit.metrics import best_index
     from toolkit.results import history_logger
 
     config = parse_config(task["config"], source=task["source"])
-    objective, direction = task["objective"]
     executions = []
     fit_seconds = 0.0
     for execution in range(task["executions"]):
@@ -87,7 +91,25 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         fit_started = time.perf_counter()
         training.fit(model, config, data, callbacks=callbacks, verbose=task["verbose"], keep_best=False)
         fit_seconds += time.perf_counter() - fit_started
-        history = logger.history
+        executions.append((logger.history, int(model.count_params())))
+        failed = trial_outcome(executions[-1:], task)
+        if failed["status"] != COMPLETED:
+            return failed  # (later executions are not run)
+    outcome = trial_outcome(executions, task)
+    if outcome["status"] == COMPLETED:
+        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
+        outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb())
+    return outcome
+
+
+def trial_outcome(executions: Sequence[Tuple[Dict[str, List[float]], int]], task: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial's outcome from the (history, parameter count) of each execution: the score at the objective's
+    best epoch (mean over executions), or why it failed (a non-finite loss, a missing objective)."""
+    from toolkit.metrics import best_index
+
+    objective, direction = task["objective"]
+    results = []
+    for history, params in executions:
         losses = history.get("loss", [])
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         if bad is not None or not losses:
@@ -101,27 +123,24 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         best = best_index(series, direction)
         if not math.isfinite(series[best]):
             return {"status": FAILED, "message": f"{objective} was never finite (diverged)"}
-        executions.append({
+        results.append({
             "score": series[best],
             "train": {k: history[k][best] for k in history if not k.startswith("val_")},
             "validation": {k[4:]: history[k][best] for k in history if k.startswith("val_")},
             "epochs": len(losses),
             "best_epoch": best + 1,
-            "params": int(model.count_params()),
+            "params": params,
         })
-    first = executions[0]
+    first = results[0]
     return {
         "status": COMPLETED,
         # like keras-tuner: the score of a trial is the mean over its executions
-        "score": _mean([e["score"] for e in executions]),
-        "train": {k: _mean([e["train"][k] for e in executions]) for k in first["train"]},
-        "validation": {k: _mean([e["validation"][k] for e in executions]) for k in first["validation"]},
+        "score": _mean([e["score"] for e in results]),
+        "train": {k: _mean([e["train"][k] for e in results]) for k in first["train"]},
+        "validation": {k: _mean([e["validation"][k] for e in results]) for k in first["validation"]},
         "epochs": first["epochs"],
         "best_epoch": first["best_epoch"],
         "params": first["params"],
-        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
-        "fit_s": round(fit_seconds, 4),
-        "rss_mb": rss_mb(),
     }
 
 
