@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from toolkit.errors import UserError
+from toolkit.sweeps.packing import PACK_MEMORY_BUDGET_MB, member_memory_bytes, split_by_memory
 
 
 def run_pack_tasks(tasks: Sequence[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -63,7 +63,8 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
 
     from toolkit import training
     from toolkit.config import parse_config
-    from toolkit.sweeps.runner import failure_outcome, run_trial_task, trial_outcome
+    from toolkit.sweeps.records import COMPLETED
+    from toolkit.sweeps.runner import failure_outcome, rss_mb, run_trial_task, trial_outcome
 
     keras.backend.clear_session(free_memory=tasks[0].get("free_memory", True))
     outcomes: List[Optional[Dict[str, Any]]] = [None] * len(tasks)
@@ -83,16 +84,33 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             for member in members:
                 outcomes[member.index] = run_trial_task(member.task, member.data)
         else:
-            started = time.perf_counter()
-            _fit_members(members, verbose=tasks[0].get("verbose", 0))
-            fit_seconds = (time.perf_counter() - started) / len(members)
-            for member in members:
-                outcome = trial_outcome([member.result], member.task)
-                if outcome.get("status") != "failed":
-                    outcome["fit_s"] = round(fit_seconds, 4)
-                outcome["pack"] = len(members)
-                outcomes[member.index] = outcome
+            budget = PACK_MEMORY_BUDGET_MB * 2**20
+            for chunk in split_by_memory([_memory_bytes(m) for m in members], budget):
+                pack = [members[i] for i in chunk]
+                started = time.perf_counter()
+                _fit_members(pack, verbose=tasks[0].get("verbose", 0))
+                fit_seconds = (time.perf_counter() - started) / len(pack)
+                for member in pack:
+                    outcome = trial_outcome([member.result], member.task)
+                    if outcome["status"] == COMPLETED:
+                        # as a lone trial's (benchmarks): its share of the time in fit, the process's memory
+                        outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
+                    outcomes[member.index] = outcome
     return outcomes
+
+
+def _memory_bytes(member: "_Member") -> int:
+    """A member's estimated memory (:func:`toolkit.sweeps.packing.member_memory_bytes`)."""
+    from toolkit import training
+
+    activations = 0
+    for layer in member.model.layers:  # a functional model: every layer's output is a symbolic tensor
+        size = 1
+        for dim in layer.output.shape[1:]:
+            size *= int(dim or 1)
+        activations += size
+    return member_memory_bytes(int(member.model.count_params()), training.batch_size(member.config, member.data),
+                               activations)
 
 
 class _Member:

@@ -185,6 +185,12 @@ class InlineRunner:
     def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         return run_trial_task(task, data)
 
+    def run_pack(self, tasks: Sequence[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Trains several trials together (:mod:`toolkit.sweeps.packed`); one outcome per task."""
+        from toolkit.sweeps.packed import run_pack_tasks
+
+        return run_pack_tasks(tasks, datasets)
+
     def close(self, now: bool = False) -> None:
         pass
 
@@ -226,17 +232,26 @@ class ProcessRunner:
             self.spare = self._start()
 
     def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+        return self._run(("trial", task), 1, {task["data_key"]: data})
+
+    def run_pack(self, tasks: Sequence[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Trains several trials together in the worker (:mod:`toolkit.sweeps.packed`); one outcome per task."""
+        outcome = self._run(("pack", list(tasks)), len(tasks), datasets)
+        return outcome if isinstance(outcome, list) else [dict(outcome) for _ in tasks]
+
+    def _run(self, message: Any, trials: int, datasets: Dict[str, Any]) -> Any:
         if self.current is None:
             self.current, self.spare = self.spare or self._start(), None
         worker = self.current
         try:
-            if task["data_key"] not in worker.data_keys:
-                worker.connection.send(("data", task["data_key"], data))
-                worker.data_keys.add(task["data_key"])
-            worker.connection.send(("trial", task))
+            for key, data in datasets.items():
+                if key not in worker.data_keys:
+                    worker.connection.send(("data", key, data))
+                    worker.data_keys.add(key)
+            worker.connection.send(message)
         except (BrokenPipeError, OSError):
             pass  # the worker is gone: reported below
-        worker.trials += 1
+        worker.trials += trials
         if worker.trials >= self.limit and self.spare is None:
             self.spare = self._start()
         outcome = worker.wait()
@@ -322,8 +337,13 @@ def trial_process_main(connection: Any) -> None:
         if message[0] == "data":
             datasets[message[1]] = message[2]
             continue
-        task = message[1]
-        outcome = run_trial_task(task, datasets[task["data_key"]])
+        if message[0] == "pack":
+            from toolkit.sweeps.packed import run_pack_tasks
+
+            outcome: Any = run_pack_tasks(message[1], datasets)
+        else:
+            task = message[1]
+            outcome = run_trial_task(task, datasets[task["data_key"]])
         sys.stdout.flush()
         try:
             connection.send(outcome)
