@@ -74,6 +74,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             config = parse_config(task["config"], source=task["source"])
             data = datasets[task["data_key"]]
             model = training.prepare_model(config, data, seed=config.seed)  # exactly as the lone trial
+            build_training_state(model, data)
         except Exception as error:  # this trial fails alone (as it would alone)
             outcomes[index] = failure_outcome(error)
             continue
@@ -97,6 +98,22 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                         outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
                     outcomes[member.index] = outcome
     return outcomes
+
+
+def build_training_state(model: Any, data: Any) -> None:
+    """Creates a compiled model's optimizer and metric variables now, outside any traced function.
+
+    Otherwise they are created while ``fit`` traces its train function, and a ``tf.function`` that creates
+    variables is traced twice: a pack's train step is traced once instead (its tracing, about a millisecond
+    per graph op, is most of a pack's overhead). Runs the model on one row with ``training=False``: no
+    dropout seed is drawn and no statistics are updated, so training goes on exactly as without it.
+    """
+    x, y = data.x_train[:1], data.y_train[:1]
+    y_pred = model(x, training=False)
+    model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    model.compute_metrics(x, y, y_pred, sample_weight=None)
+    model.optimizer.build(model.trainable_variables)
+    model.reset_metrics()
 
 
 def _memory_bytes(member: "_Member") -> int:
@@ -153,10 +170,14 @@ def _fit_members(members: List[_Member], verbose: int = 0) -> None:
         member.logger = history_logger(Path(member.task["history_dir"]) / f"{member.task['trial_id']}.csv")
         member.callbacks = keras.callbacks.CallbackList(
             [member.logger, stop_on_nan_class()(), *_early_stopping(member.config)], model=member.model)
+    steps = math.ceil(len(members[0].data.y_train) / training.batch_size(members[0].config, members[0].data))
     packed = packed_model_class()([m.model for m in members], [keys.index(m.task["data_key"]) for m in members],
-                                  [m.config.training.epochs for m in members], [m.callbacks for m in members])
-    spe = members[0].model.steps_per_execution
-    packed.compile(optimizer=None, steps_per_execution=spe, jit_compile=False)
+                                  [m.config.training.epochs for m in members], [m.callbacks for m in members],
+                                  steps)
+    # One step per call: Keras' multi-step loop (a while loop with optional inputs) traces the step twice, and
+    # tracing, not running, is what a pack of small models spends its time on. Each member's callbacks still
+    # see the batches a lone trial's callbacks see (every steps_per_execution steps, and the epoch's last).
+    packed.compile(optimizer=None, steps_per_execution=1, jit_compile=False)
     packed.fit(train, validation_data=validation, epochs=max(m.config.training.epochs for m in members),
                callbacks=[training.epoch_setter(epoch), packed.dispatcher()], verbose=verbose, shuffle=False)
     for member in members:
@@ -218,14 +239,16 @@ def packed_model_class() -> type:
 
         Args:
             members: compiled Keras models (each with its own optimizer, loss and metrics).
+            steps_per_epoch: batches in one epoch (the same for every member).
             data_index: for each member, its place in the tuple of data sets each batch holds.
             epochs: for each member, its number of epochs.
             callbacks: for each member, its ``keras.callbacks.CallbackList`` (set to the member).
         """
 
         def __init__(self, members: Sequence[Any], data_index: Sequence[int], epochs: Sequence[int],
-                     callbacks: Sequence[Any]):
+                     callbacks: Sequence[Any], steps_per_epoch: int):
             super().__init__(name="pack")
+            self._steps_per_epoch = steps_per_epoch
             self.members = list(members)
             self._data_index = list(data_index)
             self._epochs = list(epochs)
@@ -274,6 +297,9 @@ def packed_model_class() -> type:
             stopped = []
             for i in self.training_members:
                 self._last_logs[i] = split[i]
+                every = int(self.members[i].steps_per_execution)
+                if (batch + 1) % every and batch + 1 != self._steps_per_epoch:
+                    continue  # alone, its callbacks hear of this step with the others of its execution
                 self._member_callbacks[i].on_train_batch_end(batch, split[i])
                 if self.members[i].stop_training:  # a non-finite loss: no more steps, still validated
                     stopped.append(i)
