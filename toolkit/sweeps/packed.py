@@ -121,11 +121,12 @@ def _memory_bytes(member: "_Member") -> int:
     from toolkit import training
 
     activations = 0
-    for layer in member.model.layers:  # a functional model: every layer's output is a symbolic tensor
-        size = 1
-        for dim in layer.output.shape[1:]:
-            size *= int(dim or 1)
-        activations += size
+    for layer in member.model.layers:  # a functional model: a layer's output is a symbolic tensor (or several)
+        for output in layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]:
+            size = 1
+            for dim in output.shape[1:]:
+                size *= int(dim or 1)
+            activations += size
     return member_memory_bytes(int(member.model.count_params()), training.batch_size(member.config, member.data),
                                activations)
 
@@ -139,6 +140,8 @@ class _Member:
         self.config = config
         self.data = data
         self.model = model
+        self.logger: Any = None  # its history file's callback
+        self.callbacks: Any = None  # its keras.callbacks.CallbackList, set to its model
         self.result: Any = None  # (history, params) once trained
 
 
