@@ -169,3 +169,31 @@ def test_tune_with_pack_writes_what_pack_off_writes(tmp_path):
         histories[pack] = {p.name: p.read_text() for p in (out / "histories").iterdir()}
     assert tables[3] == tables["off"]
     assert histories[3] == histories["off"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuner, extra", [
+    ("grid", {}),
+    ("hyperband", {"factor": 2}),
+    ("quasi_random", {"max_trials": 5}),
+    ("bayesian", {"max_trials": 4, "num_initial_points": 2}),
+])
+def test_every_tuner_packs_and_ends_every_trial_once(tmp_path, tuner, extra):
+    import json
+
+    from helpers import IRIS_SWEEP
+    from toolkit.sweeps import tune
+
+    space = {"training.optimizer.learning_rate": {"choice": [0.01, 0.02, 0.05, 0.1]},
+             "model.dropout": {"choice": [0.0, 0.2]}}
+    config = parse_config(dict(IRIS_SWEEP, training=dict(IRIS_SWEEP["training"], epochs=3), search={
+        "tuner": tuner, "objective": "val_accuracy", "pack": 4, "trials_per_process": "inline", "space": space,
+        **extra}))
+    result = tune(config, out_dir=tmp_path / "sweep")
+    assert result.completed == result.planned == len(result.trials)
+    oracle = json.loads((tmp_path / "sweep" / "tuner" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {} and len(oracle["end_order"]) == result.planned
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "records").glob("*.json")]
+    assert max(r.get("pack", 1) for r in records) > 1
+    if tuner == "hyperband":  # a pack never mixes rounds: its members share tuner/epochs
+        assert all(r["epochs"] == r["values"]["training.epochs"] for r in records)
