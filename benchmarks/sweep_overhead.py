@@ -6,7 +6,11 @@ fixed epochs, no early stopping), each in a fresh Python process:
 - ``plain``: a hand-written keras-tuner script (RandomSearch, a HyperModel building the same MLP, and
   ``model.fit`` on NumPy arrays), the way the keras-tuner guide writes one;
 - ``inline``: ``ktk tune`` with ``trials_per_process: inline`` (trials in the ktk process);
-- ``process``: ``ktk tune`` as by default (trials in a worker process replaced every 10 trials).
+- ``process``: ``ktk tune`` as by default (trials in a worker process replaced every 10 trials, ``pack: off``);
+- ``packed``: the same with ``search.pack: auto`` (trials trained together in packs, toolkit/sweeps/packed.py).
+
+With ``--fixed-batch`` the batch size is not searched (it is the one thing in this space that keeps trials
+from sharing a pack). Each row also gives trials per minute of the search and the best validation accuracy.
 
 Reported per sweep: wall time of the search, time inside ``fit``, their difference per trial (the overhead:
 building, compiling, keras-tuner's bookkeeping, ktk's records, process start-up and data transfer), and the
@@ -17,6 +21,7 @@ not part of the search and is not timed.
 
     PYTHONPATH=$PWD python benchmarks/sweep_overhead.py                 # 50 trials, 3 epochs
     PYTHONPATH=$PWD python benchmarks/sweep_overhead.py --trials 10 --modes plain,process
+    PYTHONPATH=$PWD python benchmarks/sweep_overhead.py --trials 32 --epochs 5 --modes plain,process,packed --fixed-batch
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ SPACE = {
 }
 
 
-def base_config(trials: int, epochs: int, trials_per_process: Any) -> Dict[str, Any]:
+def space(fixed_batch: bool) -> Dict[str, Any]:
+    return {k: v for k, v in SPACE.items() if not (fixed_batch and k == "training.batch_size")}
+
+
+def base_config(trials: int, epochs: int, trials_per_process: Any, pack: Any = "off",
+                fixed_batch: bool = False) -> Dict[str, Any]:
     return {
         "name": "sweep-overhead",
         "seed": SEED,
@@ -53,7 +63,7 @@ def base_config(trials: int, epochs: int, trials_per_process: Any) -> Dict[str, 
         "model": {"hidden": [128, 64], "activation": "relu"},
         "training": {"optimizer": {"name": "adam", "learning_rate": 1.0e-3}, "batch_size": 64, "epochs": epochs},
         "search": {"tuner": "random", "objective": "val_accuracy", "max_trials": trials,
-                   "trials_per_process": trials_per_process, "space": SPACE},
+                   "trials_per_process": trials_per_process, "pack": pack, "space": space(fixed_batch)},
     }
 
 
@@ -88,7 +98,7 @@ def tree_rss_mb() -> float:
 # ------------------------------------------------------------------------------------ the sweeps
 
 
-def run_plain(trials: int, epochs: int, workdir: Path) -> Dict[str, Any]:
+def run_plain(trials: int, epochs: int, workdir: Path, fixed_batch: bool = False) -> Dict[str, Any]:
     """The hand-written keras-tuner script (with the data ktk would use, for the same work per trial)."""
     import keras
     import keras_tuner
@@ -123,7 +133,7 @@ def run_plain(trials: int, epochs: int, workdir: Path) -> Dict[str, Any]:
             return model
 
         def fit(self, hp, model, *args, **kwargs):
-            batch_size = hp.Choice("training.batch_size", [32, 64, 128])
+            batch_size = 64 if fixed_batch else hp.Choice("training.batch_size", [32, 64, 128])
             started = time.perf_counter()
             history = model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs,
                                 validation_data=(data.x_val, data.y_val), **kwargs)
@@ -140,14 +150,17 @@ def run_plain(trials: int, epochs: int, workdir: Path) -> Dict[str, Any]:
                   project_name="plain", overwrite=True)
     tuner.search(verbose=0)
     wall = time.perf_counter() - started
-    return {"wall_s": wall, "fit_s": sum(fit_times), "trials": len(fit_times), "rss_mb": memory}
+    best = tuner.oracle.get_best_trials(1)
+    return {"wall_s": wall, "fit_s": sum(fit_times), "trials": len(fit_times), "rss_mb": memory,
+            "best": best[0].score if best else None}
 
 
-def run_ktk(trials: int, epochs: int, workdir: Path, trials_per_process: Any) -> Dict[str, Any]:
+def run_ktk(trials: int, epochs: int, workdir: Path, trials_per_process: Any, pack: Any = "off",
+            fixed_batch: bool = False) -> Dict[str, Any]:
     from toolkit.config import parse_config
     from toolkit.sweeps import read_trials, tune
 
-    config = parse_config(base_config(trials, epochs, trials_per_process))
+    config = parse_config(base_config(trials, epochs, trials_per_process, pack, fixed_batch))
     main_memory: List[float] = []
     search_end: List[float] = []
 
@@ -164,8 +177,9 @@ def run_ktk(trials: int, epochs: int, workdir: Path, trials_per_process: Any) ->
     tune(config, out_dir=workdir / "sweep", progress=progress)
     wall = search_end[0] - started
     records = read_trials(workdir / "sweep")
+    scores = [r["score"] for r in records if r.get("status") == "completed"]
     return {"wall_s": wall, "fit_s": sum(r.get("fit_s", 0.0) for r in records), "trials": len(records),
-            "rss_mb": tree_memory, "main_rss_mb": main_memory}
+            "rss_mb": tree_memory, "main_rss_mb": main_memory, "best": max(scores) if scores else None}
 
 
 # ------------------------------------------------------------------------------------- reporting
@@ -188,6 +202,8 @@ def summarize(name: str, result: Dict[str, Any]) -> Dict[str, Any]:
         "trials": result["trials"],
         "wall_s": round(result["wall_s"], 2),
         "fit_s": round(result["fit_s"], 2),
+        "trials_per_min": round(60 * result["trials"] / result["wall_s"], 1),
+        "best_val_accuracy": None if result.get("best") is None else round(result["best"], 4),
         "overhead_per_trial_s": round((result["wall_s"] - result["fit_s"]) / max(1, result["trials"]), 3),
         "rss_growth_mb_per_trial": round(slope(memory[skip:]), 3),
         "rss_first_mb": round(memory[0], 1) if memory else None,
@@ -204,6 +220,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--modes", default="plain,inline,process")
+    parser.add_argument("--fixed-batch", action="store_true", help="do not search the batch size")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one mode in this process
     args = parser.parse_args()
@@ -211,9 +228,10 @@ def main() -> None:
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             if args.one == "plain":
-                result = run_plain(args.trials, args.epochs, Path(tmp))
+                result = run_plain(args.trials, args.epochs, Path(tmp), args.fixed_batch)
             else:
-                result = run_ktk(args.trials, args.epochs, Path(tmp), "inline" if args.one == "inline" else 10)
+                result = run_ktk(args.trials, args.epochs, Path(tmp), "inline" if args.one == "inline" else 10,
+                                 "auto" if args.one == "packed" else "off", args.fixed_batch)
         print("RESULT " + json.dumps(result))
         return
 
@@ -221,7 +239,8 @@ def main() -> None:
     for mode in args.modes.split(","):
         print(f"running {mode}: {args.trials} trials of {args.epochs} epochs ...", flush=True)
         done = subprocess.run([sys.executable, __file__, "--one", mode, "--trials", str(args.trials),
-                               "--epochs", str(args.epochs)], capture_output=True, text=True, env=os.environ)
+                               "--epochs", str(args.epochs), *(["--fixed-batch"] if args.fixed_batch else [])],
+                              capture_output=True, text=True, env=os.environ)
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if done.returncode != 0 or not lines:
             sys.exit(f"{mode} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

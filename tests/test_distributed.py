@@ -505,3 +505,20 @@ def test_workers_nest_their_trials_under_the_chief_s_mlflow_run(sweeps, sweep_co
     assert set(trials["tags.mlflow.parentRunId"]) == {parent}
     best = runs[runs["tags.ktk.kind"] == "best"]
     assert len(best) == 1 and best.iloc[0]["tags.best"] == "true" and best.iloc[0]["tags.mlflow.parentRunId"] == parent
+
+
+@pytest.mark.slow
+def test_two_workers_train_packs_and_every_trial_is_ended_once(sweeps, sweep_config, tmp_path):
+    # search.pack: each worker takes its trials in groups (its extra trials under ids "<worker>+pack<k>",
+    # booked as the worker's), trains them together and reports each; the chief still exits when all are done.
+    sweep = sweeps(sweep_config, "--workers", "2", "--set", "search.max_trials=6", "--set", "search.pack=3",
+                   cwd=tmp_path)
+    assert sweep.wait(240) == 0, sweep.text()
+    rows = _trials(sweep.out)
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2", "3", "4", "5"]
+    assert {r["status"] for r in rows} == {"completed"}
+    assert {r["worker"] for r in rows} <= {"tuner0", "tuner1"}
+    oracle = _oracle(sweep.out)
+    assert oracle["ongoing_trials"] == {} and sorted(oracle["end_order"]) == ["0", "1", "2", "3", "4", "5"]
+    records = [json.loads(p.read_text()) for p in (sweep.out / "records").glob("*.json")]
+    assert any(r.get("pack", 1) > 1 for r in records)  # some trials did train together

@@ -30,6 +30,8 @@ from toolkit.errors import InvalidValue, UserError, quote_hint, show
 from toolkit.metrics import best_index, direction_of, is_better
 
 TUNERS = ("random", "grid", "bayesian", "hyperband", "quasi_random")
+PACK_WORDS = ("auto", "off")  # search.pack: one of these, or a number of trials (toolkit.sweeps.packing)
+DEFAULT_PACK = "off"
 SEQUENCES = ("halton", "sobol")
 
 # `model.depth` is not a config key: it sets the number of hidden Dense layers by cutting
@@ -38,7 +40,7 @@ DEPTH_PATH = "model.depth"
 MAX_DEPTH = 1000  # hidden layers model.depth may ask for
 
 # Settings that may change when a sweep is resumed (they do not change what a trial means).
-RESUMABLE_KEYS = ("max_trials", "retrain_top", "trials_per_process", "max_consecutive_failures")
+RESUMABLE_KEYS = ("max_trials", "retrain_top", "trials_per_process", "max_consecutive_failures", "pack")
 
 DEFAULT_MAX_TRIALS = 10  # for the tuners that do not plan their own number of trials
 MAX_GRID = 1_000_000  # combinations a grid may have when search.max_trials does not cap it
@@ -238,6 +240,7 @@ class SearchSpec:
     sequence: str = "halton"
     num_initial_points: Optional[int] = None
     base_epochs: int = 1  # training.epochs of the base config (hyperband's max_epochs)
+    pack: Union[str, int] = DEFAULT_PACK  # "auto", "off" or K: trials trained together (toolkit.sweeps.packing)
 
     @property
     def paths(self) -> List[str]:
@@ -279,7 +282,7 @@ class SearchSpec:
                              self.max_consecutive_failures, self.retrain_top, self.trials_per_process,
                              {"factor": self.factor, "hyperband_iterations": self.hyperband_iterations,
                               "sequence": self.sequence, "num_initial_points": self.num_initial_points},
-                             self.space)
+                             self.space, self.pack)
 
     def identity(self) -> Dict[str, Any]:
         """What must stay the same for a sweep to be resumed: everything but :data:`RESUMABLE_KEYS`."""
@@ -291,14 +294,18 @@ class SearchSpec:
 
 def _section_dict(tuner: str, objective: Objective, max_trials: Optional[int], executions: int,
                   seed: Optional[int], failures: int, retrain_top: int, trials_per_process: Optional[int],
-                  tuner_options: Mapping[str, Any], space: Sequence[Param]) -> Dict[str, Any]:
-    """The search section as plain data, defaults filled in (a seed of None: the config's own)."""
+                  tuner_options: Mapping[str, Any], space: Sequence[Param],
+                  pack: Union[str, int] = DEFAULT_PACK) -> Dict[str, Any]:
+    """The search section as plain data, defaults filled in (a seed of None: the config's own; pack only when
+    it is not the default, so that configs written before it existed read the same)."""
     out: Dict[str, Any] = {"tuner": tuner, "objective": objective.to_dict(), "max_trials": max_trials,
                            "executions_per_trial": executions}
     if seed is not None:
         out["seed"] = seed
     out.update({"max_consecutive_failures": failures, "retrain_top": retrain_top,
                 "trials_per_process": "inline" if trials_per_process is None else trials_per_process})
+    if pack != DEFAULT_PACK:
+        out["pack"] = pack
     for key, value in tuner_options.items():
         if tuner == _ONLY_FOR[key] and value is not None:
             out[key] = value
@@ -564,6 +571,7 @@ class SearchConfig(_Schema):
     hyperband_iterations: int = 1  # hyperband
     sequence: str = "halton"  # quasi_random
     num_initial_points: Optional[int] = None  # bayesian
+    pack: Union[int, str] = DEFAULT_PACK  # auto | off | K (toolkit.sweeps.packing)
     space: Optional[Dict[str, ParamSpec]] = None
 
     _params: Tuple[Param, ...] = PrivateAttr(default=())
@@ -607,6 +615,18 @@ class SearchConfig(_Schema):
     @classmethod
     def _trials_per_process(cls, value: Any) -> Any:
         return value if value == "inline" else _positive_int(value, also="or 'inline' (trials run in this process)")
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, value: Any) -> Any:
+        if value is False:  # YAML reads an unquoted off as false
+            return "off"
+        if isinstance(value, str):
+            if value not in PACK_WORDS:
+                raise InvalidValue(expected="auto, off, or a number of trials to train together",
+                                   received=value, choices=PACK_WORDS)
+            return value
+        return _positive_int(value, also="(trials trained together), auto or off")
 
     @field_validator("seed", mode="before")
     @classmethod
@@ -676,7 +696,7 @@ class SearchConfig(_Schema):
                              None if self.trials_per_process == "inline" else self.trials_per_process,
                              {"factor": self.factor, "hyperband_iterations": self.hyperband_iterations,
                               "sequence": self.sequence, "num_initial_points": self.num_initial_points},
-                             self.params)
+                             self.params, self.pack)
 
 
 def _check_space(params: Dict[str, Param], tuner: str, max_trials: Optional[int]) -> Tuple[Param, ...]:
@@ -797,6 +817,7 @@ def parse_search(config: Any) -> SearchSpec:
         sequence=section.sequence,
         num_initial_points=section.num_initial_points,
         base_epochs=config.training.epochs,
+        pack=section.pack,
     )
 
 

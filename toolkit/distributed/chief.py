@@ -228,6 +228,10 @@ class Chief:
                     continue
                 trial = self.oracle.ongoing_trials.pop(worker_id, None)
                 self.oracle.tuner_ids.discard(worker_id)
+                for pack_id in [i for i in self.oracle.ongoing_trials if compat.pack_owner(i) == worker_id]:
+                    # the trials it took to train in packs go back too
+                    compat.retry_queue(self.oracle).append(self.oracle.ongoing_trials.pop(pack_id).trial_id)
+                    self.oracle.tuner_ids.discard(pack_id)
                 if trial is not None:
                     compat.retry_queue(self.oracle).append(trial.trial_id)
                     self.oracle.save()
@@ -355,11 +359,18 @@ def servicer_class() -> type:
             chief, tuner_id = self.chief, request.tuner_id
             oracle = chief.oracle
             with chief.lock:
-                book = chief.touch(tuner_id)
+                # A worker training packs (search.pack) takes its extra trials under ids of its own, booked
+                # as the worker's: they live and die with it, and only its own id is told to stop.
+                owner = compat.pack_owner(tuner_id)
+                book = chief.touch(owner)
                 if chief.halt_message is not None and tuner_id not in oracle.ongoing_trials:
                     trial = Trial(oracle.get_space(), status=TrialStatus.STOPPED)
                 else:
                     trial = oracle.create_trial(tuner_id)
+                if owner != tuner_id:
+                    if trial.status == TrialStatus.STOPPED:
+                        oracle.tuner_ids.discard(tuner_id)
+                    return service.CreateTrialResponse(trial=trial.to_proto())
                 book.told_to_stop = trial.status == TrialStatus.STOPPED
                 if book.told_to_stop:
                     chief.stop_triggered = True

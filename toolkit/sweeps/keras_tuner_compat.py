@@ -230,6 +230,51 @@ def end_recorded_trial(oracle: Any, trial_id: str, objective: str, score: Option
     return True
 
 
+# ------------------------------------------------------------------------------------- packed trials
+
+PACK_ID_SEPARATOR = "+pack"  # the tuner id of a tuner's k-th extra trial: "<tuner id>+pack<k>"
+
+
+def take_trials(oracle: Any, tuner_id: str, count: int) -> List[Any]:
+    """Up to `count` more trials for a tuner that trains several at once (``search.pack``).
+
+    keras-tuner's ``Oracle.create_trial(tuner_id)`` gives each tuner id one ongoing trial (and gives it again
+    while it runs), as it does for distributed workers; so each extra trial is created under an id of its
+    own, ``<tuner id>+pack<k>``. Stops at the first answer that is not a trial to run: the search is over
+    (STOPPED), or the oracle waits for running trials (IDLE: a Hyperband round, or a tuner that needs results).
+    """
+    from keras_tuner.engine.trial import TrialStatus
+
+    trials = []
+    for number in range(1, count + 1):
+        trial = oracle.create_trial(f"{tuner_id}{PACK_ID_SEPARATOR}{number}")
+        if trial.status != TrialStatus.RUNNING:
+            break
+        trials.append(trial)
+    return trials
+
+
+def pack_owner(tuner_id: str) -> str:
+    """The tuner (worker) id that took a trial under `tuner_id` (itself, or the owner of a pack id)."""
+    return tuner_id.split(PACK_ID_SEPARATOR, 1)[0]
+
+
+def report_score(oracle: Any, trial: Any, objective: str, score: float) -> None:
+    """Reports a packed trial's score as ``BaseTuner`` reports the trial it ran (``update_trial``, step 0)."""
+    from keras_tuner.engine.trial import TrialStatus
+
+    oracle.update_trial(trial.trial_id, {objective: float(score)}, step=0)
+    trial.status = TrialStatus.COMPLETED
+
+
+def mark_failed(trial: Any, message: str) -> None:
+    """Marks a packed trial failed (not retried), as ``BaseTuner`` does for ``FailedTrialError``."""
+    from keras_tuner.engine.trial import TrialStatus
+
+    trial.status = TrialStatus.FAILED
+    trial.message = message
+
+
 # -------------------------------------------------------------------------------- distributed engine
 
 

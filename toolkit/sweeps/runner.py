@@ -19,10 +19,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from toolkit.errors import UserError
 from toolkit.sweeps.formatting import last_line, shorten
+from toolkit.sweeps.packed import build_training_state
 from toolkit.sweeps.keras_tuner_compat import main_module_not_rerun
 from toolkit.sweeps.records import COMPLETED, FAILED
 
@@ -45,16 +46,22 @@ def run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
     """
     try:
         return _run_trial_task(task, data)
-    except UserError as error:
-        return {"status": FAILED, "message": f"invalid configuration: {error}"}
-    except MemoryError:
-        return {"status": FAILED, "message": "out of memory (MemoryError)"}
     except Exception as error:  # a trial's crash is recorded with its reason; the sweep goes on
-        name = type(error).__name__
-        text = last_line(str(error)) or name
-        if name == "ResourceExhaustedError" or "OOM" in text:
-            text = f"out of memory: {text}"
-        return {"status": FAILED, "message": f"{name}: {shorten(text, 300)}", "traceback": traceback.format_exc()}
+        return failure_outcome(error)
+
+
+def failure_outcome(error: BaseException) -> Dict[str, Any]:
+    """The outcome of a trial that raised `error`: failed, with its reason (and traceback when unexpected)."""
+    if isinstance(error, UserError):
+        return {"status": FAILED, "message": f"invalid configuration: {error}"}
+    if isinstance(error, MemoryError):
+        return {"status": FAILED, "message": "out of memory (MemoryError)"}
+    name = type(error).__name__
+    text = last_line(str(error)) or name
+    if name == "ResourceExhaustedError" or "OOM" in text:
+        text = f"out of memory: {text}"
+    return {"status": FAILED, "message": f"{name}: {shorten(text, 300)}",
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__))}
 
 
 def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
@@ -62,11 +69,9 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
 
     from toolkit import training
     from toolkit.config import parse_config
-    from toolkit.metrics import best_index
     from toolkit.results import history_logger
 
     config = parse_config(task["config"], source=task["source"])
-    objective, direction = task["objective"]
     executions = []
     fit_seconds = 0.0
     for execution in range(task["executions"]):
@@ -76,6 +81,9 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         # a recycled worker process gives its memory back anyway.
         keras.backend.clear_session(free_memory=task.get("free_memory", True))
         model = training.prepare_model(config, data, seed=config.seed + execution)  # executions differ in init only
+        # Its optimizer and metric variables made now: fit then traces its train function once, not twice
+        # (about half of a small trial's overhead); training is unchanged (tests/test_packing.py).
+        build_training_state(model, data)
         logger = history_logger(history_path)
         callbacks = [logger, stop_on_nan_class()()]
         if task.get("tensorboard_dir"):  # tracking.tensorboard: the trial's scalars beside its HParams session
@@ -87,7 +95,25 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         fit_started = time.perf_counter()
         training.fit(model, config, data, callbacks=callbacks, verbose=task["verbose"], keep_best=False)
         fit_seconds += time.perf_counter() - fit_started
-        history = logger.history
+        executions.append((logger.history, int(model.count_params())))
+        failed = trial_outcome(executions[-1:], task)
+        if failed["status"] != COMPLETED:
+            return failed  # (later executions are not run)
+    outcome = trial_outcome(executions, task)
+    if outcome["status"] == COMPLETED:
+        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
+        outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb())
+    return outcome
+
+
+def trial_outcome(executions: Sequence[Tuple[Dict[str, List[float]], int]], task: Dict[str, Any]) -> Dict[str, Any]:
+    """A trial's outcome from the (history, parameter count) of each execution: the score at the objective's
+    best epoch (mean over executions), or why it failed (a non-finite loss, a missing objective)."""
+    from toolkit.metrics import best_index
+
+    objective, direction = task["objective"]
+    results = []
+    for history, params in executions:
         losses = history.get("loss", [])
         bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
         if bad is not None or not losses:
@@ -101,27 +127,24 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         best = best_index(series, direction)
         if not math.isfinite(series[best]):
             return {"status": FAILED, "message": f"{objective} was never finite (diverged)"}
-        executions.append({
+        results.append({
             "score": series[best],
             "train": {k: history[k][best] for k in history if not k.startswith("val_")},
             "validation": {k[4:]: history[k][best] for k in history if k.startswith("val_")},
             "epochs": len(losses),
             "best_epoch": best + 1,
-            "params": int(model.count_params()),
+            "params": params,
         })
-    first = executions[0]
+    first = results[0]
     return {
         "status": COMPLETED,
         # like keras-tuner: the score of a trial is the mean over its executions
-        "score": _mean([e["score"] for e in executions]),
-        "train": {k: _mean([e["train"][k] for e in executions]) for k in first["train"]},
-        "validation": {k: _mean([e["validation"][k] for e in executions]) for k in first["validation"]},
+        "score": _mean([e["score"] for e in results]),
+        "train": {k: _mean([e["train"][k] for e in results]) for k in first["train"]},
+        "validation": {k: _mean([e["validation"][k] for e in results]) for k in first["validation"]},
         "epochs": first["epochs"],
         "best_epoch": first["best_epoch"],
         "params": first["params"],
-        # for benchmarks/sweep_overhead.py: time inside fit, and the memory of the process that ran it
-        "fit_s": round(fit_seconds, 4),
-        "rss_mb": rss_mb(),
     }
 
 
@@ -166,6 +189,12 @@ class InlineRunner:
     def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         return run_trial_task(task, data)
 
+    def run_pack(self, tasks: Sequence[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Trains several trials together (:mod:`toolkit.sweeps.packed`); one outcome per task."""
+        from toolkit.sweeps.packed import run_pack_tasks
+
+        return run_pack_tasks(tasks, datasets)
+
     def close(self, now: bool = False) -> None:
         pass
 
@@ -207,17 +236,26 @@ class ProcessRunner:
             self.spare = self._start()
 
     def run(self, task: Dict[str, Any], data: Any) -> Dict[str, Any]:
+        return self._run(("trial", task), 1, {task["data_key"]: data})
+
+    def run_pack(self, tasks: Sequence[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """Trains several trials together in the worker (:mod:`toolkit.sweeps.packed`); one outcome per task."""
+        outcome = self._run(("pack", list(tasks)), len(tasks), datasets)
+        return outcome if isinstance(outcome, list) else [dict(outcome) for _ in tasks]
+
+    def _run(self, message: Any, trials: int, datasets: Dict[str, Any]) -> Any:
         if self.current is None:
             self.current, self.spare = self.spare or self._start(), None
         worker = self.current
         try:
-            if task["data_key"] not in worker.data_keys:
-                worker.connection.send(("data", task["data_key"], data))
-                worker.data_keys.add(task["data_key"])
-            worker.connection.send(("trial", task))
+            for key, data in datasets.items():
+                if key not in worker.data_keys:
+                    worker.connection.send(("data", key, data))
+                    worker.data_keys.add(key)
+            worker.connection.send(message)
         except (BrokenPipeError, OSError):
             pass  # the worker is gone: reported below
-        worker.trials += 1
+        worker.trials += trials
         if worker.trials >= self.limit and self.spare is None:
             self.spare = self._start()
         outcome = worker.wait()
@@ -303,8 +341,13 @@ def trial_process_main(connection: Any) -> None:
         if message[0] == "data":
             datasets[message[1]] = message[2]
             continue
-        task = message[1]
-        outcome = run_trial_task(task, datasets[task["data_key"]])
+        if message[0] == "pack":
+            from toolkit.sweeps.packed import run_pack_tasks
+
+            outcome: Any = run_pack_tasks(message[1], datasets)
+        else:
+            task = message[1]
+            outcome = run_trial_task(task, datasets[task["data_key"]])
         sys.stdout.flush()
         try:
             connection.send(outcome)

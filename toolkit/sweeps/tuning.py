@@ -29,7 +29,7 @@ from toolkit.results import (BEST_DIR, CONFIG_FILE, HISTORIES_DIR, METRICS_FILE,
                              TRIALS_FILE, TUNER_DIR, read_json, write_json)
 from toolkit.results import utc_now
 from toolkit.search import SearchSpec, apply_values, check_with_keras, parse_search
-from toolkit.sweeps import directory, keras_tuner_compat as compat, runner as runners
+from toolkit.sweeps import directory, keras_tuner_compat as compat, packing, runner as runners
 from toolkit.sweeps.formatting import format_progress, last_line
 from toolkit.sweeps.lock import SweepLock
 from toolkit.sweeps.records import COMPLETED, FAILED, Records, trial_history_file, trial_rows, write_trials_csv
@@ -214,12 +214,18 @@ class _Sweep:
         self.worker_id = role.tuner_id if role.kind == WORKER else None
         self.records = Records(sweep_dir / RECORDS_DIR, warn=lambda text: say(f"warning: {text}"))
         self.pending: Dict[str, Dict[str, Any]] = {}
+        self.pack_size = packing.pack_size(spec.pack, spec.tuner)
+        self.packed_trials: List[Any] = []  # trials taken with the tuner's own, to end after it
         self.started = time.time()
         self.failures_in_a_row = 0
         self.resumed = 0
         from toolkit.tracking.sweep import SweepTracking
 
         self.tracking = SweepTracking(base, spec, sweep_dir, say, creates=role.kind != WORKER)
+
+    @property
+    def tuner_oracle(self) -> Any:
+        return self.tuner.oracle
 
     def run(self) -> SweepResult:
         planned = self.spec.planned_trials()
@@ -235,7 +241,7 @@ class _Sweep:
     def _search_and_retrain(self, planned: Optional[int]) -> SweepResult:
         self._summary: Dict[str, Any] = {}
         with self.role.keras_tuner_settings():
-            tuner = self._make_tuner()
+            tuner = self.tuner = self._make_tuner()
             if self.role.kind != WORKER:
                 self._end_recorded_trials(tuner.oracle)
             resumed = self.resumed = len(self.records.load())
@@ -307,14 +313,51 @@ class _Sweep:
             score = record.get("score") if record.get("status") == COMPLETED else None
             compat.end_recorded_trial(oracle, trial_id, self.spec.objective.name, score, record.get("message"))
 
-    def run_trial(self, trial: Any) -> Dict[str, float]:
-        """Runs one keras-tuner trial; returns {objective: score} or raises FailedTrialError."""
+    def run_trial(self, trial: Any, more: Sequence[Any] = ()) -> Dict[str, float]:
+        """Runs one keras-tuner trial, and with it the trials in `more` (taken from the oracle at the same time,
+        to train in packs); returns {objective: score} of `trial` or raises FailedTrialError.
+
+        The trials in `more` are reported to the oracle (``update_trial``) here and ended by the tuner's
+        ``on_trial_end`` after `trial` (:attr:`packed_trials`).
+        """
         from keras_tuner.errors import FailedTrialError
 
+        trials = [trial, *more]
+        self.packed_trials = list(more)
+        ready: List[Any] = []
+        for each in trials:
+            task = self._trial_task(each)
+            if task is not None:
+                ready.append(task)
+        keys = [packing.pack_key(task["config"], task["executions"], task) for task, _ in ready]
+        for pack in packing.group(keys, self.pack_size):
+            started = time.time()
+            tasks = [ready[i][0] for i in pack]
+            if len(tasks) == 1:
+                outcomes = [self.runner.run(tasks[0], ready[pack[0]][1])]
+            else:
+                outcomes = self.runner.run_pack(tasks, {ready[i][0]["data_key"]: ready[i][1] for i in pack})
+            seconds = (time.time() - started) / len(tasks)  # a pack's trials share its time
+            for task, outcome in zip(tasks, outcomes):
+                record = self.pending[task["trial_id"]]
+                record.update(outcome)
+                record["duration_s"] = round(seconds, 3)
+        for each in more:  # as keras-tuner reports the trial it runs itself
+            record = self.pending[each.trial_id]
+            if record["status"] == COMPLETED:
+                compat.report_score(self.tuner_oracle, each, self.spec.objective.name, record["score"])
+            else:
+                compat.mark_failed(each, record["message"])
+        record = self.pending[trial.trial_id]
+        if record["status"] != COMPLETED:
+            raise FailedTrialError(record["message"])
+        return {self.spec.objective.name: record["score"]}
+
+    def _trial_task(self, trial: Any) -> Optional[Any]:
+        """(task, data) of one trial, its record pending; None when its values make no valid config."""
         trial_id = trial.trial_id
-        started_at, started = utc_now(), time.time()
         values = self.spec.config_values(trial.hyperparameters.values)
-        record: Dict[str, Any] = {"trial_id": trial_id, "values": values, "started": started_at}
+        record: Dict[str, Any] = {"trial_id": trial_id, "values": values, "started": utc_now()}
         extra = {k: v for k, v in trial.hyperparameters.values.items() if k.startswith("tuner/")}
         if extra:
             record["hyperband"] = extra
@@ -323,9 +366,8 @@ class _Sweep:
             trial_config = apply_values(self.base, values)
         except UserError as error:  # a combination the per-parameter checks could not see
             error.file = None
-            record.update(status=FAILED, message=f"invalid combination: {error.message}",
-                          duration_s=round(time.time() - started, 3))
-            raise FailedTrialError(record["message"]) from None
+            record.update(status=FAILED, message=f"invalid combination: {error.message}", duration_s=0.0)
+            return None
         data_key, data = self.data_cache.get_for_trials(trial_config)
         task = {
             "trial_id": trial_id,
@@ -339,12 +381,7 @@ class _Sweep:
             "free_memory": self.spec.trials_per_process is None,
             **self.tracking.trial_task(trial_id),
         }
-        outcome = self.runner.run(task, data)
-        record.update(outcome)
-        record["duration_s"] = round(time.time() - started, 3)
-        if outcome["status"] != COMPLETED:
-            raise FailedTrialError(outcome["message"])
-        return {self.spec.objective.name: outcome["score"]}
+        return task, data
 
     def on_trial_end(self, trial: Any) -> None:
         """Called by the tuner before keras-tuner ends the trial: the record is written first."""
@@ -447,12 +484,20 @@ def sweep_tuner_class() -> type:
             super().__init__(**kwargs)
 
         def run_trial(self, trial, *args, **kwargs):
-            return self.sweep.run_trial(trial)
+            more = []
+            if self.sweep.pack_size > 1:  # more trials at once, each under a tuner id of its own
+                more = compat.take_trials(self.oracle, self.tuner_id, self.sweep.pack_size - 1)
+            return self.sweep.run_trial(trial, more)
 
         def on_trial_end(self, trial):
-            self.sweep.on_trial_end(trial)  # our record first: a crash after it only re-runs the trial
-            super().on_trial_end(trial)
-            self.sweep.after_trial(trial)
+            trials = [trial, *self.sweep.packed_trials]
+            self.sweep.packed_trials = []
+            for each in trials:
+                self.sweep.on_trial_end(each)  # our records first: a crash after them only re-runs trials
+            for each in trials:
+                super().on_trial_end(each)
+            for each in trials:
+                self.sweep.after_trial(each)
 
     return SweepTuner
 

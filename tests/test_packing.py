@@ -1,0 +1,199 @@
+"""Packed trials (search.pack): the schema, the grouping, and that a packed trial is the same trial run alone."""
+
+import csv
+
+import pytest
+
+from toolkit.config import parse_config
+from toolkit.errors import UserError
+from toolkit.search import parse_search
+from toolkit.sweeps import packing
+
+# keras-tuner 1.4.8 calls threading.currentThread(), deprecated since Python 3.10.
+pytestmark = pytest.mark.filterwarnings("ignore:.*currentThread|getName.*:DeprecationWarning")
+
+BASE = {"name": "pack", "seed": 3, "data": {"source": "sklearn.digits"},
+        "model": {"hidden": [16, 8], "activation": "relu"},
+        "training": {"optimizer": {"name": "adam", "learning_rate": 1.0e-3}, "batch_size": 128, "epochs": 6,
+                     "early_stopping": {"patience": 1, "monitor": "val_loss"}}}
+SPACE = {"model.dropout": {"float": [0.0, 0.5]}}
+
+
+def searched(pack, **extra):
+    return parse_config(dict(BASE, search={"pack": pack, "space": SPACE, **extra}))
+
+
+# ------------------------------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("off", "off"), (False, "off"), (4, 4), (1, 1)])
+def test_pack_setting_is_read(value, expected):
+    assert parse_search(searched(value)).pack == expected
+
+
+def test_pack_is_left_out_of_the_resolved_section_when_off_and_resumable():
+    assert "pack" not in searched("off").to_dict()["search"]
+    assert searched(8).to_dict()["search"]["pack"] == 8
+    assert "pack" not in parse_search(searched(8)).identity()  # changing it resumes the same sweep
+
+
+@pytest.mark.parametrize("value, message", [
+    ("aut", "search.pack: expected auto, off, or a number of trials to train together; received 'aut'. "
+            "Valid choices: auto, off. Did you mean 'auto'?"),
+    (0, "search.pack: expected a positive integer (trials trained together), auto or off; received 0."),
+    (True, "search.pack: expected a positive integer (trials trained together), auto or off; received true."),
+    (2.5, "search.pack: expected a positive integer (trials trained together), auto or off; received 2.5."),
+])
+def test_bad_pack_settings_are_refused(value, message):
+    with pytest.raises(UserError) as error:
+        searched(value)
+    assert str(error.value) == message
+
+
+# ---------------------------------------------------------------------------------------- grouping
+
+
+def test_pack_size_by_setting_and_tuner():
+    assert packing.pack_size("off", "random") == 1
+    assert packing.pack_size(5, "bayesian") == 5
+    assert packing.pack_size("auto", "random") == packing.AUTO_PACK_SIZE
+    assert packing.pack_size("auto", "bayesian") == 1  # each proposal uses every earlier result
+
+
+def key(**changes):
+    config = parse_config(BASE).with_values(changes).to_dict()
+    return packing.pack_key(config)
+
+
+def test_what_may_differ_in_a_pack():
+    same = key()
+    assert same is not None
+    for changes in ({"training.optimizer.learning_rate": 0.1}, {"training.optimizer.name": "sgd"},
+                    {"model.dropout": 0.3}, {"model.regularizer": {"l2": 0.01}}, {"model.initializer": "he_normal"},
+                    {"seed": 9}, {"training.schedule": {"name": "cosine_decay", "decay_steps": 10}},
+                    {"model.hidden": [32, 8]}, {"training.epochs": 3}, {"training.early_stopping": None}):
+        assert key(**changes) == same, changes
+
+
+def test_what_a_pack_shares_and_what_runs_alone():
+    same = key()
+    for changes in ({"training.batch_size": 64}, {"training.shuffle": False}, {"data.normalize": "minmax"},
+                    {"training.class_weight": "balanced"}, {"training.steps_per_execution": 4}):
+        assert key(**changes) not in (None, same), changes
+    assert key(**{"training.monitor.gradients": True}) is None
+    assert packing.pack_key(parse_config(BASE).to_dict(), executions=2) is None
+    assert packing.pack_key(parse_config(BASE).to_dict(), task={"tensorboard_dir": "x"}) is None
+
+
+def test_group_keeps_order_splits_by_key_and_size():
+    assert packing.group(["a", "b", "a", None, "a", "a"], 3) == [[0, 2, 4], [1], [3], [5]]
+    assert packing.group(["a", "a"], 1) == [[0], [1]]
+
+
+def test_split_by_memory():
+    assert packing.split_by_memory([4, 4, 4, 9, 1], 8) == [[0, 1], [2], [3], [4]]
+    assert packing.member_memory_bytes(params=10, batch=2, activations=5) == 4 * (40 + 30)
+
+
+# ------------------------------------------------------------------------------ equivalence (slow)
+
+# Four trials differing in each field a pack allows; early stopping ends one early (its own min_delta), and
+# the last diverges (a huge learning rate) and must fail alone, with its reason.
+VARIANTS = [
+    {},
+    {"training.optimizer.name": "sgd", "training.optimizer.learning_rate": 0.05, "training.optimizer.momentum": 0.9,
+     "model.dropout": 0.3, "training.early_stopping": {"patience": 1, "min_delta": 0.3, "monitor": "val_loss"}},
+    {"model.regularizer": {"l1": 1.0e-4, "l2": 1.0e-3}, "model.initializer": "he_normal", "seed": 5,
+     "training.schedule": {"name": "exponential_decay", "decay_steps": 10, "decay_rate": 0.5}},
+    {"training.optimizer.name": "sgd", "training.optimizer.learning_rate": 1.0e12},
+]
+
+
+def trial_tasks(history_dir):
+    from toolkit.sweeps.sweep_data import DataCache
+
+    cache, tasks, datasets = DataCache(), [], {}
+    for number, values in enumerate(VARIANTS):
+        config = parse_config(BASE).with_values(values)
+        data_key, data = cache.get_for_trials(config)
+        datasets[data_key] = data
+        tasks.append({"trial_id": str(number), "config": config.to_dict(), "source": None, "executions": 1,
+                      "objective": ["val_accuracy", "max"], "history_dir": str(history_dir), "verbose": 0,
+                      "data_key": data_key, "free_memory": False})
+    return tasks, datasets
+
+
+def comparable(outcome):
+    return {k: v for k, v in outcome.items() if k not in ("fit_s", "rss_mb", "pack", "traceback")}
+
+
+@pytest.mark.slow
+def test_a_packed_trial_is_the_same_trial_run_alone(tmp_path):
+    from toolkit.sweeps.packed import run_pack_tasks
+    from toolkit.sweeps.runner import run_trial_task
+
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "packed").mkdir()
+    tasks, datasets = trial_tasks(tmp_path / "alone")
+    alone = [run_trial_task(task, datasets[task["data_key"]]) for task in tasks]
+    tasks, datasets = trial_tasks(tmp_path / "packed")
+    packed = run_pack_tasks(tasks, datasets)
+
+    assert [o["status"] for o in alone] == ["completed", "completed", "completed", "failed"]
+    assert len({o["epochs"] for o in alone[:3]}) > 1  # early stopping ended them at different epochs
+    assert all(o.get("pack") == 4 for o in packed[:3])  # they did train as one pack (of all four)
+    assert [comparable(o) for o in packed] == [comparable(o) for o in alone]  # identical: op determinism is on
+    assert packed[3]["message"].startswith("diverged: the training loss became NaN or infinite in epoch 1")
+    for number in range(4):
+        assert (tmp_path / "packed" / f"{number}.csv").read_text() == \
+            (tmp_path / "alone" / f"{number}.csv").read_text()
+
+
+@pytest.mark.slow
+def test_tune_with_pack_writes_what_pack_off_writes(tmp_path):
+    from toolkit.sweeps import tune
+
+    space = {"model.dropout": {"float": [0.0, 0.5]},
+             "training.optimizer.learning_rate": {"float": [1.0e-3, 1.0e-1], "log": True}}
+    tables, histories = {}, {}
+    for pack in ("off", 3):
+        config = parse_config(dict(BASE, training=dict(BASE["training"], epochs=3), search={
+            "tuner": "random", "max_trials": 4, "objective": "val_accuracy", "pack": pack,
+            "trials_per_process": "inline", "retrain_top": 1, "space": space}))
+        out = tmp_path / str(pack)
+        result = tune(config, out_dir=out)
+        assert result.completed == 4
+        with open(out / "trials.csv", newline="") as handle:
+            tables[pack] = [{k: v for k, v in row.items() if k not in ("started", "duration_s")}
+                            for row in csv.DictReader(handle)]
+        histories[pack] = {p.name: p.read_text() for p in (out / "histories").iterdir()}
+    assert tables[3] == tables["off"]
+    assert histories[3] == histories["off"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuner, extra", [
+    ("grid", {}),
+    ("hyperband", {"factor": 2}),
+    ("quasi_random", {"max_trials": 5}),
+    ("bayesian", {"max_trials": 4, "num_initial_points": 2}),
+])
+def test_every_tuner_packs_and_ends_every_trial_once(tmp_path, tuner, extra):
+    import json
+
+    from helpers import IRIS_SWEEP
+    from toolkit.sweeps import tune
+
+    space = {"training.optimizer.learning_rate": {"choice": [0.01, 0.02, 0.05, 0.1]},
+             "model.dropout": {"choice": [0.0, 0.2]}}
+    config = parse_config(dict(IRIS_SWEEP, training=dict(IRIS_SWEEP["training"], epochs=3), search={
+        "tuner": tuner, "objective": "val_accuracy", "pack": 4, "trials_per_process": "inline", "space": space,
+        **extra}))
+    result = tune(config, out_dir=tmp_path / "sweep")
+    assert result.completed == result.planned == len(result.trials)
+    oracle = json.loads((tmp_path / "sweep" / "tuner" / "oracle.json").read_text())
+    assert oracle["ongoing_trials"] == {} and len(oracle["end_order"]) == result.planned
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "records").glob("*.json")]
+    assert max(r.get("pack", 1) for r in records) > 1
+    if tuner == "hyperband":  # a pack never mixes rounds: its members share tuner/epochs
+        assert all(r["epochs"] == r["values"]["training.epochs"] for r in records)
