@@ -127,3 +127,44 @@ def test_user_pipelines_of_any_shape_are_one_message_and_never_hang(tmp_path, ca
     with pytest.raises(UserError, match=message):
         run(config, data=_pipelines(case), out_dir=tmp_path / "run", verbose=0)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("augment, message", [
+    ({"class_name": "RandomFlip", "config": {"modee": "horizontal"}},
+     "data.augment.0.config.modee: expected an argument of RandomFlip; received 'modee'. Valid choices:"),
+    ({"class_name": "RandomRotation", "config": {"factor": "abc"}},
+     "data.augment.0.config.factor: expected a number, or [lower, upper]: two numbers; received 'abc'."),
+    ({"class_name": "RandomFlip", "config": {"mode": 3}},
+     "data.augment.0.config.mode: expected a string (as Keras' default, 'horizontal_and_vertical'); received 3."),
+    ({"class_name": "RandomRotation", "config": {}},
+     "data.augment.0.config: missing argument of RandomRotation; expected data.augment.0.config.factor."),
+    ({"class_name": "RandomZoom", "config": {"height_factor": 0.2, "name": "z"}},
+     "data.augment.0.config.name: ktk names each augmentation layer itself"),
+])
+def test_augment_arguments_are_refused_by_validate_and_by_run_before_the_images_load(tmp_path, augment, message):
+    from helpers import ktk_here
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_dump({"name": "aug", "data": {"source": "images", "path": str(tmp_path / "none"),
+                                                       "image_size": [8, 8], "augment": [augment]}}))
+    for command in ("validate", "run"):  # no image folder: the argument is said first, without TensorFlow
+        result = ktk_here(command, str(path))
+        assert result.returncode == 2 and message in result.stderr, (command, result.stderr)
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") <= 2, result.stderr
+
+
+def test_valid_augment_arguments_pass_the_check():
+    from toolkit.keras_names import check_augment
+
+    config = parse_config({"name": "aug", "data": {"source": "images", "path": "x", "augment": [
+        "RandomFlip", {"class_name": "RandomZoom", "config": {"height_factor": [-0.2, 0.3], "fill_mode": "nearest",
+                                                               "seed": 3}},
+        {"class_name": "RandomContrast", "config": {"factor": 0.2, "value_range": [0, 255]}},
+        {"class_name": "AugMix", "config": {"all_ops": False, "alpha": 1}}]}})
+    assert check_augment(config) is True
+
+
+def yaml_dump(data):
+    import yaml
+
+    return yaml.safe_dump(data)
