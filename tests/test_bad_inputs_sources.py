@@ -168,3 +168,43 @@ def yaml_dump(data):
     import yaml
 
     return yaml.safe_dump(data)
+
+
+def _png_header(path, width, height):
+    """A PNG whose header declares `width` x `height` pixels (no pixel data: Pillow reads the header only)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("pixels", [(10_000, 10_000), (20_000, 20_000)])  # Pillow warns, then refuses
+def test_an_image_too_large_is_skipped_saying_so_and_pillow_global_is_left_alone(tmp_path, pixels, recwarn):
+    from PIL import Image
+
+    from toolkit.data import load_data
+    from toolkit.errors import DataWarning
+
+    folder = write_folder(tmp_path / "imgs", per_class=4)
+    _png_header(folder / "a" / "bomb.png", *pixels)
+    (folder / "b" / "junk.png").write_bytes(b"junk")
+    before = Image.MAX_IMAGE_PIXELS
+    load_data(parse_config({"name": "bomb", "data": {"source": "images", "path": str(folder)}}))
+    assert Image.MAX_IMAGE_PIXELS == before
+    shown = [str(w.message) for w in recwarn.list]
+    assert [w for w in shown if "DecompressionBomb" in w or "decompression bomb" in w] == [], shown
+    skipped = [w for w in recwarn.list if issubclass(w.category, DataWarning)]
+    assert len(skipped) == 1 and ("skipped 2 of 14 images" in str(skipped[0].message)
+                                  and "1 too large: more than 89,478,485 pixels: a/bomb.png" in str(skipped[0].message)
+                                  and "1 damaged, truncated or not images: b/junk.png" in str(skipped[0].message))
+
+
+def test_an_image_file_too_large_is_refused_from_its_header(tmp_path):
+    from toolkit.sources.images import ImageTooLarge, load_image
+
+    _png_header(tmp_path / "bomb.png", 10_000, 10_000)
+    with pytest.raises(ImageTooLarge, match="10000x10000 pixels, too large"):
+        load_image(str(tmp_path / "bomb.png"), (8, 8, 3), "rgb")

@@ -32,10 +32,12 @@ with Pillow, as ``ktk predict`` does.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -49,7 +51,37 @@ _PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 # files every epoch (cache: none).
 MEMORY_CACHE_BYTES = 2 * 2**30
 MAX_IMAGES = 10_000_000
-MAX_PIXELS = 2**28  # one image's pixels at most: Pillow's own guard against decompression bombs is 89M
+MAX_PIXELS = 2**28  # the pixels of image_size at most
+# One image file's pixels at most (Pillow's default guard against decompression bombs): ktk's own limit, whatever
+# PIL.Image.MAX_IMAGE_PIXELS the process set (ktk never changes that global).
+MAX_FILE_PIXELS = 89_478_485
+TOO_LARGE = f"too large: more than {MAX_FILE_PIXELS:,} pixels"
+
+
+class ImageTooLarge(ValueError):
+    """An image file of more pixels than :data:`MAX_FILE_PIXELS` (a possible decompression bomb): not decoded."""
+
+
+@contextmanager
+def open_image(source: Any) -> Iterator[Any]:
+    """Pillow's ``Image.open`` of a path or binary file, refusing an image of more than :data:`MAX_FILE_PIXELS`
+    pixels (:class:`ImageTooLarge`) from its header, before anything is decoded."""
+    from PIL import Image
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            with warnings.catch_warnings():  # ktk says it below (catch_warnings is not thread-safe: main thread only)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        else:
+            image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(TOO_LARGE) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_FILE_PIXELS:
+            raise ImageTooLarge(f"{width}x{height} pixels, {TOO_LARGE}")
+        yield image
 
 
 @dataclass
@@ -118,28 +150,34 @@ def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
 
 
 def image_shape(folder: ImageFolder, image_size: Optional[Sequence[int]], color_mode: str, given: str,
-                where: str = "data.path") -> Tuple[Tuple[int, int, int], np.ndarray]:
-    """The (height, width, channels) every image becomes, and which files can be read (their headers).
+                where: str = "data.path") -> Tuple[Tuple[int, int, int], np.ndarray, Set[int]]:
+    """The (height, width, channels) every image becomes, which files can be read (their headers), and which of
+    those that cannot are too large (more than :data:`MAX_FILE_PIXELS` pixels).
 
     Raises:
         UserError: images of several sizes without ``image_size`` (with the sizes found), or no readable image.
     """
-    from PIL import Image
-
     readable = np.ones(len(folder.files), dtype=bool)
+    too_large: Set[int] = set()
     sizes: Dict[Tuple[int, int], List[str]] = {}
     for i, path in enumerate(folder.paths()):
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 width, height = image.size
+        except ImageTooLarge:
+            readable[i] = False
+            too_large.add(i)
+            continue
         except Exception:  # noqa: BLE001 - not an image, damaged: skipped (and counted)
             readable[i] = False
             continue
         if image_size is None:
             sizes.setdefault((height, width), []).append(folder.files[i])
     if not readable.any():
-        raise UserError(f"none of the {len(folder.files):,} image files of {given} can be read", where=where,
-                        expected="readable .png, .jpg, .jpeg, .bmp or .gif images", received=given)
+        why = f" ({len(too_large):,} {TOO_LARGE})" if too_large else ""
+        raise UserError(f"none of the {len(folder.files):,} image files of {given} can be read{why}", where=where,
+                        expected=f"readable .png, .jpg, .jpeg, .bmp or .gif images of at most {MAX_FILE_PIXELS:,} "
+                        "pixels", received=given)
     if image_size is None and len(sizes) > 1:
         counted = sorted(sizes.items(), key=lambda item: -len(item[1]))
         shown = "; ".join(f"{h}x{w} ({len(names):,} images, e.g. {names[0]})" for (h, w), names in counted[:4])
@@ -151,15 +189,16 @@ def image_shape(folder: ImageFolder, image_size: Optional[Sequence[int]], color_
     if height * width > MAX_PIXELS:
         raise UserError(f"images of {height}x{width} pixels are larger than ktk trains on", where="data.image_size",
                         expected=f"at most {MAX_PIXELS:,} pixels per image", received=[height, width])
-    return (int(height), int(width), CHANNELS[color_mode]), readable
+    return (int(height), int(width), CHANNELS[color_mode]), readable, too_large
 
 
 def load_image(path: str, shape: Tuple[int, int, int], color_mode: str) -> np.ndarray:
     """One image as uint8 (height, width, channels), as ``keras.utils.load_img`` decodes it (Pillow: mode
-    conversion, then a bilinear resize when its size differs). Raises what Pillow raises."""
+    conversion, then a bilinear resize when its size differs). Raises what Pillow raises, and
+    :class:`ImageTooLarge`."""
     from PIL import Image
 
-    with open(path, "rb") as handle, Image.open(handle) as image:
+    with open(path, "rb") as handle, open_image(handle) as image:
         image = image.convert(_PIL_MODE[color_mode])
         if image.size != (shape[1], shape[0]):
             image = image.resize((shape[1], shape[0]), Image.BILINEAR)
@@ -180,13 +219,16 @@ def decode(folder: ImageFolder, indexes: np.ndarray, shape: Tuple[int, int, int]
     return pixels[kept], np.asarray(indexes)[kept]
 
 
-def warn_skipped(folder: ImageFolder, skipped: Sequence[int], given: str) -> None:
-    """One warning for the images that could not be read."""
+def warn_skipped(folder: ImageFolder, skipped: Sequence[int], given: str, too_large: Set[int] = frozenset()) -> None:
+    """One warning for the images that could not be read, saying why: too large, or damaged (or not images)."""
     if not len(skipped):
         return
-    names = ", ".join(folder.files[i] for i in list(skipped)[:3]) + (", ..." if len(skipped) > 3 else "")
+    groups = [(TOO_LARGE, [i for i in skipped if i in too_large]),
+              ("damaged, truncated or not images", [i for i in skipped if i not in too_large])]
+    reasons = "; ".join(f"{len(files):,} {why}: " + ", ".join(folder.files[i] for i in files[:3])
+                        + (", ..." if len(files) > 3 else "") for why, files in groups if files)
     warnings.warn(f"skipped {len(skipped):,} of {len(folder.files):,} images of {given} that cannot be read "
-                  f"(damaged, truncated or not images): {names}", DataWarning, stacklevel=3)
+                  f"({reasons})", DataWarning, stacklevel=3)
 
 
 def decoded_bytes(count: int, shape: Tuple[int, int, int]) -> int:
