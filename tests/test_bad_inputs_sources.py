@@ -208,3 +208,81 @@ def test_an_image_file_too_large_is_refused_from_its_header(tmp_path):
     _png_header(tmp_path / "bomb.png", 10_000, 10_000)
     with pytest.raises(ImageTooLarge, match="10000x10000 pixels, too large"):
         load_image(str(tmp_path / "bomb.png"), (8, 8, 3), "rgb")
+
+
+def test_predict_image_inputs_mixed_folder_refused_one_class_folder_read(tmp_path):
+    from PIL import Image
+
+    from toolkit.deploy.inputs import image_files
+
+    mixed = write_folder(tmp_path / "mixed", per_class=1)
+    Image.new("RGB", (8, 8)).save(mixed / "loose.png")
+    with pytest.raises(UserError, match=r"holds class folders and 1 image file\(s\) beside them \(loose.png\); "
+                                        r"expected either class folders"):
+        image_files([mixed], "INPUT")
+    one = write_folder(tmp_path / "one", per_class=2, classes=("b",))  # evaluating on one class is legitimate
+    files, classes = image_files([one], "INPUT")
+    assert [f.name for f in files] == ["000.png", "001.png"] and classes == ["b", "b"]
+
+
+def test_evaluate_class_folders_are_names_never_class_indexes():
+    from types import SimpleNamespace
+
+    from toolkit.deploy.predict import _encode_target
+
+    labels = SimpleNamespace(task="multiclass", class_names=["a", "b", "c"], target="class folder")
+    rows = np.arange(2)
+    assert _encode_target(np.array(["0", "2"], dtype=object), labels, rows).tolist() == [0, 2]  # a column of indexes
+    with pytest.raises(UserError, match="'0' is not a class of this model.*Valid choices: a, b, c"):
+        _encode_target(np.array(["0", "a"], dtype=object), labels, rows, by_index=False)  # a folder named 0
+
+
+def test_an_image_that_is_not_one_is_said_in_words(tmp_path):
+    from toolkit.sources.images import image_problem, load_image
+
+    (tmp_path / "x.png").write_bytes(b"junk")
+    with pytest.raises(Exception) as caught:
+        load_image(str(tmp_path / "x.png"), (8, 8, 3), "rgb")
+    assert image_problem(caught.value) == "not an image Pillow can read"
+
+
+def _stream_config(path, **data):
+    return parse_config({"name": "s", "data": {"source": "csv", "path": str(path), "target": "y",
+                                               "features": ["a", "b", "c"], "stream": True, **data}})
+
+
+def test_a_file_named_with_glob_characters_is_that_file(tmp_path):
+    from toolkit.data import load_data
+
+    folder = shards(tmp_path / "lit", count=1, n=100)
+    literal = folder / "data[1].csv"
+    (folder / "part-0.csv").rename(literal)
+    data = load_data(_stream_config(literal))
+    assert sum(data.counts.values()) == 100 and data.files == [str(literal)]
+
+
+def test_a_glob_naming_too_many_files_is_refused_while_matching(tmp_path, monkeypatch):
+    from toolkit.data import load_data
+    from toolkit.sources import streaming
+
+    monkeypatch.setattr(streaming, "MAX_SHARDS", 2)
+    folder = shards(tmp_path / "many", count=3, n=20)
+    for path in (str(folder / "*.csv"), str(folder)):
+        with pytest.raises(UserError, match="data.path: the path names more than 2 files; expected at most 2 shards"):
+            load_data(_stream_config(path))
+
+
+def test_a_missing_split_key_value_is_refused_not_hashed_into_one_split(tmp_path):
+    from toolkit.data import load_data
+
+    folder = shards(tmp_path / "nan", count=2, n=50)
+    part = pd.read_csv(folder / "part-1.csv")
+    part["id"] = [f"r{i}" for i in range(len(part))]
+    part.loc[7, "id"] = None
+    first = pd.read_csv(folder / "part-0.csv")
+    first["id"] = [f"q{i}" for i in range(len(first))]
+    first.to_csv(folder / "part-0.csv", index=False)
+    part.to_csv(folder / "part-1.csv", index=False)
+    with pytest.raises(UserError, match=r"data.split.key: a row of .*part-1.csv \(row 57, counted from 0 over the "
+                                        r"files\) has no value in the split key column 'id'"):
+        load_data(_stream_config(folder, split={"key": "id"}))

@@ -98,8 +98,9 @@ class ImageFolder:
         return [str(self.root / f) for f in chosen]
 
 
-def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
-    """The class folders of `root` and the image files in each.
+def scan(root: Path, given: str, where: str = "data.path", min_classes: int = 2) -> ImageFolder:
+    """The class folders of `root` and the image files in each (at least `min_classes`: training needs two;
+    ``ktk predict --evaluate`` may evaluate on one).
 
     Raises:
         UserError: not a folder; a folder without class sub-folders (saying what it holds instead); a class
@@ -121,7 +122,7 @@ def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
         raise UserError(f"{given} has no class sub-folders: it holds {found}", where=where,
                         expected="a folder with one sub-folder of images per class (path/cat/*.jpg, "
                         "path/dog/*.jpg)", received=given)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise UserError(f"{given} has a single class folder, {classes[0]!r}", where=where,
                         expected="at least two class folders to learn from", received=given)
     files: List[str] = []
@@ -190,6 +191,19 @@ def image_shape(folder: ImageFolder, image_size: Optional[Sequence[int]], color_
         raise UserError(f"images of {height}x{width} pixels are larger than ktk trains on", where="data.image_size",
                         expected=f"at most {MAX_PIXELS:,} pixels per image", received=[height, width])
     return (int(height), int(width), CHANNELS[color_mode]), readable, too_large
+
+
+def image_problem(error: BaseException) -> str:
+    """What is wrong with an image file, in words (Pillow's own text names its reader object)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, ImageTooLarge):
+        return str(error)
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def load_image(path: str, shape: Tuple[int, int, int], color_mode: str) -> np.ndarray:
@@ -317,7 +331,7 @@ class ImageFiles(Pipelines):
             try:
                 return load_image(name, shape, mode)
             except Exception as error:  # noqa: BLE001 - read in the pass before training: it changed since
-                problem = f"{type(error).__name__}: {first_line(error)}"
+                problem = image_problem(error)
                 raise UserError(f"an image read in the pass before training can no longer be read ({problem})",
                                 where="data.path", expected="the images left as they were until the run ends",
                                 received=name) from None
