@@ -63,3 +63,17 @@ def test_cpu_devices_are_bounded_before_the_cpu_is_split():
     with pytest.raises(UserError, match=r"training\.distribute\.devices\.1: expected CPU:0 to CPU:63"):
         parse_config({"data": {"source": "sklearn.iris"},
                       "training": {"distribute": {"strategy": "mirrored", "devices": ["CPU:0", "CPU:9999"]}}})
+
+
+@pytest.mark.slow
+def test_mirrored_run_with_a_split_that_does_not_divide_across_devices_evaluates(tmp_path):
+    """45 examples: the validation and test batches are odd, split [k+1, k] across two devices (Keras' evaluate
+    failed there with TensorFlow's AddN error)."""
+    from helpers import ktk
+
+    config = tmp_path / "odd.yaml"
+    config.write_text("name: odd\ndata: {source: synthetic.moons, options: {n_samples: 45}}\nmodel: {hidden: [4]}\n"
+                      "training: {epochs: 1, batch_size: 8, distribute: {strategy: mirrored, devices: [CPU:0, CPU:1]}}\n")
+    result = ktk("run", config, "--out", tmp_path / "run", "-q", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -1020,7 +1020,7 @@ def _load_images(data: Any, base_dir: Path) -> _Raw:
 
     root = _resolve(data.path, base_dir, "data.path")
     folder = images.scan(root, data.path)
-    shape, readable = images.image_shape(folder, data.image_size, data.color_mode, data.path)
+    shape, readable, too_large = images.image_shape(folder, data.image_size, data.color_mode, data.path)
     size = images.decoded_bytes(int(readable.sum()), shape)
     if data.cache == "memory" and size > MAX_DATA_BYTES:
         raise UserError(f"the decoded images take {_size_text(size)}, more than ktk holds in memory "
@@ -1033,11 +1033,11 @@ def _load_images(data: Any, base_dir: Path) -> _Raw:
         if not len(kept):
             raise UserError(f"none of the {len(folder.files):,} image files of {data.path} can be decoded",
                             where="data.path", expected="readable images", received=data.path)
-        images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
+        images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path, too_large)
         return _Raw(kept, folder.labels[kept], None, list(folder.class_names), task, target_name="class folder",
                     source_rows=kept, files=folder.files, image_pass=(folder, shape, per_image))
     pixels, kept = images.decode(folder, np.flatnonzero(readable), shape, data.color_mode)
-    images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path)
+    images.warn_skipped(folder, sorted(set(range(len(folder.files))) - set(kept.tolist())), data.path, too_large)
     return _Raw(pixels, folder.labels[kept], None, list(folder.class_names), task, target_name="class folder",
                 source_rows=kept, files=folder.files)
 

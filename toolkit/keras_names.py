@@ -376,8 +376,113 @@ def check_config_names(config: Any, task: Optional[str] = None) -> bool:
     readable = True
     for kind, where, value in checks:
         readable = _check(kind, where, value) and readable
+    readable = check_augment(config) and readable
     check_config_monitor(config, task)
     return readable
+
+
+def check_augment(config: Any) -> bool:
+    """``data.augment``'s layers: each argument one its class takes (``name`` is ktk's), of a plausible type.
+
+    The type is read from the argument's default in Keras' source (a number, a string, a boolean), and any
+    ``*factor`` argument is a number or ``[lower, upper]``; an argument whose default says nothing is left to
+    Keras. ``ktk run`` makes this check before the data loads, ``ktk validate`` with the other names.
+
+    Returns:
+        False when Keras' files could not be read (nothing was checked), else True.
+    """
+    if choices("layer") is None:
+        return False
+    for i, spec in enumerate(getattr(config.data, "augment", None) or ()):
+        where = f"data.augment.{i}.config"
+        cls = class_of("layer", spec.class_name)
+        found = constructor_arguments(*cls) if cls else None
+        if found is None:
+            continue
+        accepted = found[0] - {"name", "input_shape", "input_dim"}  # ktk names the layer and gives its input
+        for key, value in spec.config.items():
+            if key == "name":
+                raise UserError(f"ktk names each augmentation layer itself (augment_{i}_...)",
+                                where=f"{where}.{key}", expected="no name", received=value)
+            if key not in accepted:
+                raise UserError(where=f"{where}.{key}", expected=f"an argument of {cls[1]}", received=key,
+                                choices=sorted(accepted))
+            expected = _expected_type(_default_of(*cls, key), key)
+            if expected is not None and not expected[0](value):
+                raise UserError(where=f"{where}.{key}", expected=expected[1], received=value)
+        missing = sorted(found[1] - set(spec.config))
+        if missing:
+            raise UserError(f"missing argument{'s' if len(missing) > 1 else ''} of {cls[1]}", where=where,
+                            expected=", ".join(f"{where}.{m}" for m in missing))
+    return True
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_or_range(value: Any) -> bool:
+    return _number(value) or (isinstance(value, list) and 1 <= len(value) <= 2 and all(_number(v) for v in value))
+
+
+_NUMBER_OR_RANGE = (_number_or_range, "a number, or [lower, upper]: two numbers")
+
+
+def _expected_type(default: Any, key: str) -> Optional[Tuple[Any, str]]:
+    """(check, what it expects) for an argument with this default (an ast node, or None), or None: not checked."""
+    if isinstance(default, ast.Constant) and default.value is not None:
+        value = default.value
+        if isinstance(value, bool):
+            return lambda v: isinstance(v, bool), "true or false"
+        if isinstance(value, (int, float)):
+            return _NUMBER_OR_RANGE
+        if isinstance(value, str):
+            return lambda v: isinstance(v, str), f"a string (as Keras' default, {value!r})"
+    if isinstance(default, (ast.Tuple, ast.List)) and default.elts and \
+            all(isinstance(e, ast.Constant) and _number(e.value) for e in default.elts):
+        return _NUMBER_OR_RANGE
+    if key.endswith("factor") and (default is None or isinstance(default, ast.Constant)):
+        return _NUMBER_OR_RANGE
+    return None
+
+
+def _constant(module: str, classdef: ast.ClassDef, default: ast.expr) -> ast.expr:
+    """A default given by name (``mode=HORIZONTAL_AND_VERTICAL``): the constant the module or class assigns it."""
+    if not isinstance(default, ast.Name):
+        return default
+    tree = _module(module)
+    for node in [*classdef.body, *(_statements(tree) if tree is not None else ())]:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and \
+                any(isinstance(t, ast.Name) and t.id == default.id for t in node.targets):
+            return node.value
+    return default
+
+
+@functools.lru_cache(maxsize=None)
+def _default_of(module: str, name: str, argument: str) -> Optional[ast.expr]:
+    """The default of `argument` in the constructor of a Keras class or of its bases (an ast node), or None."""
+    classdef = _class_def(module, name)
+    if classdef is None:
+        defined = [where for where in _resolve_name(module, name) if where != (module, name)]
+        return _default_of(*defined[0], argument) if defined else None
+    init = next((n for n in classdef.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is not None:
+        arguments = init.args
+        positional = arguments.posonlyargs + arguments.args
+        pairs = list(zip(positional[len(positional) - len(arguments.defaults):], arguments.defaults))
+        pairs += [(a, d) for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults) if d is not None]
+        for arg, default in pairs:
+            if arg.arg == argument:
+                return _constant(module, classdef, default)
+        if any(a.arg == argument for a in positional + arguments.kwonlyargs):
+            return None  # required
+    for base in classdef.bases:
+        for where in _resolve_base(module, base):
+            if where != (module, name) and where[0].startswith("keras.") and not _backend_module(where[0]):
+                found = _default_of(*where, argument)
+                if found is not None:
+                    return found
+    return None
 
 
 def check_config_monitor(config: Any, task: Optional[str] = None) -> None:

@@ -94,6 +94,10 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         from toolkit.hardware.strategy import prepare
 
         prepare(config, cluster)  # before anything starts TensorFlow (multi_worker's strategy must be first)
+    if config.data.augment:
+        from toolkit.keras_names import check_augment
+
+        check_augment(config)  # said now, as `ktk validate` says it, not after the images load
     try:
         if data is None:
             data = load_data(config)

@@ -333,7 +333,9 @@ def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]
     else:
         x, y = data.split(split)
         dataset = make_dataset(x, y, max(batch_size(config, data), 256))
-    if is_multi_worker(model.distribute_strategy):  # Keras' evaluate fails across processes, as fit does
+    if is_multi_worker(model.distribute_strategy) or config.training.distribute is not None:
+        # Keras' evaluate fails across processes, as fit does; and under mirrored, on a batch that does not split
+        # evenly across the devices (an AddN of [2, ...] and [1, ...] per-replica outputs; Keras 3.15)
         from toolkit.hardware import loop
 
         with raise_carried():

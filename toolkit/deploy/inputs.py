@@ -459,7 +459,15 @@ def image_files(paths: Sequence[Path], where: str) -> Tuple[List[Path], Optional
         if path.is_dir():
             entries = sorted(path.iterdir())
             if any(e.is_dir() and not e.name.startswith(".") for e in entries):
-                folder = scan(path, str(path), where)
+                loose = [e.name for e in entries if e.is_file() and not e.name.startswith(".")
+                         and e.suffix.lower() in IMAGE_EXTENSIONS]
+                if loose:  # a folder of class folders reads only theirs: these would be left out unsaid
+                    shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+                    raise UserError(f"{path} holds class folders and {len(loose):,} image file(s) beside them "
+                                    f"({shown})", where=where, received=str(path),
+                                    expected="either class folders of images (for --evaluate) or image files, "
+                                    "not both (give the loose images as another INPUT, or move them)")
+                folder = scan(path, str(path), where, min_classes=1)
                 files += [path / f for f in folder.files]
                 classes += [folder.class_names[i] for i in folder.labels]
                 continue
@@ -490,7 +498,7 @@ def image_chunks(paths: Sequence[Path], labels: Labels, chunk_rows: int = DEFAUL
     Raises:
         UserError: a run whose model does not take images, or an image that cannot be read (named).
     """
-    from toolkit.sources.images import CHANNELS, load_image
+    from toolkit.sources.images import CHANNELS, image_problem, load_image
 
     shape = tuple(labels.inputs.shape)
     modes = {channels: mode for mode, channels in CHANNELS.items()}
@@ -506,7 +514,7 @@ def image_chunks(paths: Sequence[Path], labels: Labels, chunk_rows: int = DEFAUL
             try:
                 pixels[i] = load_image(str(file), shape, modes[shape[-1]])
             except Exception as error:  # noqa: BLE001 - the user asked for this file: said, not skipped
-                raise UserError(f"cannot read the image ({first_line(error)})", where=where,
+                raise UserError(f"cannot read the image ({image_problem(error)})", where=where,
                                 expected="a readable image", received=str(file)) from None
         target = None if classes is None else np.asarray(classes[start:start + len(part)], dtype=object)
         yield Chunk(np.arange(start, start + len(part), dtype=np.int64), pixels, target, [str(f) for f in part])

@@ -553,7 +553,7 @@ def _evaluate(loaded: LoadedRun, read: Any, batch_size: int, chunk_rows: int, in
         for chunk in read(chunk_rows):
             if chunk.target is None:
                 continue
-            y = _encode_target(chunk.target, labels, chunk.rows, target_shape)
+            y = _encode_target(chunk.target, labels, chunk.rows, target_shape, by_index=chunk.names is None)
             counted["rows"] += len(chunk)
             for start in range(0, len(chunk), batch_size):
                 part = slice(start, start + batch_size)
@@ -595,8 +595,10 @@ def _target_shape(labels: Labels, units: int) -> tuple:
     return (units,) if labels.task == "regression" and units > 1 else ()
 
 
-def _encode_target(values: np.ndarray, labels: Labels, rows: np.ndarray, shape: tuple = ()) -> np.ndarray:
-    """The target column as the model's loss takes it: class codes, or checked finite numbers."""
+def _encode_target(values: np.ndarray, labels: Labels, rows: np.ndarray, shape: tuple = (),
+                   by_index: bool = True) -> np.ndarray:
+    """The target column as the model's loss takes it: class codes, or checked finite numbers. With `by_index`, a
+    class may also be given by its index (as sklearn's loaders give labels); class folders are names only."""
     values = np.asarray(values)
     where = "--evaluate"
     name = labels.target
@@ -631,7 +633,7 @@ def _encode_target(values: np.ndarray, labels: Labels, rows: np.ndarray, shape: 
             raise UserError(f"row {rows[i]}, column {name!r}: a missing target value", where=where,
                             expected="a class in every row's target", choices=labels.class_names)
         key = _label_key(value)
-        if key not in lookup and key.isdigit() and int(key) < len(lookup):
+        if by_index and key not in lookup and key.isdigit() and int(key) < len(lookup):
             key = (labels.class_names or [])[int(key)]  # a class index, as sklearn's loaders give labels
         if key not in lookup:
             raise UserError(f"row {rows[i]}, column {name!r}: {key!r} is not a class of this model",

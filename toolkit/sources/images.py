@@ -32,10 +32,12 @@ with Pillow, as ``ktk predict`` does.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -49,7 +51,37 @@ _PIL_MODE = {"grayscale": "L", "rgb": "RGB", "rgba": "RGBA"}
 # files every epoch (cache: none).
 MEMORY_CACHE_BYTES = 2 * 2**30
 MAX_IMAGES = 10_000_000
-MAX_PIXELS = 2**28  # one image's pixels at most: Pillow's own guard against decompression bombs is 89M
+MAX_PIXELS = 2**28  # the pixels of image_size at most
+# One image file's pixels at most (Pillow's default guard against decompression bombs): ktk's own limit, whatever
+# PIL.Image.MAX_IMAGE_PIXELS the process set (ktk never changes that global).
+MAX_FILE_PIXELS = 89_478_485
+TOO_LARGE = f"too large: more than {MAX_FILE_PIXELS:,} pixels"
+
+
+class ImageTooLarge(ValueError):
+    """An image file of more pixels than :data:`MAX_FILE_PIXELS` (a possible decompression bomb): not decoded."""
+
+
+@contextmanager
+def open_image(source: Any) -> Iterator[Any]:
+    """Pillow's ``Image.open`` of a path or binary file, refusing an image of more than :data:`MAX_FILE_PIXELS`
+    pixels (:class:`ImageTooLarge`) from its header, before anything is decoded."""
+    from PIL import Image
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            with warnings.catch_warnings():  # ktk says it below (catch_warnings is not thread-safe: main thread only)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        else:
+            image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(TOO_LARGE) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_FILE_PIXELS:
+            raise ImageTooLarge(f"{width}x{height} pixels, {TOO_LARGE}")
+        yield image
 
 
 @dataclass
@@ -66,8 +98,9 @@ class ImageFolder:
         return [str(self.root / f) for f in chosen]
 
 
-def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
-    """The class folders of `root` and the image files in each.
+def scan(root: Path, given: str, where: str = "data.path", min_classes: int = 2) -> ImageFolder:
+    """The class folders of `root` and the image files in each (at least `min_classes`: training needs two;
+    ``ktk predict --evaluate`` may evaluate on one).
 
     Raises:
         UserError: not a folder; a folder without class sub-folders (saying what it holds instead); a class
@@ -89,7 +122,7 @@ def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
         raise UserError(f"{given} has no class sub-folders: it holds {found}", where=where,
                         expected="a folder with one sub-folder of images per class (path/cat/*.jpg, "
                         "path/dog/*.jpg)", received=given)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise UserError(f"{given} has a single class folder, {classes[0]!r}", where=where,
                         expected="at least two class folders to learn from", received=given)
     files: List[str] = []
@@ -118,28 +151,34 @@ def scan(root: Path, given: str, where: str = "data.path") -> ImageFolder:
 
 
 def image_shape(folder: ImageFolder, image_size: Optional[Sequence[int]], color_mode: str, given: str,
-                where: str = "data.path") -> Tuple[Tuple[int, int, int], np.ndarray]:
-    """The (height, width, channels) every image becomes, and which files can be read (their headers).
+                where: str = "data.path") -> Tuple[Tuple[int, int, int], np.ndarray, Set[int]]:
+    """The (height, width, channels) every image becomes, which files can be read (their headers), and which of
+    those that cannot are too large (more than :data:`MAX_FILE_PIXELS` pixels).
 
     Raises:
         UserError: images of several sizes without ``image_size`` (with the sizes found), or no readable image.
     """
-    from PIL import Image
-
     readable = np.ones(len(folder.files), dtype=bool)
+    too_large: Set[int] = set()
     sizes: Dict[Tuple[int, int], List[str]] = {}
     for i, path in enumerate(folder.paths()):
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 width, height = image.size
+        except ImageTooLarge:
+            readable[i] = False
+            too_large.add(i)
+            continue
         except Exception:  # noqa: BLE001 - not an image, damaged: skipped (and counted)
             readable[i] = False
             continue
         if image_size is None:
             sizes.setdefault((height, width), []).append(folder.files[i])
     if not readable.any():
-        raise UserError(f"none of the {len(folder.files):,} image files of {given} can be read", where=where,
-                        expected="readable .png, .jpg, .jpeg, .bmp or .gif images", received=given)
+        why = f" ({len(too_large):,} {TOO_LARGE})" if too_large else ""
+        raise UserError(f"none of the {len(folder.files):,} image files of {given} can be read{why}", where=where,
+                        expected=f"readable .png, .jpg, .jpeg, .bmp or .gif images of at most {MAX_FILE_PIXELS:,} "
+                        "pixels", received=given)
     if image_size is None and len(sizes) > 1:
         counted = sorted(sizes.items(), key=lambda item: -len(item[1]))
         shown = "; ".join(f"{h}x{w} ({len(names):,} images, e.g. {names[0]})" for (h, w), names in counted[:4])
@@ -151,15 +190,29 @@ def image_shape(folder: ImageFolder, image_size: Optional[Sequence[int]], color_
     if height * width > MAX_PIXELS:
         raise UserError(f"images of {height}x{width} pixels are larger than ktk trains on", where="data.image_size",
                         expected=f"at most {MAX_PIXELS:,} pixels per image", received=[height, width])
-    return (int(height), int(width), CHANNELS[color_mode]), readable
+    return (int(height), int(width), CHANNELS[color_mode]), readable, too_large
+
+
+def image_problem(error: BaseException) -> str:
+    """What is wrong with an image file, in words (Pillow's own text names its reader object)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, ImageTooLarge):
+        return str(error)
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def load_image(path: str, shape: Tuple[int, int, int], color_mode: str) -> np.ndarray:
     """One image as uint8 (height, width, channels), as ``keras.utils.load_img`` decodes it (Pillow: mode
-    conversion, then a bilinear resize when its size differs). Raises what Pillow raises."""
+    conversion, then a bilinear resize when its size differs). Raises what Pillow raises, and
+    :class:`ImageTooLarge`."""
     from PIL import Image
 
-    with open(path, "rb") as handle, Image.open(handle) as image:
+    with open(path, "rb") as handle, open_image(handle) as image:
         image = image.convert(_PIL_MODE[color_mode])
         if image.size != (shape[1], shape[0]):
             image = image.resize((shape[1], shape[0]), Image.BILINEAR)
@@ -180,13 +233,16 @@ def decode(folder: ImageFolder, indexes: np.ndarray, shape: Tuple[int, int, int]
     return pixels[kept], np.asarray(indexes)[kept]
 
 
-def warn_skipped(folder: ImageFolder, skipped: Sequence[int], given: str) -> None:
-    """One warning for the images that could not be read."""
+def warn_skipped(folder: ImageFolder, skipped: Sequence[int], given: str, too_large: Set[int] = frozenset()) -> None:
+    """One warning for the images that could not be read, saying why: too large, or damaged (or not images)."""
     if not len(skipped):
         return
-    names = ", ".join(folder.files[i] for i in list(skipped)[:3]) + (", ..." if len(skipped) > 3 else "")
+    groups = [(TOO_LARGE, [i for i in skipped if i in too_large]),
+              ("damaged, truncated or not images", [i for i in skipped if i not in too_large])]
+    reasons = "; ".join(f"{len(files):,} {why}: " + ", ".join(folder.files[i] for i in files[:3])
+                        + (", ..." if len(files) > 3 else "") for why, files in groups if files)
     warnings.warn(f"skipped {len(skipped):,} of {len(folder.files):,} images of {given} that cannot be read "
-                  f"(damaged, truncated or not images): {names}", DataWarning, stacklevel=3)
+                  f"({reasons})", DataWarning, stacklevel=3)
 
 
 def decoded_bytes(count: int, shape: Tuple[int, int, int]) -> int:
@@ -275,7 +331,7 @@ class ImageFiles(Pipelines):
             try:
                 return load_image(name, shape, mode)
             except Exception as error:  # noqa: BLE001 - read in the pass before training: it changed since
-                problem = f"{type(error).__name__}: {first_line(error)}"
+                problem = image_problem(error)
                 raise UserError(f"an image read in the pass before training can no longer be read ({problem})",
                                 where="data.path", expected="the images left as they were until the run ends",
                                 received=name) from None

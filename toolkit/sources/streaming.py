@@ -54,8 +54,26 @@ _SUFFIXES = {"csv": (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip", ".tsv
 _MASK64 = np.uint64(2**64 - 1)
 
 
+MAX_SHARDS = 100_000  # files a glob or folder may name (each is opened in the pass before training)
+
+
 def is_glob(path: str) -> bool:
     return any(c in path for c in "*?[")
+
+
+def _is_pattern(given: str, base_dir: Path) -> bool:
+    """A glob, unless a file or folder has this very name (``data[1].csv``): then it is that path."""
+    if not is_glob(given):
+        return False
+    try:
+        return not _located(given, base_dir).exists()
+    except (OSError, ValueError, UserError):
+        return True
+
+
+def _too_many(given: str) -> UserError:
+    return UserError(f"the path names more than {MAX_SHARDS:,} files", where="data.path",
+                     expected=f"at most {MAX_SHARDS:,} shards (larger files, or a narrower glob)", received=given)
 
 
 def wants_stream(data: Any, base_dir: Path) -> bool:
@@ -64,7 +82,7 @@ def wants_stream(data: Any, base_dir: Path) -> bool:
         return bool(data.stream)
     if not data.path:
         return False
-    if is_glob(data.path):
+    if _is_pattern(data.path, base_dir):
         return True
     try:
         path = _located(data.path, base_dir)
@@ -85,11 +103,19 @@ def shard_files(kind: str, given: str, base_dir: Path) -> List[Path]:
     Raises:
         UserError: an empty glob or folder, a missing path.
     """
-    if is_glob(given):
-        pattern = given if Path(given).is_absolute() else str(base_dir / given)
-        files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if _is_pattern(given, base_dir):
+        def matches(pattern: str) -> List[Path]:
+            found = []
+            for match in glob.iglob(pattern, recursive=True):
+                if os.path.isfile(match):
+                    found.append(Path(match))
+                    if len(found) > MAX_SHARDS:
+                        raise _too_many(given)
+            return sorted(found)
+
+        files = matches(given if Path(given).is_absolute() else str(base_dir / given))
         if not files and not Path(given).is_absolute():
-            files = sorted(Path(p) for p in glob.glob(given, recursive=True) if os.path.isfile(p))
+            files = matches(given)
         if not files:
             raise UserError("no file matches the glob", where="data.path", expected=f"a pattern matching {kind} "
                             "files (relative to the config's folder)", received=given)
@@ -103,6 +129,8 @@ def shard_files(kind: str, given: str, base_dir: Path) -> List[Path]:
     if is_dir:
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name.lower().endswith(_SUFFIXES[kind]))
+        if len(files) > MAX_SHARDS:
+            raise _too_many(given)
         if not files:
             raise UserError(f"the folder holds no {kind} files", where="data.path",
                             expected=f"a folder of {kind} shards ({', '.join(_SUFFIXES[kind])})", received=given)
@@ -216,22 +244,27 @@ class StreamedTable(Pipelines):
         start = self.offsets[index] if self.offsets else 0
         for frame in _chunks(self.source, Path(file), used):
             count = len(frame)
-            keep = self._split_mask(frame, start, split)
+            keep = self._split_mask(frame, start, split, file)
             start += count
             frame = _present(frame[keep], [*self.feature_columns, self.target], self.missing, file)
             if not len(frame):
                 continue
             yield self._encode(frame, file), self._labels(frame[self.target], file)
 
-    def _split_mask(self, frame: Any, start: int, split: int) -> np.ndarray:
+    def _split_mask(self, frame: Any, start: int, split: int, file: str = "") -> np.ndarray:
         if split < 0:
             return np.ones(len(frame), dtype=bool)
-        return self._splits(frame, start) == split
+        return self._splits(frame, start, file) == split
 
-    def _splits(self, frame: Any, start: int) -> np.ndarray:
+    def _splits(self, frame: Any, start: int, file: str = "") -> np.ndarray:
         if self.key is not None:
             import pandas as pd
 
+            missing = frame[self.key].isna().to_numpy()
+            if missing.any():  # every such row would hash alike ("nan"), all into one split
+                raise UserError(f"a row of {file} (row {start + int(np.argmax(missing))}, counted from 0 over the "
+                                f"files) has no value in the split key column {self.key!r}", where="data.split.key", received=None,
+                                expected="a value in every row (the key decides each row's split)")
             index = pd.util.hash_pandas_object(frame[self.key].astype(str), index=False).to_numpy(np.uint64)
         else:
             index = np.arange(start, start + len(frame), dtype=np.uint64)
@@ -421,7 +454,7 @@ def load_streamed(config: Any) -> StreamedTable:
         offsets.append(start)
         stamps.append(_stamp(file))
         for frame in _chunks(kind, file, used):
-            splits = table._splits(frame, start)
+            splits = table._splits(frame, start, str(file))
             start += len(frame)
             present = ~frame[[*features, data.target]].isna().any(axis=1).to_numpy()
             if not present.all():
