@@ -203,11 +203,11 @@ def _augment_name(value: str) -> str:
     return value
 
 
-class AugmentConfig(_Section):
-    """One entry of ``data.augment``: a Keras random preprocessing layer by class, ``{class_name: RandomFlip,
-    config: {mode: horizontal}}`` (or its name alone), active in training only."""
+class _KerasClassEntry(_Section):
+    """A Keras object by class: ``{class_name: ..., config: {...}}``, or its name alone (subclasses check the
+    name; Keras checks the arguments when it makes the object)."""
 
-    class_name: Annotated[str, AfterValidator(_augment_name)]
+    class_name: str
     config: Dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -224,6 +224,13 @@ class AugmentConfig(_Section):
     @classmethod
     def _config_numbers(cls, value: Dict[str, Any]) -> Dict[str, Any]:
         return _keras_arguments(value)
+
+
+class AugmentConfig(_KerasClassEntry):
+    """One entry of ``data.augment``: a Keras random preprocessing layer by class, ``{class_name: RandomFlip,
+    config: {mode: horizontal}}`` (or its name alone), active in training only."""
+
+    class_name: Annotated[str, AfterValidator(_augment_name)]
 
 
 def _image_size(value: Any) -> Any:
@@ -598,26 +605,10 @@ def _callback_name(value: str) -> str:
     return value
 
 
-class CallbackConfig(_Section):
+class CallbackConfig(_KerasClassEntry):
     """One Keras callback by class: ``{class_name: ReduceLROnPlateau, config: {monitor: val_loss, ...}}``."""
 
     class_name: Annotated[str, AfterValidator(_callback_name)]
-    config: Dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: Any) -> Any:
-        return {"class_name": value} if isinstance(value, str) else value
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _config_mapping(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-    @field_validator("config")
-    @classmethod
-    def _config_numbers(cls, value: Dict[str, Any]) -> Dict[str, Any]:
-        return _keras_arguments(value)
 
 
 MAX_CPU_DEVICES = 64  # logical CPU devices a mirrored run may split the CPU into (each a replica on shared cores)
