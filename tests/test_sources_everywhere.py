@@ -92,6 +92,7 @@ def test_a_sweep_decodes_each_image_once(tmp_path, monkeypatch):
 
 
 def sweep_of(tmp_path, kind):
+    """A 2-trial sweep asking for packs of 2: in-memory images pack; pipelines (image files, streamed) run alone."""
     if kind == "streamed":
         shards(tmp_path / "shards", n=200)
         base = {"name": "s", "data": {"source": "csv", "path": "shards", "target": "y", "features": ["a", "b", "c"],
@@ -105,7 +106,7 @@ def sweep_of(tmp_path, kind):
         space = {"model.layers.0.config.filters": {"choice": [2, 4]}}
     file = tmp_path / "sweep.yaml"
     file.write_text(yaml.safe_dump({**base, "search": {"tuner": "grid", "objective": "val_loss",
-                                                       "trials_per_process": 2, "space": space}}))
+                                                       "trials_per_process": 2, "pack": 2, "space": space}}))
     return file
 
 

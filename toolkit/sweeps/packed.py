@@ -80,8 +80,11 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             continue
         members.append(_Member(index, task, config, data, model))
     if members:
-        sizes = {(len(m.data.y_train), len(m.data.y_val)) for m in members}
-        if len(sizes) > 1:  # other split sizes: another number of batches per epoch; not one pack
+        # A pack shares one pipeline of arrays: streamed tables and image files (pipelines) train alone, and so do
+        # members whose split sizes differ (another number of batches per epoch).
+        in_memory = all(hasattr(m.data, "y_train") for m in members)
+        sizes = {(len(m.data.y_train), len(m.data.y_val)) for m in members} if in_memory else set()
+        if not in_memory or len(sizes) > 1:
             for member in members:
                 outcomes[member.index] = run_trial_task(member.task, member.data)
         else:
@@ -108,6 +111,8 @@ def build_training_state(model: Any, data: Any) -> None:
     per graph op, is most of a pack's overhead). Runs the model on one row with ``training=False``: no
     dropout seed is drawn and no statistics are updated, so training goes on exactly as without it.
     """
+    if not hasattr(data, "x_train"):  # pipelines (streamed tables, image files): fit makes them, as before
+        return
     x, y = data.x_train[:1], data.y_train[:1]
     y_pred = model(x, training=False)
     model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
