@@ -388,3 +388,17 @@ def test_a_run_into_a_pipe_has_a_quiet_start_and_no_redraws(iris_config, tmp_pat
     assert "\r" not in out.stdout and "\x1b" not in out.stdout
     epochs = [line for line in out.stdout.splitlines() if re.match(r"\d+/\d+ - .* - val_loss: ", line)]
     assert len(epochs) == 4, out.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_and_its_trial_workers_start_quietly(tmp_path):
+    # The trial workers' fork server imports TensorFlow first thing (its preload): quietly too.
+    from helpers import IRIS_SWEEP
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({**IRIS_SWEEP, "training": {**IRIS_SWEEP["training"], "epochs": 1}, "search": {
+        "tuner": "random", "objective": "val_loss", "max_trials": 1, "space": {"model.hidden.0": {"choice": [4, 8]}}}}))
+    out = subprocess.run([sys.executable, "-m", "toolkit", "tune", str(config), "--out", str(tmp_path / "sweep")],
+                         capture_output=True, text=True, env=subprocess_env(TF_CPP_MIN_LOG_LEVEL="0"), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""

@@ -12,7 +12,8 @@ pointed at a temporary file, and afterwards everything written there is replayed
 lines (a Python warning raised during the import still shows).
 
 Every process ktk starts that may import TensorFlow calls :func:`quiet_tensorflow` once, early: the
-command line, sweep trial workers and distributed workers.
+command line, sweep trial workers and distributed workers; an interpreter started without ktk's command line
+(the fork server of sweep trial workers, which imports TensorFlow first thing) imports :mod:`toolkit.quiet_start`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _STARTUP_LINE = re.compile(
 )
 
 
+VERBOSE_ENV = "KTK_VERBOSE_TENSORFLOW"  # set by a verbose process for the interpreters it starts
+
+
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Makes this process's first ``import tensorflow`` quiet, wherever it happens (e.g. inside ``import keras``).
 
@@ -43,7 +47,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     Args:
         verbose: show TensorFlow's start-up lines and its C++ logs (``-v``/``--verbose``).
     """
-    if verbose or "tensorflow" in sys.modules:
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"  # for the interpreters this process starts (quiet_start)
+        return
+    if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ logs after the start, where honoured
     if not any(isinstance(finder, _QuietImportFinder) for finder in sys.meta_path):

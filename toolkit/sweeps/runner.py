@@ -27,8 +27,8 @@ from toolkit.sweeps.packed import build_training_state
 from toolkit.sweeps.keras_tuner_compat import main_module_not_rerun
 from toolkit.sweeps.records import COMPLETED, FAILED
 
-# Imported once by the fork server, so that forked workers start with them loaded.
-WORKER_PRELOAD = ("tensorflow", "keras", "toolkit.sweeps.runner", "toolkit.training", "toolkit.models",
+# Imported once by the fork server, so that forked workers start with them loaded (quietly: quiet_start first).
+WORKER_PRELOAD = ("toolkit.quiet_start", "tensorflow", "keras", "toolkit.sweeps.runner", "toolkit.training", "toolkit.models",
                   "toolkit.data")
 
 
