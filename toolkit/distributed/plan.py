@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
+from toolkit.addresses import Address, parse_address  # noqa: F401 - part of this module's API
 from toolkit.errors import UserError
 from toolkit.hardware import gpus as gpu_assignment
 from toolkit.hardware.gpus import Assignment, Detected
@@ -27,41 +28,6 @@ IDLE_DELAY_S = 0.5  # how long the chief holds an "ask again later" answer
 MAX_CHIEF_TIMEOUT_S = 86400.0  # --chief-timeout above a day is refused (gRPC deadlines must be finite)
 MAX_WORKERS_PER_CORE = 4  # --workers above this many per core is refused (they would only compete)
 WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class Address:
-    """A host and port the chief listens on or a worker connects to."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_address(text: str, *, flag: str, default_port: Optional[int] = None) -> Address:
-    """Parses ``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``HOST`` alone when a default port is allowed.
-
-    Raises:
-        UserError: naming the flag, for anything else.
-    """
-    text = str(text).strip()
-    expected = "HOST:PORT, e.g. 127.0.0.1:8470 or 10.0.0.5:8470"
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,6}))?|([A-Za-z0-9._-]+)(?::([0-9]{1,6}))?", text)
-    if not match:
-        raise UserError(where=flag, expected=expected, received=text)
-    host = match.group(1) or match.group(3)
-    port_text = match.group(2) or match.group(4)
-    if port_text is None:
-        if default_port is None:
-            raise UserError("the port is missing", where=flag, expected=expected, received=text)
-        port = default_port
-    else:
-        port = int(port_text)
-    if not 0 <= port <= 65535 or (port == 0 and default_port is None):
-        raise UserError(where=flag, expected="a port between 1 and 65535", received=port)
-    return Address(host, port)
 
 
 def check_worker_id(worker_id: str, *, flag: str = "--worker-id") -> str:

@@ -12,10 +12,10 @@ Everything here is checked before TensorFlow is imported; nothing here imports i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from toolkit.addresses import parse_address
 from toolkit.errors import UserError
 
 ROLES = ("chief", "worker")
@@ -193,19 +193,8 @@ def _addresses(items: Sequence[Any], where: str, received: Any) -> List[str]:
 
 
 def _address(text: str, where: str) -> str:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), as TensorFlow's cluster spec takes it. (The same form as ``ktk tune``'s
-    addresses, :func:`toolkit.distributed.plan.parse_address`, which this lower layer does not import.)"""
-    expected = "HOST:PORT, e.g. 10.0.0.5:2222"
-    # ASCII only: a host name TensorFlow's gRPC resolves (an IDN in its xn-- form), a port of ASCII digits
-    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{0,6}))?", text)
-    if match is None:
-        raise UserError(where=where, expected=expected, received=text)
-    if not match.group(2):
-        raise UserError("the port is missing", where=where, expected=expected, received=text)
-    port = int(match.group(2))
-    if not 1 <= port <= 65535:
-        raise UserError(where=where, expected="a port between 1 and 65535", received=port)
-    return f"{match.group(1)}:{port}"
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6), as TensorFlow's cluster spec takes it."""
+    return str(parse_address(text, flag=where, example="10.0.0.5:2222"))
 
 
 def check_distribute(config: Any, cluster: Optional[Cluster], resume: bool = False,
