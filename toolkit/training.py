@@ -11,7 +11,7 @@ import copy
 import inspect
 import math
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -241,35 +241,15 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     Returns:
         The Keras ``History`` (of the epochs this call ran).
     """
-    import keras
     import tensorflow as tf
 
     from toolkit.hardware.strategy import is_multi_worker
 
-    batch = batch_size(config, data)
-    weights = class_weights(config, data)
-    sample_weight = None
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    if hasattr(data, "y_train"):
-        if weights is not None:
-            sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
-        train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
-                             sample_weight=sample_weight, epoch=epoch)
-        validation = make_dataset(data.x_val, data.y_val, max(batch, 256))
-    else:  # pipelines (toolkit.sources.pipelines): files read in batches, or a user's own
-        train = data.train(batch, config.seed, epoch, shuffle=config.training.shuffle)
-        validation = data.split("validation", max(batch, 256))
+    train, validation, fit_class_weight = pipelines(config, data, epoch)
     all_callbacks: List[Any] = [epoch_setter(epoch), *callbacks, *config_callbacks(config)]
-    stopping = config.training.early_stopping
-    restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
-    early_stopping = None
-    if stopping is not None or (restore and keep_best):
-        # Without early stopping, patience is every epoch: it never stops, only keeps the best weights.
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor=monitor_name(config), patience=stopping.patience if stopping else config.training.epochs,
-            min_delta=stopping.min_delta if stopping else 0.0, mode=monitor_mode(config),
-            restore_best_weights=restore and keep_best, verbose=0,
-        )
+    early_stopping = early_stopping_callback(config, keep_best)
+    if early_stopping is not None:
         all_callbacks.append(early_stopping)
     initial_epoch, epochs = 0, config.training.epochs
     multi_worker = is_multi_worker(model.distribute_strategy)
@@ -286,7 +266,44 @@ def fit(model: Any, config: Any, data: Any, callbacks: Sequence[Any] = (), verbo
     with raise_carried():  # a data file that changed during training: one message, not TensorFlow's
         return model.fit(train, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
                          callbacks=all_callbacks, verbose=verbose, shuffle=False,  # tf.data shuffles
-                         class_weight=weights if not hasattr(data, "y_train") else None)
+                         class_weight=fit_class_weight)
+
+
+def pipelines(config: Any, data: Any, epoch: Any) -> Tuple[Any, Any, Optional[Dict[int, float]]]:
+    """The training and validation pipelines of :func:`fit` (also a packed sweep's, which must see the same
+    batches), and the class weights for Keras' ``fit``: arrays carry theirs as sample weights, pipelines do not.
+
+    Args:
+        epoch: the int64 variable :func:`epoch_setter` sets, of which each epoch's shuffle is a function.
+    """
+    batch = batch_size(config, data)
+    weights = class_weights(config, data)
+    if not hasattr(data, "y_train"):  # pipelines (toolkit.sources.pipelines): files read in batches, or a user's
+        return (data.train(batch, config.seed, epoch, shuffle=config.training.shuffle),
+                data.split("validation", max(batch, 256)), weights)
+    sample_weight = None
+    if weights is not None:
+        sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
+    train = make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle, seed=config.seed,
+                         sample_weight=sample_weight, epoch=epoch)
+    return train, make_dataset(data.x_val, data.y_val, max(batch, 256)), None
+
+
+def early_stopping_callback(config: Any, keep_best: bool = True) -> Any:
+    """Keras' ``EarlyStopping`` for the config, or None: ``training.early_stopping``, or, without it and with
+    `keep_best`, one that never stops and only keeps the best epoch's weights (see :func:`fit`)."""
+    import keras
+
+    stopping = config.training.early_stopping
+    restore = stopping.restore_best_weights if stopping is not None else config.training.restore_best_weights
+    if stopping is None and not (restore and keep_best):
+        return None
+    # Without early stopping, patience is every epoch: it never stops, only keeps the best weights.
+    return keras.callbacks.EarlyStopping(
+        monitor=monitor_name(config), patience=stopping.patience if stopping else config.training.epochs,
+        min_delta=stopping.min_delta if stopping else 0.0, mode=monitor_mode(config),
+        restore_best_weights=restore and keep_best, verbose=0,
+    )
 
 
 def config_callbacks(config: Any) -> List[Any]:

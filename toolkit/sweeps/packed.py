@@ -193,37 +193,22 @@ def _fit_members(members: List[_Member], verbose: int = 0) -> None:
 
 
 def _datasets(config: Any, data: Any, epoch: Any) -> Tuple[Any, Any]:
-    """The training and validation pipelines a lone trial's ``training.fit`` builds (mirrors it)."""
-    import numpy as np
-
+    """The training and validation pipelines a lone trial's ``training.fit`` builds."""
     from toolkit import training
 
     # The global seed when the pipeline is built is part of tf.data's shuffle seed: a lone trial builds it
     # right after prepare_model seeded everything with the config's seed.
     training.set_seed(config.seed)
-    batch = training.batch_size(config, data)
-    weights = training.class_weights(config, data)
-    sample_weight = None
-    if weights is not None:
-        sample_weight = np.asarray([weights.get(int(c), 1.0) for c in data.y_train.ravel()], dtype=np.float32)
-    train = training.make_dataset(data.x_train, data.y_train, batch, shuffle=config.training.shuffle,
-                                  seed=config.seed, sample_weight=sample_weight, epoch=epoch)
-    validation = training.make_dataset(data.x_val, data.y_val, max(batch, 256))
+    train, validation, _ = training.pipelines(config, data, epoch)  # arrays: class weights are sample weights
     return train, validation
 
 
 def _early_stopping(config: Any) -> List[Any]:
     """A sweep trial's early stopping (``training.fit`` with keep_best=False: only when the config sets it)."""
-    import keras
-
     from toolkit import training
 
-    stopping = config.training.early_stopping
-    if stopping is None:
-        return []
-    return [keras.callbacks.EarlyStopping(
-        monitor=training.monitor_name(config), patience=stopping.patience, min_delta=stopping.min_delta,
-        mode=training.monitor_mode(config), restore_best_weights=False, verbose=0)]
+    callback = training.early_stopping_callback(config, keep_best=False)
+    return [] if callback is None else [callback]
 
 
 def _split_logs(logs: Dict[str, Any], count: int) -> List[Dict[str, float]]:
