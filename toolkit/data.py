@@ -103,6 +103,12 @@ class Dataset:
         )
 
 
+def in_memory(data: Any) -> bool:
+    """Whether prepared data holds its splits as arrays in memory (a :class:`Dataset`), rather than being
+    pipelines read in batches (streamed tables, image files, a user's own: :mod:`toolkit.sources`)."""
+    return hasattr(data, "x_train")
+
+
 @dataclass
 class _Raw:
     """What a source gives before splitting: features, target, and optional predefined splits."""

@@ -73,7 +73,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
         ClusterError: (multi_worker) another process of the cluster failed.
     """
     from toolkit import training
-    from toolkit.data import load_data
+    from toolkit.data import in_memory, load_data
 
     started = time.time()
     started_at = utc_now()
@@ -105,7 +105,7 @@ def run(config: Config, out_dir: Optional[Union[str, Path]] = None, verbose: int
             from toolkit.sources.pipelines import from_user
 
             data = from_user(data, config)
-        if config.training.monitor.gradients and not hasattr(data, "x_train"):
+        if config.training.monitor.gradients and not in_memory(data):
             raise UserError("training.monitor.gradients probes examples held in memory", where="training.monitor."
                             "gradients", expected="false for streamed, image-file or your own pipelines", received=True)
         check_with_data(config, data)  # class weights, the monitor of the data's task: before anything is written

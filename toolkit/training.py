@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from toolkit.data import in_memory
 from toolkit.errors import UserError, raise_carried, reason
 from toolkit.metrics import best_index, resolve_mode
 from toolkit.keras_names import snake_case
@@ -150,7 +151,7 @@ def batch_size(config: Any, data: Any) -> int:
 
 def _train_size(data: Any) -> int:
     """Examples in the training split (of a Dataset, or of pipelines: known for ktk's, counted for a user's)."""
-    return len(data.y_train) if hasattr(data, "y_train") else int(data.sizes()["train"] or 1)
+    return len(data.y_train) if in_memory(data) else int(data.sizes()["train"] or 1)
 
 
 def _steps_per_epoch(config: Any, data: Any) -> int:
@@ -212,7 +213,7 @@ def class_weights(config: Any, data: Any) -> Optional[Dict[int, float]]:
     if spec != "balanced":
         return weights
     names = data.class_names or [str(i) for i in range(data.num_classes or 2)]
-    if not hasattr(data, "y_train"):  # pipelines: the class counts of their one pass over the training split
+    if not in_memory(data):  # pipelines: the class counts of their one pass over the training split
         if data.class_counts is None:
             raise UserError("class weights 'balanced' need the training split's class counts, which these "
                             "pipelines do not give", where="training.class_weight",
@@ -278,7 +279,7 @@ def pipelines(config: Any, data: Any, epoch: Any) -> Tuple[Any, Any, Optional[Di
     """
     batch = batch_size(config, data)
     weights = class_weights(config, data)
-    if not hasattr(data, "y_train"):  # pipelines (toolkit.sources.pipelines): files read in batches, or a user's
+    if not in_memory(data):  # pipelines (toolkit.sources.pipelines): files read in batches, or a user's
         return (data.train(batch, config.seed, epoch, shuffle=config.training.shuffle),
                 data.split("validation", max(batch, 256)), weights)
     sample_weight = None
@@ -345,7 +346,7 @@ def evaluate(model: Any, config: Any, data: Any, split: str) -> Dict[str, float]
     """Loss and metrics of `model` on one split (dropout off), as {metric name: value}."""
     from toolkit.hardware.strategy import is_multi_worker
 
-    if not hasattr(data, "y_train"):  # pipelines
+    if not in_memory(data):  # pipelines
         dataset = data.split(split, max(batch_size(config, data), 256))
     else:
         x, y = data.split(split)

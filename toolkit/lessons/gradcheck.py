@@ -255,7 +255,9 @@ def gradient_check(config: Any, samples: int = 8, epsilon: Optional[float] = Non
 def training_sample(data: Any, samples: int) -> Any:
     """The first `samples` training examples (x, y) as arrays, of any prepared data: a ``Dataset``'s arrays, or the
     first batches of a pipeline's training split in order (streamed tables, image files: nothing else is read)."""
-    if hasattr(data, "x_train"):
+    from toolkit.data import in_memory
+
+    if in_memory(data):
         return data.x_train[:samples], data.y_train[:samples]
     xs, ys, count = [], [], 0
     pipeline = data.split("train", samples)

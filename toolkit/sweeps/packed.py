@@ -63,6 +63,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
 
     from toolkit import training
     from toolkit.config import parse_config
+    from toolkit.data import in_memory
     from toolkit.sweeps.records import COMPLETED
     from toolkit.sweeps.runner import failure_outcome, rss_mb, run_trial_task, trial_outcome
 
@@ -82,9 +83,9 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
     if members:
         # A pack shares one pipeline of arrays: streamed tables and image files (pipelines) train alone, and so do
         # members whose split sizes differ (another number of batches per epoch).
-        in_memory = all(hasattr(m.data, "y_train") for m in members)
-        sizes = {(len(m.data.y_train), len(m.data.y_val)) for m in members} if in_memory else set()
-        if not in_memory or len(sizes) > 1:
+        together = all(in_memory(m.data) for m in members)
+        sizes = {(len(m.data.y_train), len(m.data.y_val)) for m in members} if together else set()
+        if not together or len(sizes) > 1:
             for member in members:
                 outcomes[member.index] = run_trial_task(member.task, member.data)
         else:
@@ -111,7 +112,9 @@ def build_training_state(model: Any, data: Any) -> None:
     per graph op, is most of a pack's overhead). Runs the model on one row with ``training=False``: no
     dropout seed is drawn and no statistics are updated, so training goes on exactly as without it.
     """
-    if not hasattr(data, "x_train"):  # pipelines (streamed tables, image files): fit makes them, as before
+    from toolkit.data import in_memory
+
+    if not in_memory(data):  # pipelines (streamed tables, image files): fit makes them, as before
         return
     x, y = data.x_train[:1], data.y_train[:1]
     y_pred = model(x, training=False)
