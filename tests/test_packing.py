@@ -109,16 +109,16 @@ VARIANTS = [
 ]
 
 
-def trial_tasks(history_dir):
+def trial_tasks(history_dir, base=BASE, variants=VARIANTS, objective=("val_accuracy", "max")):
     from toolkit.sweeps.sweep_data import DataCache
 
     cache, tasks, datasets = DataCache(), [], {}
-    for number, values in enumerate(VARIANTS):
-        config = parse_config(BASE).with_values(values)
+    for number, values in enumerate(variants):
+        config = parse_config(base).with_values(values)
         data_key, data = cache.get_for_trials(config)
         datasets[data_key] = data
         tasks.append({"trial_id": str(number), "config": config.to_dict(), "source": None, "executions": 1,
-                      "objective": ["val_accuracy", "max"], "history_dir": str(history_dir), "verbose": 0,
+                      "objective": list(objective), "history_dir": str(history_dir), "verbose": 0,
                       "data_key": data_key, "free_memory": False})
     return tasks, datasets
 
@@ -128,9 +128,13 @@ def comparable(outcome):
 
 
 @pytest.mark.slow
-def test_a_packed_trial_is_the_same_trial_run_alone(tmp_path):
+def test_a_packed_trial_is_the_same_trial_run_alone(tmp_path, monkeypatch):
+    """The general path: each member with its own Keras train_step (bit-identical to the trial alone)."""
+    from toolkit.sweeps import stacked
     from toolkit.sweeps.packed import run_pack_tasks
     from toolkit.sweeps.runner import run_trial_task
+
+    monkeypatch.setattr(stacked, "signature", lambda model: None)  # no member may stack
 
     (tmp_path / "alone").mkdir()
     (tmp_path / "packed").mkdir()
@@ -167,8 +171,27 @@ def test_tune_with_pack_writes_what_pack_off_writes(tmp_path):
             tables[pack] = [{k: v for k, v in row.items() if k not in ("started", "duration_s")}
                             for row in csv.DictReader(handle)]
         histories[pack] = {p.name: p.read_text() for p in (out / "histories").iterdir()}
-    assert tables[3] == tables["off"]
-    assert histories[3] == histories["off"]
+    # equal within float32 round-off: these members stack (one batched matmul sums in another order)
+    assert close([numbers(row) for row in tables[3]], [numbers(row) for row in tables["off"]])
+    assert histories[3].keys() == histories["off"].keys()
+    for name, text in histories["off"].items():
+        assert close(read_csv_text(histories[3][name]), read_csv_text(text)), name
+
+
+def numbers(row):
+    """A CSV row with its numbers as floats."""
+    out = {}
+    for key, value in row.items():
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            out[key] = value
+    return out
+
+
+def read_csv_text(text):
+    rows = list(csv.reader(text.splitlines()))
+    return rows[0], [[float(v) for v in row] for row in rows[1:]]
 
 
 @pytest.mark.slow
@@ -197,3 +220,130 @@ def test_every_tuner_packs_and_ends_every_trial_once(tmp_path, tuner, extra):
     assert max(r.get("pack", 1) for r in records) > 1
     if tuner == "hyperband":  # a pack never mixes rounds: its members share tuner/epochs
         assert all(r["epochs"] == r["values"]["training.epochs"] for r in records)
+
+
+# Stacked packs (toolkit/sweeps/stacked.py): members of one layer structure trained as one stack of kernels.
+# Six digits trials: other widths (padded), optimizer classes and arguments (SGD with momentum and Nesterov,
+# Adam, RMSprop centered with momentum), dropout rates (and none), L1/L2, initializers, a schedule, early
+# stopping ending one early, and one diverging.
+STACK_VARIANTS = VARIANTS[:2] + [
+    {"model.regularizer": {"l1": 1.0e-4, "l2": 1.0e-3}, "model.initializer": "he_normal",
+     "training.optimizer.name": "rmsprop", "model.hidden": [32, 12],
+     "training.schedule": {"name": "exponential_decay", "decay_steps": 10, "decay_rate": 0.5}},
+    VARIANTS[3],
+    {"training.optimizer.name": "sgd", "training.optimizer.learning_rate": 0.1, "training.optimizer.nesterov": True,
+     "training.optimizer.momentum": 0.5, "model.dropout": 0.1, "model.hidden": [24, 8]},
+    {"training.optimizer.name": "rmsprop", "training.optimizer.momentum": 0.5, "training.optimizer.centered": True,
+     "model.initializer": "glorot_normal", "model.regularizer": {"l2": 1.0e-2}},
+]
+BINARY = {"name": "pack-binary", "seed": 4, "data": {"source": "sklearn.breast_cancer"},
+          "model": {"hidden": [12, 6], "activation": "tanh"},
+          "training": {"optimizer": {"name": "adam", "learning_rate": 1.0e-2}, "batch_size": 64, "epochs": 4,
+                       "class_weight": "balanced"}}
+REGRESSION = {"name": "pack-regression", "seed": 6, "data": {"source": "sklearn.diabetes"},
+              "model": {"hidden": [16, 16], "activation": "elu"},
+              "training": {"optimizer": {"name": "sgd", "learning_rate": 1.0e-2}, "batch_size": 32, "epochs": 4}}
+OTHER_VARIANTS = [{}, {"training.optimizer.name": "rmsprop", "model.dropout": 0.2, "model.hidden": [20, 4]},
+                  {"training.optimizer.name": "sgd", "training.optimizer.momentum": 0.9,
+                   "model.regularizer": {"l1": 1.0e-3}, "model.hidden": [8, 16]}]
+
+
+def close(packed, alone, rel=1.0e-5, absolute=1.0e-6):
+    """Equal, except numbers, which may differ by float32 round-off (a batched matmul sums in another order)."""
+    import math
+
+    if isinstance(alone, dict):
+        return isinstance(packed, dict) and packed.keys() == alone.keys() and \
+            all(close(packed[k], alone[k], rel, absolute) for k in alone)
+    if isinstance(alone, (list, tuple)):
+        return len(packed) == len(alone) and all(close(p, a, rel, absolute) for p, a in zip(packed, alone))
+    if isinstance(alone, float) and isinstance(packed, float):
+        return (math.isnan(alone) and math.isnan(packed)) or math.isclose(packed, alone, rel_tol=rel,
+                                                                          abs_tol=absolute)
+    return packed == alone
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return read_csv_text(handle.read())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base, variants, objective", [
+    (BASE, STACK_VARIANTS, ("val_accuracy", "max")),
+    (BINARY, OTHER_VARIANTS, ("val_accuracy", "max")),
+    (REGRESSION, OTHER_VARIANTS, ("val_mae", "min")),
+], ids=["multiclass", "binary-class-weights", "regression"])
+def test_a_stacked_trial_is_the_same_trial_run_alone(tmp_path, monkeypatch, base, variants, objective):
+    from toolkit.sweeps import packed as packed_module
+    from toolkit.sweeps.runner import run_trial_task
+
+    stacks = []
+    fit_members = packed_module._fit_members
+
+    def spy(members, verbose=0, plan=None):
+        stacks.append(len(members) if plan is not None else 0)
+        fit_members(members, verbose, plan)
+
+    monkeypatch.setattr(packed_module, "_fit_members", spy)
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "packed").mkdir()
+    tasks, datasets = trial_tasks(tmp_path / "alone", base, variants, objective)
+    alone = [run_trial_task(task, datasets[task["data_key"]]) for task in tasks]
+    tasks, datasets = trial_tasks(tmp_path / "packed", base, variants, objective)
+    packed = packed_module.run_pack_tasks(tasks, datasets)
+
+    assert stacks == [len(variants)]  # one stack held them all
+    assert close([comparable(o) for o in packed], [comparable(o) for o in alone])
+    for number in range(len(variants)):
+        header, rows = read_csv(tmp_path / "packed" / f"{number}.csv")
+        assert (header, len(rows)) == read_csv(tmp_path / "alone" / f"{number}.csv")[0:1] + (len(rows),)
+        assert close(rows, read_csv(tmp_path / "alone" / f"{number}.csv")[1])
+    if variants is STACK_VARIANTS:
+        assert [o["status"] for o in packed] == ["completed", "completed", "completed", "failed", "completed",
+                                                 "completed"]
+        assert len({o["epochs"] for o in packed if o["status"] == "completed"}) > 1  # one stopped early
+        assert packed[3]["message"].startswith("diverged: the training loss became NaN or infinite in epoch 1")
+
+
+def built(config_changes, base=BASE):
+    from toolkit import training
+    from toolkit.data import load_data
+    from toolkit.sweeps.packed import build_training_state
+
+    config = parse_config(base).with_values(config_changes)
+    data = load_data(config)
+    model = training.prepare_model(config, data)
+    build_training_state(model, data)
+    return model
+
+
+@pytest.mark.slow
+def test_what_may_differ_in_a_stack_and_what_may_not():
+    from toolkit.sweeps import stacked
+
+    same = stacked.signature(built({}))
+    assert same is not None
+    for changes in ({"model.hidden": [40, 3]}, {"model.dropout": 0.4}, {"model.regularizer": {"l1": 0.1}},
+                    {"model.initializer": "he_uniform"}, {"training.optimizer.name": "sgd"},
+                    {"training.optimizer.name": "rmsprop", "training.optimizer.centered": True},
+                    {"training.optimizer.learning_rate": 0.5, "training.optimizer.beta_1": 0.5},
+                    {"training.schedule": {"name": "cosine_decay", "decay_steps": 10}}, {"training.epochs": 2}):
+        assert stacked.signature(built(changes)) == same, changes
+    for changes in ({"model.hidden": [16]}, {"model.activation": "tanh"},  # depth, activation
+                    {"training.metrics": ["mse"]}, {"training.steps_per_execution": 3}):
+        assert stacked.signature(built(changes)) not in (None, same), changes
+    for changes in ({"training.optimizer.name": "adagrad"}, {"training.optimizer.clipnorm": 1.0},
+                    {"training.optimizer.name": "adam", "training.optimizer.amsgrad": True},
+                    {"model.batchnorm": True},
+                    {"model.hidden": None, "model.layers": [{"units": 8}, {"class_name": "LayerNormalization"}]}):
+        assert stacked.signature(built(changes)) is None, changes
+    assert stacked.signature(built({}, BINARY)) is not None
+    assert stacked.signature(built({"training.metrics": ["accuracy", "auc"]}, BINARY)) is None  # not a mean
+
+
+def test_stack_grouping():
+    from toolkit.sweeps import stacked
+
+    assert stacked.group(["a", None, "b", "a", "b", "c"]) == ([[0, 3], [2, 4]], [1, 5])
+    assert stacked.group([None, "a"]) == ([], [0, 1])

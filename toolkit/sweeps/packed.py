@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from toolkit.sweeps import stacked
 from toolkit.sweeps.packing import PACK_MEMORY_BUDGET_MB, member_memory_bytes, split_by_memory
 
 
@@ -75,7 +76,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             config = parse_config(task["config"], source=task["source"])
             data = datasets[task["data_key"]]
             model = training.prepare_model(config, data, seed=config.seed)  # exactly as the lone trial
-            build_training_state(model, data)
+            build_training_state(model, data, optimizer=False)  # the optimizer's too, unless it stacks (below)
         except Exception as error:  # this trial fails alone (as it would alone)
             outcomes[index] = failure_outcome(error)
             continue
@@ -90,21 +91,41 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                 outcomes[member.index] = run_trial_task(member.task, member.data)
         else:
             budget = PACK_MEMORY_BUDGET_MB * 2**20
-            for chunk in split_by_memory([_memory_bytes(m) for m in members], budget):
-                pack = [members[i] for i in chunk]
-                started = time.perf_counter()
-                _fit_members(pack, verbose=tasks[0].get("verbose", 0))
-                fit_seconds = (time.perf_counter() - started) / len(pack)
-                for member in pack:
-                    outcome = trial_outcome([member.result], member.task)
-                    if outcome["status"] == COMPLETED:
-                        # as a lone trial's (benchmarks): its share of the time in fit, the process's memory
-                        outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
-                    outcomes[member.index] = outcome
+            stacks, rest = _stack_groups(members)
+            for group, stacked_plan in stacks + [([members[i] for i in rest], None)]:
+                sizes = [_memory_bytes(m, stacked_plan) for m in group]
+                for chunk in split_by_memory(sizes, budget) if group else []:
+                    pack = [group[i] for i in chunk]
+                    plan_ = stacked.plan([m.model for m in pack]) if stacked_plan is not None and len(pack) > 1 \
+                        else None
+                    for member in pack if plan_ is None else []:  # each with its own optimizer: built now
+                        if not member.model.optimizer.built:
+                            member.model.optimizer.build(member.model.trainable_variables)
+                    started = time.perf_counter()
+                    _fit_members(pack, verbose=tasks[0].get("verbose", 0), plan=plan_)
+                    fit_seconds = (time.perf_counter() - started) / len(pack)
+                    for member in pack:
+                        outcome = trial_outcome([member.result], member.task)
+                        if outcome["status"] == COMPLETED:
+                            # as a lone trial's (benchmarks): its share of the time in fit, the process's memory
+                            outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
+                        outcomes[member.index] = outcome
     return outcomes
 
 
-def build_training_state(model: Any, data: Any) -> None:
+def _stack_groups(members: List["_Member"]) -> Tuple[List[Tuple[List["_Member"], Any]], List[int]]:
+    """The members that train as stacks (:mod:`toolkit.sweeps.stacked`: same layer structure and data set),
+    each group with its plan, and the indices of the others (trained with their own train steps)."""
+    signatures = []
+    for member in members:
+        text = stacked.signature(member.model)
+        signatures.append(None if text is None else f"{member.task['data_key']}|{text}")
+    groups, rest = stacked.group(signatures)
+    return [([members[i] for i in indices], stacked.plan([members[i].model for i in indices]))
+            for indices in groups], rest
+
+
+def build_training_state(model: Any, data: Any, optimizer: bool = True) -> None:
     """Creates a compiled model's optimizer and metric variables now, outside any traced function.
 
     Otherwise they are created while ``fit`` traces its train function, and a ``tf.function`` that creates
@@ -120,14 +141,19 @@ def build_training_state(model: Any, data: Any) -> None:
     y_pred = model(x, training=False)
     model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
     model.compute_metrics(x, y, y_pred, sample_weight=None)
-    model.optimizer.build(model.trainable_variables)
+    if optimizer:
+        model.optimizer.build(model.trainable_variables)
     model.reset_metrics()
 
 
-def _memory_bytes(member: "_Member") -> int:
-    """A member's estimated memory (:func:`toolkit.sweeps.packing.member_memory_bytes`)."""
+def _memory_bytes(member: "_Member", plan: Any = None) -> int:
+    """A member's estimated memory (:func:`toolkit.sweeps.packing.member_memory_bytes`); in a stack (`plan`),
+    with the stack's padded widths."""
     from toolkit import training
 
+    if plan is not None:
+        params, activations = stacked.stacked_size(plan)
+        return member_memory_bytes(params, training.batch_size(member.config, member.data), activations)
     activations = 0
     for layer in member.model.layers:  # a functional model: a layer's output is a symbolic tensor (or several)
         for output in layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]:
@@ -153,8 +179,9 @@ class _Member:
         self.result: Any = None  # (history, params) once trained
 
 
-def _fit_members(members: List[_Member], verbose: int = 0) -> None:
-    """Trains the members of one pack together (the same epochs, batches and callbacks as each alone)."""
+def _fit_members(members: List[_Member], verbose: int = 0, plan: Any = None) -> None:
+    """Trains the members of one pack together (the same epochs, batches and callbacks as each alone); as one
+    stack of kernels with a `plan` (:mod:`toolkit.sweeps.stacked`), else each with its own train step."""
     import keras
     import tensorflow as tf
 
@@ -182,9 +209,13 @@ def _fit_members(members: List[_Member], verbose: int = 0) -> None:
         member.callbacks = keras.callbacks.CallbackList(
             [member.logger, stop_on_nan_class()(), *_early_stopping(member.config)], model=member.model)
     steps = math.ceil(len(members[0].data.y_train) / training.batch_size(members[0].config, members[0].data))
-    packed = packed_model_class()([m.model for m in members], [keys.index(m.task["data_key"]) for m in members],
-                                  [m.config.training.epochs for m in members], [m.callbacks for m in members],
-                                  steps)
+    epochs = [m.config.training.epochs for m in members]
+    if plan is not None:
+        packed = stacked.stacked_model_class()(plan, [m.model for m in members], epochs,
+                                               [m.callbacks for m in members], steps)
+    else:
+        packed = packed_model_class()([m.model for m in members], [keys.index(m.task["data_key"]) for m in members],
+                                      epochs, [m.callbacks for m in members], steps)
     # One step per call: Keras' multi-step loop (a while loop with optional inputs) traces the step twice, and
     # tracing, not running, is what a pack of small models spends its time on. Each member's callbacks still
     # see the batches a lone trial's callbacks see (every steps_per_execution steps, and the epoch's last).
@@ -289,7 +320,7 @@ def packed_model_class() -> type:
                 self._member_callbacks[i].on_epoch_begin(epoch)
 
         def on_train_batch_end(self, batch: int, logs: Dict[str, Any]) -> None:
-            split = _split_logs(logs or {}, len(self.members))
+            split = self._member_logs(logs)
             stopped = []
             for i in self.training_members:
                 self._last_logs[i] = split[i]
@@ -301,11 +332,11 @@ def packed_model_class() -> type:
                     stopped.append(i)
             if stopped:
                 self.training_members = [i for i in self.training_members if i not in stopped]
-                self.train_function = None
-                self.make_train_function()
+                self._members_changed(evaluation=False)
 
         def on_epoch_end(self, epoch: int, logs: Dict[str, Any]) -> None:
-            split = _split_logs(logs or {}, len(self.members))
+            split = self._member_logs(logs)
+            self._sync_members()
             done = []
             for i in self.evaluated_members:
                 member_logs = {**self._last_logs[i], **{k: v for k, v in split[i].items() if k.startswith("val_")}}
@@ -317,11 +348,25 @@ def packed_model_class() -> type:
             if done:
                 self.evaluated_members = [i for i in self.evaluated_members if i not in done]
                 self.training_members = [i for i in self.training_members if i not in done]
-                self.train_function = self.test_function = None
-                if self.training_members:
-                    self.make_train_function()
-                else:
-                    self.stop_training = True
+                self._members_changed(evaluation=True)
+
+        def _member_logs(self, logs: Dict[str, Any]) -> List[Dict[str, float]]:
+            """The pack's logs as each member's own."""
+            return _split_logs(logs or {}, len(self.members))
+
+        def _sync_members(self) -> None:
+            """Called before the members' callbacks see an epoch's end (their models are up to date here)."""
+
+        def _members_changed(self, evaluation: bool) -> None:
+            """Members left the train step (and, with `evaluation`, the evaluation): the pack's functions are
+            traced again without them."""
+            self.train_function = None
+            if evaluation:
+                self.test_function = None
+            if self.training_members:
+                self.make_train_function()
+            else:
+                self.stop_training = True
 
     class _Dispatcher(keras.callbacks.Callback):
         """The pack's one callback: hands each member its own logs and lets its callbacks stop it."""
