@@ -124,7 +124,7 @@ def trial_tasks(history_dir, base=BASE, variants=VARIANTS, objective=("val_accur
 
 
 def comparable(outcome):
-    return {k: v for k, v in outcome.items() if k not in ("fit_s", "rss_mb", "pack", "traceback")}
+    return {k: v for k, v in outcome.items() if k not in ("fit_s", "rss_mb", "pack", "stacked", "traceback")}
 
 
 @pytest.mark.slow
@@ -338,8 +338,8 @@ def test_what_may_differ_in_a_stack_and_what_may_not():
                     {"model.batchnorm": True},
                     {"model.hidden": None, "model.layers": [{"units": 8}, {"class_name": "LayerNormalization"}]}):
         assert stacked.signature(built(changes)) is None, changes
-    assert stacked.signature(built({}, BINARY)) is not None
-    assert stacked.signature(built({"training.metrics": ["accuracy", "auc"]}, BINARY)) is None  # not a mean
+    assert stacked.compiled_supported(built({}, BINARY))
+    assert not stacked.compiled_supported(built({"training.metrics": ["accuracy", "auc"]}, BINARY))  # not a mean
 
 
 def test_stack_grouping():
@@ -347,3 +347,23 @@ def test_stack_grouping():
 
     assert stacked.group(["a", None, "b", "a", "b", "c"]) == ([[0, 3], [2, 4]], [1, 5])
     assert stacked.group([None, "a"]) == ([], [0, 1])
+
+
+@pytest.mark.slow
+def test_members_a_stack_cannot_compute_train_with_their_own_steps(tmp_path, monkeypatch):
+    from toolkit.sweeps import packed as packed_module
+
+    stacks = []
+    fit_members = packed_module._fit_members
+
+    def spy(members, verbose=0, plan=None):
+        stacks.append((len(members), plan is not None))
+        fit_members(members, verbose, plan)
+
+    monkeypatch.setattr(packed_module, "_fit_members", spy)
+    base = dict(BINARY, training=dict(BINARY["training"], epochs=1, metrics=["accuracy", "auc"]))
+    tasks, datasets = trial_tasks(tmp_path, base, [{}, {"model.dropout": 0.2}])
+    outcomes = packed_module.run_pack_tasks(tasks, datasets)
+    assert stacks == [(2, False)]  # AUC is not a mean of a per-example function: one pack, no stack
+    assert [o["status"] for o in outcomes] == ["completed", "completed"]
+    assert all("auc" in o["validation"] for o in outcomes)

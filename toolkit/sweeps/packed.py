@@ -76,7 +76,6 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             config = parse_config(task["config"], source=task["source"])
             data = datasets[task["data_key"]]
             model = training.prepare_model(config, data, seed=config.seed)  # exactly as the lone trial
-            build_training_state(model, data, optimizer=False)  # the optimizer's too, unless it stacks (below)
         except Exception as error:  # this trial fails alone (as it would alone)
             outcomes[index] = failure_outcome(error)
             continue
@@ -92,15 +91,24 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
         else:
             budget = PACK_MEMORY_BUDGET_MB * 2**20
             stacks, rest = _stack_groups(members)
+            for i in list(rest):  # with their own train steps: their loss, metrics and optimizer made now
+                try:
+                    build_training_state(members[i].model, members[i].data)
+                except Exception as error:  # noqa: BLE001 - as the trial alone would fail
+                    outcomes[members[i].index] = failure_outcome(error)
+                    rest.remove(i)
             for group, stacked_plan in stacks + [([members[i] for i in rest], None)]:
                 sizes = [_memory_bytes(m, stacked_plan) for m in group]
                 for chunk in split_by_memory(sizes, budget) if group else []:
                     pack = [group[i] for i in chunk]
                     plan_ = stacked.plan([m.model for m in pack]) if stacked_plan is not None and len(pack) > 1 \
                         else None
-                    for member in pack if plan_ is None else []:  # each with its own optimizer: built now
-                        if not member.model.optimizer.built:
-                            member.model.optimizer.build(member.model.trainable_variables)
+                    if stacked_plan is not None and plan_ is None:  # a stack's member left alone by the budget
+                        try:
+                            build_training_state(pack[0].model, pack[0].data)
+                        except Exception as error:  # noqa: BLE001 - as the trial alone would fail
+                            outcomes[pack[0].index] = failure_outcome(error)
+                            continue
                     started = time.perf_counter()
                     _fit_members(pack, verbose=tasks[0].get("verbose", 0), plan=plan_)
                     fit_seconds = (time.perf_counter() - started) / len(pack)
@@ -109,6 +117,8 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                         if outcome["status"] == COMPLETED:
                             # as a lone trial's (benchmarks): its share of the time in fit, the process's memory
                             outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
+                            if plan_ is not None:
+                                outcome["stacked"] = True
                         outcomes[member.index] = outcome
     return outcomes
 
@@ -121,8 +131,21 @@ def _stack_groups(members: List["_Member"]) -> Tuple[List[Tuple[List["_Member"],
         text = stacked.signature(member.model)
         signatures.append(None if text is None else f"{member.task['data_key']}|{text}")
     groups, rest = stacked.group(signatures)
-    return [([members[i] for i in indices], stacked.plan([members[i].model for i in indices]))
-            for indices in groups], rest
+    stacks = []
+    for indices in groups:
+        # The first member's loss and metrics are built (as its trial's fit would) and checked; the others
+        # compiled the same names on the same data.
+        first = members[indices[0]]
+        try:
+            build_training_state(first.model, first.data, optimizer=False)
+            supported = stacked.compiled_supported(first.model)
+        except Exception:  # noqa: BLE001 - each trial then builds, and fails, as it would alone
+            supported = False
+        if supported:
+            stacks.append(([members[i] for i in indices], stacked.plan([members[i].model for i in indices])))
+        else:
+            rest.extend(indices)
+    return stacks, sorted(rest)
 
 
 def build_training_state(model: Any, data: Any, optimizer: bool = True) -> None:

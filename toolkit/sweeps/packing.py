@@ -16,10 +16,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 OFF = "off"
 AUTO = "auto"
-# search.pack: auto packs this many trials at most. Measured on digits MLPs (5 epochs, 2 shared CPU cores;
-# README, "Packed trials"): 0.8-1.2 s per trial in packs of 4, 8 and 16 against 2.4-3.0 s alone, so the gain
-# levels off from about 4; 8 keeps the oracle's wait for a pack's results, and a pack's memory, modest.
-AUTO_PACK_SIZE = 8
+# search.pack: auto packs this many trials at most. Measured on digits MLPs (5 epochs, 2 CPU cores; README,
+# "Packed trials"), per trial including building: stacked packs 0.34 s in packs of 8, 0.22 s of 16, 0.19 s of
+# 32; packs of members with their own train steps 0.8-1.2 s in packs of 4 to 16 (2.4-3.0 s alone). 16 takes
+# most of the gain while keeping the oracle's wait for a pack's results, and a pack's memory, modest.
+AUTO_PACK_SIZE = 16
 # A pack's members together may hold at most this much memory (weights, gradients, optimizer slots and
 # activations of one batch, estimated by :func:`member_memory_bytes`); a larger pack is split.
 PACK_MEMORY_BUDGET_MB = 1024

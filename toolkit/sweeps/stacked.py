@@ -108,7 +108,8 @@ def _activation_name(function: Any) -> str:
 
 
 def signature(model: Any) -> Optional[str]:
-    """What members of one stack must share, as text: None when the model cannot be stacked.
+    """What members of one stack must share, as text: None when the model cannot be stacked. Needs the model
+    built and compiled only (not run).
 
     Layer widths, dropout, regularization, initial weights and the optimizer's class and arguments may differ;
     the depth, the activations, the input block, the loss, the metrics and the output may not.
@@ -127,11 +128,13 @@ def signature(model: Any) -> Optional[str]:
         return None
     if getattr(optimizer, "amsgrad", False):
         return None
-    loss = _compiled_loss(model)
-    metrics = _compiled_metrics(model)
-    if loss is None or metrics is None:
+    compiled = getattr(getattr(model, "_compile_config", None), "config", None) or {}
+    if compiled.get("loss_weights") is not None or compiled.get("weighted_metrics") or len(model.outputs) != 1:
         return None
-    parts: List[str] = [repr(tuple(model.inputs[0].shape[1:]))]
+    # The loss and metrics as compiled (names): the same names on the same data resolve to the same Keras
+    # functions; :func:`compiled_supported` checks what they resolved to once the first member has built them.
+    parts: List[str] = [repr(tuple(model.inputs[0].shape[1:])), repr(compiled.get("loss")),
+                        repr(compiled.get("metrics"))]
     for layer in shared:
         config = layer.get_config()
         config.pop("name", None)
@@ -151,10 +154,14 @@ def signature(model: Any) -> Optional[str]:
             if name in _NOT_ELEMENTWISE:
                 return None
             parts.append(f"activation({name})")
-    parts.append(repr(loss.get_config()))
-    parts.append(repr([metric.get_config() for metric in metrics]))
     parts.append(str(model.steps_per_execution))
     return "|".join(parts)
+
+
+def compiled_supported(model: Any) -> bool:
+    """Whether a member's built loss and metrics are ones a stack computes: one Keras loss function averaged
+    over the batch, and metrics that are means of a per-example function (accuracy, mae...; not AUC)."""
+    return _compiled_loss(model) is not None and _compiled_metrics(model) is not None
 
 
 def _compiled_loss(model: Any) -> Any:
@@ -305,9 +312,13 @@ def stacked_model_class() -> type:
                 "totals": tf.Variable(np.zeros((len(names), count), np.float32), trainable=False, name="totals"),
                 "counts": tf.Variable(np.zeros((len(names), count), np.float32), trainable=False, name="counts"),
             }
-            state["slots"] = {name: tf.Variable(tf.zeros_like(state["params"]), trainable=False, name=name)
-                              for name in _slot_names(kinds)}
-            state["hyper"] = _hyperparameters(optimizers, kinds)
+            classes = {kind: [k for k in range(count) if kinds[k] == kind] for kind in OPTIMIZERS if kind in kinds}
+            width = int(state["params"].shape[1])
+            state["classes"] = {kind: tf.constant(rows, tf.int32) for kind, rows in classes.items()}
+            state["slots"] = {kind: {name: tf.Variable(tf.zeros([len(rows), width]), trainable=False, name=name)
+                                     for name in _SLOTS[kind]} for kind, rows in classes.items()}
+            state["hyper"] = {kind: _hyperparameters(kind, [optimizers[k] for k in rows])
+                              for kind, rows in classes.items()}
             # A plain attribute (object.__setattr__): Keras must not track any of it as the pack's own layers,
             # metrics or weights (the members are tracked by PackedModel).
             object.__setattr__(self, "_stack", state)
@@ -315,49 +326,27 @@ def stacked_model_class() -> type:
         # -- the optimizer: each member's own class and arguments (Keras 3's update_step, over the stack)
 
         def _apply(self, grad: Any) -> None:
+            """One step of every active member's optimizer. The members of each optimizer class are updated
+            together, on their rows only (gathered, updated, put back in place)."""
             st = self._stack
-            variable, slots, hyper, kinds = st["params"], st["slots"], st["hyper"], st["kinds"]
+            variable = st["params"]
             lr = tf.reshape(tf.stack([_learning_rate(o, st["steps"][k]) for k, o in enumerate(st["optimizers"])]),
                             [-1, 1])
             active = tf.reshape(st["active"], [-1, 1])
-            new_var, new_slots = variable, {}
-            if "SGD" in kinds:
-                chosen = tf.logical_and(active, hyper["is_SGD"])
-                momentum = hyper["sgd_momentum"]
-                m = tf.subtract(tf.multiply(slots["sgd_m"], momentum), tf.multiply(grad, lr))
-                stepped = tf.where(hyper["sgd_nesterov"], variable + (m * momentum - grad * lr), variable + m)
-                plain = variable - tf.multiply(grad, lr)
-                new_var = tf.where(chosen, tf.where(hyper["sgd_has_momentum"], stepped, plain), new_var)
-                new_slots["sgd_m"] = tf.where(tf.logical_and(chosen, hyper["sgd_has_momentum"]), m, slots["sgd_m"])
-            if "Adam" in kinds:
-                chosen = tf.logical_and(active, hyper["is_Adam"])
-                local_step = tf.reshape(tf.cast(st["steps"] + 1, tf.float32), [-1, 1])
-                beta_1_power = tf.pow(hyper["adam_beta_1"], local_step)
-                beta_2_power = tf.pow(hyper["adam_beta_2"], local_step)
-                alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-                m = slots["adam_m"] + tf.multiply(grad - slots["adam_m"], hyper["adam_one_minus_beta_1"])
-                v = slots["adam_v"] + tf.multiply(tf.square(grad) - slots["adam_v"], hyper["adam_one_minus_beta_2"])
-                stepped = variable - tf.divide(tf.multiply(m, alpha), tf.add(tf.sqrt(v), hyper["adam_epsilon"]))
-                new_var = tf.where(chosen, stepped, new_var)
-                new_slots["adam_m"] = tf.where(chosen, m, slots["adam_m"])
-                new_slots["adam_v"] = tf.where(chosen, v, slots["adam_v"])
-            if "RMSprop" in kinds:
-                chosen = tf.logical_and(active, hyper["is_RMSprop"])
-                rho, one_minus_rho = hyper["rms_rho"], hyper["rms_one_minus_rho"]
-                velocity = tf.add(tf.multiply(rho, slots["rms_v"]), tf.multiply(one_minus_rho, tf.square(grad)))
-                average = tf.add(tf.multiply(rho, slots["rms_g"]), tf.multiply(one_minus_rho, grad))
-                centered, epsilon = hyper["rms_centered"], hyper["rms_epsilon"]
-                denominator = tf.where(centered, velocity - tf.square(average) + epsilon, tf.add(velocity, epsilon))
-                increment = tf.divide(tf.multiply(lr, grad), tf.sqrt(denominator))
-                moment = tf.add(tf.multiply(hyper["rms_momentum"], slots["rms_m"]), increment)
-                has_momentum = hyper["rms_has_momentum"]
-                stepped = tf.where(has_momentum, variable - moment, variable - increment)
-                new_var = tf.where(chosen, stepped, new_var)
-                new_slots["rms_v"] = tf.where(chosen, velocity, slots["rms_v"])
-                new_slots["rms_g"] = tf.where(tf.logical_and(chosen, centered), average, slots["rms_g"])
-                new_slots["rms_m"] = tf.where(tf.logical_and(chosen, has_momentum), moment, slots["rms_m"])
-            for name, slot in slots.items():
-                slot.assign(new_slots[name])
+            steps = tf.reshape(tf.cast(st["steps"] + 1, tf.float32), [-1, 1])
+            indices, updated = [], []
+            for kind, rows in st["classes"].items():
+                whole = len(rows) == st["plan"].count
+
+                def take(tensor: Any, rows: Any = rows, whole: bool = whole) -> Any:
+                    return tensor if whole else tf.gather(tensor, rows)
+
+                old = take(variable)
+                new = _UPDATES[kind](take(grad), old, take(lr), take(steps), st["slots"][kind], st["hyper"][kind],
+                                     take(active))
+                indices.append(rows)
+                updated.append(tf.where(take(active), new, old))
+            new_var = updated[0] if len(updated) == 1 else tf.dynamic_stitch(indices, updated)
             variable.assign(new_var)
             st["steps"].assign_add(tf.cast(st["active"], tf.int64))
 
@@ -398,20 +387,36 @@ def stacked_model_class() -> type:
             return h, kernels
 
         def _dropout(self, h: Any, position: int, seeds: Any) -> Any:
-            """Each member's own Dropout layers on its own slice (its real units only): Keras' dropout, with the
-            seed its layer's generator would give."""
+            """Each member's own Dropout layers at a step of the stack, with the masks they draw alone.
+
+            Keras' dropout (``tf.nn.experimental.stateless_dropout`` with the seed the layer's generator gives) is
+            ``where(uniform(shape, seed) >= rate, x * (1 / (1 - rate)), 0)``. The uniform numbers are drawn per
+            member, on its own shape (its real units: the padding is filled with ones), and the rest is one
+            elementwise step for the stack, with each member's rate and scale (0 and 1 for members without one).
+            """
             st = self._stack
-            rows = tf.unstack(h, num=st["plan"].count)
-            width = int(h.shape[-1])
-            for index, (p, k, layer) in enumerate(st["dropouts"]):
-                if p != position:
-                    continue
-                units = _units_at(st["plan"], position, k)
-                part = rows[k][:, :units] if units < width else rows[k]
-                seed = tf.cast(tf.math.floormod(seeds[index], tf.int32.max - 1), tf.int32)
-                part = tf.nn.experimental.stateless_dropout(part, rate=float(layer.rate), seed=seed)
-                rows[k] = tf.pad(part, [[0, 0], [0, width - units]]) if units < width else part
-            return tf.stack(rows)
+            count, width = st["plan"].count, int(h.shape[-1])
+            for layers in _dropout_rounds(st["dropouts"], position, count):
+                shape = tf.shape(h)[1:]
+                randoms, rates, scales = [], [], []
+                for k in range(count):
+                    if layers[k] is None:
+                        randoms.append(tf.ones(shape, h.dtype))
+                        rates.append(0.0)
+                        scales.append(1.0)
+                        continue
+                    index, layer = layers[k]
+                    units = _units_at(st["plan"], position, k)
+                    seed = tf.cast(tf.math.floormod(seeds[index], tf.int32.max - 1), tf.int32)
+                    random = tf.random.stateless_uniform(tf.stack([shape[0], units]), seed=seed, dtype=h.dtype)
+                    if units < width:
+                        random = tf.pad(random, [[0, 0], [0, width - units]], constant_values=1.0)
+                    randoms.append(random)
+                    rates.append(float(layer.rate))
+                    scales.append(1 / (1 - float(layer.rate)))
+                keep = tf.stack(randoms) >= tf.constant(rates, h.dtype, shape=[count, 1, 1])
+                h = tf.where(keep, h * tf.constant(scales, h.dtype, shape=[count, 1, 1]), tf.zeros([], h.dtype))
+            return h
 
         def _regularization(self, kernels: List[Tuple[Any, Dict[str, Any]]]) -> List[Any]:
             """Each Dense's L1/L2 penalty per member (Keras' L1L2 on the member's kernel)."""
@@ -509,47 +514,81 @@ def stacked_model_class() -> type:
     return StackedPack
 
 
-def _slot_names(kinds: Sequence[str]) -> List[str]:
-    names = {"SGD": ["sgd_m"], "Adam": ["adam_m", "adam_v"], "RMSprop": ["rms_v", "rms_m", "rms_g"]}
-    return sorted({name for kind in kinds for name in names[kind]})
+# Each class's optimizer slots (one row per member of the class).
+_SLOTS = {"SGD": ["momentum"], "Adam": ["m", "v"], "RMSprop": ["velocity", "momentum", "average"]}
 
 
-def _hyperparameters(optimizers: Sequence[Any], kinds: Sequence[str]) -> Dict[str, Any]:
-    """Each optimizer argument as a ``(members, 1)`` tensor (members of another class: a placeholder value).
-
-    Python floats are turned into float32 as Keras turns them (``1 - beta_1`` computed in Python first).
-    """
+def _hyperparameters(kind: str, optimizers: Sequence[Any]) -> Dict[str, Any]:
+    """The arguments of one class's members, each a ``(members, 1)`` tensor. Python floats become float32 as in
+    Keras (``1 - beta_1`` is computed in Python first)."""
     import numpy as np
     import tensorflow as tf
 
     def column(values: Sequence[Any], dtype: Any = tf.float32) -> Any:
         return tf.constant(np.asarray(values).reshape(-1, 1), dtype=dtype)
 
-    def of(kind: str, name: str, default: float) -> List[float]:
-        return [float(getattr(o, name)) if k == kind else default for o, k in zip(optimizers, kinds)]
+    def of(name: str) -> List[float]:
+        return [float(getattr(o, name)) for o in optimizers]
 
-    hyper = {f"is_{kind}": column([k == kind for k in kinds], tf.bool) for kind in OPTIMIZERS}
-    if "SGD" in kinds:
-        hyper.update(sgd_momentum=column(of("SGD", "momentum", 0.0)),
-                     sgd_has_momentum=column([k == "SGD" and o.momentum != 0 for o, k in zip(optimizers, kinds)],
-                                             tf.bool),
-                     sgd_nesterov=column([k == "SGD" and bool(o.nesterov) for o, k in zip(optimizers, kinds)], tf.bool))
-    if "Adam" in kinds:
-        beta_1, beta_2 = of("Adam", "beta_1", 0.9), of("Adam", "beta_2", 0.999)
-        hyper.update(adam_beta_1=column(beta_1), adam_beta_2=column(beta_2),
-                     adam_one_minus_beta_1=column([1 - b for b in beta_1]),
-                     adam_one_minus_beta_2=column([1 - b for b in beta_2]),
-                     adam_epsilon=column(of("Adam", "epsilon", 1e-7)))
-    if "RMSprop" in kinds:
-        rho = of("RMSprop", "rho", 0.9)
-        hyper.update(rms_rho=column(rho), rms_one_minus_rho=column([1 - r for r in rho]),
-                     rms_epsilon=column(of("RMSprop", "epsilon", 1e-7)),
-                     rms_momentum=column(of("RMSprop", "momentum", 0.0)),
-                     rms_has_momentum=column([k == "RMSprop" and o.momentum > 0 for o, k in zip(optimizers, kinds)],
-                                             tf.bool),
-                     rms_centered=column([k == "RMSprop" and bool(o.centered) for o, k in zip(optimizers, kinds)],
-                                         tf.bool))
-    return hyper
+    if kind == "SGD":
+        return {"momentum": column(of("momentum")), "has_momentum": column([o.momentum != 0 for o in optimizers],
+                                                                           tf.bool),
+                "nesterov": column([bool(o.nesterov) for o in optimizers], tf.bool)}
+    if kind == "Adam":
+        return {"beta_1": column(of("beta_1")), "beta_2": column(of("beta_2")), "epsilon": column(of("epsilon")),
+                "one_minus_beta_1": column([1 - b for b in of("beta_1")]),
+                "one_minus_beta_2": column([1 - b for b in of("beta_2")])}
+    return {"rho": column(of("rho")), "one_minus_rho": column([1 - r for r in of("rho")]),
+            "epsilon": column(of("epsilon")), "momentum": column(of("momentum")),
+            "has_momentum": column([o.momentum > 0 for o in optimizers], tf.bool),
+            "centered": column([bool(o.centered) for o in optimizers], tf.bool)}
+
+
+def _sgd(grad: Any, variable: Any, lr: Any, steps: Any, slots: Dict[str, Any], hyper: Dict[str, Any],
+         active: Any) -> Any:
+    """Keras 3's ``SGD.update_step`` for rows of members (each with its own momentum and Nesterov switch)."""
+    import tensorflow as tf
+
+    momentum = hyper["momentum"]
+    m = tf.subtract(tf.multiply(slots["momentum"], momentum), tf.multiply(grad, lr))
+    stepped = tf.where(hyper["nesterov"], variable + (m * momentum - grad * lr), variable + m)
+    slots["momentum"].assign(tf.where(tf.logical_and(active, hyper["has_momentum"]), m, slots["momentum"]))
+    return tf.where(hyper["has_momentum"], stepped, variable - tf.multiply(grad, lr))
+
+
+def _adam(grad: Any, variable: Any, lr: Any, steps: Any, slots: Dict[str, Any], hyper: Dict[str, Any],
+          active: Any) -> Any:
+    """Keras 3's ``Adam.update_step`` (without amsgrad) for rows of members."""
+    import tensorflow as tf
+
+    beta_1_power = tf.pow(hyper["beta_1"], steps)
+    beta_2_power = tf.pow(hyper["beta_2"], steps)
+    alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+    m = slots["m"] + tf.multiply(grad - slots["m"], hyper["one_minus_beta_1"])
+    v = slots["v"] + tf.multiply(tf.square(grad) - slots["v"], hyper["one_minus_beta_2"])
+    slots["m"].assign(tf.where(active, m, slots["m"]))
+    slots["v"].assign(tf.where(active, v, slots["v"]))
+    return variable - tf.divide(tf.multiply(m, alpha), tf.add(tf.sqrt(v), hyper["epsilon"]))
+
+
+def _rmsprop(grad: Any, variable: Any, lr: Any, steps: Any, slots: Dict[str, Any], hyper: Dict[str, Any],
+             active: Any) -> Any:
+    """Keras 3's ``RMSprop.update_step`` for rows of members (each centered or not, with momentum or not)."""
+    import tensorflow as tf
+
+    rho, one_minus_rho, epsilon, centered = hyper["rho"], hyper["one_minus_rho"], hyper["epsilon"], hyper["centered"]
+    velocity = tf.add(tf.multiply(rho, slots["velocity"]), tf.multiply(one_minus_rho, tf.square(grad)))
+    average = tf.add(tf.multiply(rho, slots["average"]), tf.multiply(one_minus_rho, grad))
+    denominator = tf.where(centered, velocity - tf.square(average) + epsilon, tf.add(velocity, epsilon))
+    increment = tf.divide(tf.multiply(lr, grad), tf.sqrt(denominator))
+    moment = tf.add(tf.multiply(hyper["momentum"], slots["momentum"]), increment)
+    slots["velocity"].assign(tf.where(active, velocity, slots["velocity"]))
+    slots["average"].assign(tf.where(tf.logical_and(active, centered), average, slots["average"]))
+    slots["momentum"].assign(tf.where(tf.logical_and(active, hyper["has_momentum"]), moment, slots["momentum"]))
+    return tf.where(hyper["has_momentum"], variable - moment, variable - increment)
+
+
+_UPDATES = {"SGD": _sgd, "Adam": _adam, "RMSprop": _rmsprop}
 
 
 def _learning_rate(optimizer: Any, step: Any) -> Any:
@@ -562,6 +601,21 @@ def _learning_rate(optimizer: Any, step: Any) -> Any:
     if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
         return tf.cast(rate(step), tf.float32)
     return tf.cast(optimizer._get_current_learning_rate(), tf.float32)
+
+
+def _dropout_rounds(dropouts: Sequence[Tuple[int, int, Any]], position: int, count: int) -> List[List[Any]]:
+    """The Dropout layers at a step of the stack, in rounds: the first of each member's, then its second..., each
+    round a list with one ``(seed index, layer)`` or None per member."""
+    rounds: List[List[Any]] = []
+    seen = [0] * count
+    for index, (p, k, layer) in enumerate(dropouts):
+        if p != position:
+            continue
+        if seen[k] == len(rounds):
+            rounds.append([None] * count)
+        rounds[seen[k]][k] = (index, layer)
+        seen[k] += 1
+    return rounds
 
 
 def _units_at(plan_: Plan, position: int, member: int) -> int:
