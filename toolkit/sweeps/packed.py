@@ -21,6 +21,9 @@ Equivalence is the contract: each member is exactly the model its trial would tr
   frozen: it leaves the train step (the train function is traced again, at most once per member) and gets
   no optimizer update after that; its history ends where it would have ended alone.
 
+Members that share one layer structure (:mod:`toolkit.sweeps.stacked`) train as a stack instead: one batched
+graph for all of them, equal to each trial alone within float32 round-off; the others use ``PackedModel``.
+
 The lone-trial path (:func:`toolkit.sweeps.runner.run_trial_task`) is unchanged; the equivalence is checked
 against it by tests/test_packing.py. What is grouped into packs is decided by :mod:`toolkit.sweeps.packing`.
 """

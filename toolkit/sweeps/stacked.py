@@ -1,13 +1,13 @@
-"""Stacked packs: the members of a pack that share one layer structure trained as one stack of kernels.
+"""Stacked packs: the members of a pack that share one layer structure, trained as one stack of kernels.
 
-:mod:`toolkit.sweeps.packed` trains each member with its own Keras ``train_step``: exact, and general, but its
-graph grows with the pack (a member's step is several hundred graph ops, and tracing them, about a millisecond
-each, is most of a small pack's time). Members whose models are chains of ``Dense``, ``Activation`` and
-``Dropout`` layers of the same depth and activations (after a shared input block: ``Normalization``,
-``Flatten``), compiled with the same loss and metrics and an optimizer among SGD, Adam and RMSprop, are
-trained here instead as **one** stack: each ``Dense`` position holds one kernel of shape
-``(members, inputs, units)``, one batched matmul runs every member, and one optimizer update (a few ops per
-stacked variable) steps them all. The graph is then about the size of one member's, whatever the pack's size.
+:class:`toolkit.sweeps.packed.PackedModel` runs each member's own Keras ``train_step``: exact and general, but
+its graph grows with the pack (a member's step is several hundred graph ops; tracing them, about a millisecond
+each, and running them one by one is most of a small pack's time). Members whose models are chains of
+``Dense``, ``Activation`` and ``Dropout`` layers of the same depth and activations (after a shared input block:
+``Normalization``, ``Flatten``), compiled with the same loss and metrics, with an SGD, Adam or RMSprop optimizer,
+train here instead as **one** stack: every member's weights are one row of a single ``(members, parameters)``
+variable, each ``Dense`` a batched matmul over the ``(members, inputs, units)`` view of it, and one optimizer
+update steps all the rows. The graph is about the size of one member's, whatever the pack's size.
 
 What may differ between the members of a stack, and how each stays the trial it is alone:
 
@@ -15,22 +15,20 @@ What may differ between the members of a stack, and how each stays the trial it 
   next layer, so they never reach the real ones, get zero gradients and stay zero.
 - **initial weights, initializers, seeds**: the stack starts from each member's own built model (built and
   seeded by :func:`toolkit.training.prepare_model`, as alone).
-- **dropout**: each member's own ``Dropout`` layer (its rate and its seed generator) draws its mask on its own
-  slice of the batch, exactly as alone; a member without one has none.
-- **L1/L2**: each member's own ``L1L2`` coefficients on its own kernel slice, added to its loss as Keras does.
-- **optimizer, learning rate, schedule**: the class may differ (SGD, Adam, RMSprop: each class's update rule is
-  computed once over the stack and selected per member), so may every argument. Each member's learning rate is
-  its own optimizer's (``_get_current_learning_rate`` at its own iteration count, which this step advances):
-  constant, or any Keras schedule.
+- **dropout**: each member's own ``Dropout`` layers (their rates, and the seeds their generators give) draw
+  Keras' masks on the member's own shape, exactly as alone; a member without one has none.
+- **L1/L2**: each member's own ``L1L2`` coefficients on its own kernel, added to its loss as Keras adds them.
+- **optimizer, learning rate, schedule**: the class may differ (SGD, Adam, RMSprop: the rows of each class are
+  updated together), so may every argument. Each member's learning rate is its own optimizer's (a constant, or
+  any Keras schedule evaluated at the member's own step count).
 - **epochs, early stopping, divergence**: a member that stops is masked out of the update (its weights and
-  optimizer state stay as they were) without tracing again.
+  optimizer state stay as they were) without tracing again; a NaN in one row never reaches another.
 
-The update rules are Keras 3's ``update_step`` of SGD, Adam and RMSprop written over stacked variables with one
-value per member for each hyperparameter: the one thing Keras does not give. Losses and metrics are the members'
-own compiled Keras functions, evaluated on the stacked predictions and reduced per member as Keras reduces them.
-Results equal the trial alone within float32 round-off (a batched matmul sums in another order than a single
-one); tests/test_packing.py checks it. Everything else (callbacks, logs, freezing) is
-:class:`toolkit.sweeps.packed.PackedModel`'s.
+The update rules are Keras 3's ``update_step`` of SGD, Adam and RMSprop written over rows, with one value per
+member for each argument: the one thing Keras does not give. Losses and metrics are the members' own compiled
+Keras functions, evaluated on the stacked predictions and reduced per member as Keras reduces them. Results
+equal the trial alone within float32 round-off (a batched matmul sums in another order than a single one);
+tests/test_packing.py checks it. Callbacks, logs and freezing are :class:`toolkit.sweeps.packed.PackedModel`'s.
 """
 
 from __future__ import annotations
