@@ -78,7 +78,8 @@ def _chain(model: Any) -> Optional[Tuple[List[Any], List[Tuple[str, Any]]]]:
             steps.append(("dense", layer))
         elif isinstance(layer, keras.layers.Activation):
             steps.append(("activation", layer))
-        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None and steps:
+        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None and steps and \
+                0.0 <= float(layer.rate) < 1.0:
             steps.append(("dropout", layer))
         else:
             return None
@@ -171,7 +172,8 @@ def _compiled_loss(model: Any) -> Any:
     if not flat or len(flat) != 1 or flat[0].loss_weights is not None or len(model.outputs) != 1:
         return None
     loss = flat[0].loss
-    if not isinstance(loss, LossFunctionWrapper) or loss.reduction != "sum_over_batch_size":
+    if not isinstance(loss, LossFunctionWrapper) or type(loss).call is not LossFunctionWrapper.call or \
+            loss.reduction != "sum_over_batch_size":  # (a subclass computing more than its function: not stacked)
         return None
     return loss
 
@@ -187,7 +189,8 @@ def _compiled_metrics(model: Any) -> Optional[List[Any]]:
         return None
     lists = [m for m in (getattr(compiled, "_flat_metrics", None) or []) if m]  # one MetricsList per output
     metrics = [m for metrics_list in lists for m in getattr(metrics_list, "metrics", [None])]
-    if not all(isinstance(m, keras.metrics.MeanMetricWrapper) for m in metrics):
+    wrapper = keras.metrics.MeanMetricWrapper
+    if not all(isinstance(m, wrapper) and type(m).update_state is wrapper.update_state for m in metrics):
         return None
     return metrics
 
@@ -405,7 +408,9 @@ def stacked_model_class() -> type:
                         continue
                     index, layer = layers[k]
                     units = _units_at(st["plan"], position, k)
-                    seed = tf.cast(tf.math.floormod(seeds[index], tf.int32.max - 1), tf.int32)
+                    seed = seeds[index]  # as Keras' _cast_seed makes it
+                    if seed.dtype != tf.int32:
+                        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
                     random = tf.random.stateless_uniform(tf.stack([shape[0], units]), seed=seed, dtype=h.dtype)
                     if units < width:
                         random = tf.pad(random, [[0, 0], [0, width - units]], constant_values=1.0)
