@@ -462,9 +462,10 @@ def test_a_worker_killed_mid_trial_is_restarted_and_no_trial_is_lost_or_repeated
 
 @pytest.mark.slow
 def test_ctrl_c_stops_everything_and_a_plain_ktk_tune_resumes(sweeps, sweep_config, tmp_path):
-    everything = [str(i) for i in range(8)]
-    sweep = sweeps(sweep_config, "--workers", "2", "--set", "search.max_trials=8", cwd=tmp_path)
-    sweep.wait_for(lambda: any(line.startswith("trial 1/8") for line in sweep.lines), 120, "a first trial")
+    # 20 trials: Ctrl-C comes after the first, well before the last (a few seconds on a loaded machine)
+    everything = [f"{i:02d}" for i in range(20)]  # (ids are padded to the width of the largest)
+    sweep = sweeps(sweep_config, "--workers", "2", "--set", "search.max_trials=20", cwd=tmp_path)
+    sweep.wait_for(lambda: any(line.startswith("trial 1/20") for line in sweep.lines), 120, "a first trial")
     pids = sweep.worker_pids()
     os.kill(sweep.process.pid, signal.SIGINT)
     assert sweep.wait(60) == 130, sweep.text()
@@ -474,16 +475,16 @@ def test_ctrl_c_stops_everything_and_a_plain_ktk_tune_resumes(sweeps, sweep_conf
     # trials.csv lists exactly the recorded trials at this stop too (what ktk compare reads)
     done_before = {r["trial_id"] for r in _trials(sweep.out)}
     assert done_before == {p.stem for p in (sweep.out / "records").glob("*.json")}
-    assert 1 <= len(done_before) < 8
+    assert 1 <= len(done_before) < 20
 
-    resumed = sweeps(sweep_config, "--set", "search.max_trials=8", cwd=tmp_path)
+    resumed = sweeps(sweep_config, "--set", "search.max_trials=20", cwd=tmp_path)
     assert resumed.wait(300) == 0, resumed.text()
-    assert f"{len(done_before)} of 8 trials already done" in resumed.text()
+    assert f"{len(done_before)} of 20 trials already done" in resumed.text()
     rows = _trials(sweep.out)
     assert [r["trial_id"] for r in rows] == everything
     assert {r["status"] for r in rows} == {"completed"}
     # no recorded trial runs again, even one stopped between its record and keras-tuner's end of it
-    assert len([line for line in resumed.lines if line.startswith("trial ")]) == 8 - len(done_before)
+    assert len([line for line in resumed.lines if line.startswith("trial ")]) == 20 - len(done_before)
     assert sorted(_oracle(sweep.out)["end_order"]) == everything
 
 

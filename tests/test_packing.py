@@ -124,7 +124,7 @@ def trial_tasks(history_dir, base=BASE, variants=VARIANTS, objective=("val_accur
 
 
 def comparable(outcome):
-    return {k: v for k, v in outcome.items() if k not in ("fit_s", "rss_mb", "pack", "stacked", "traceback")}
+    return {k: v for k, v in outcome.items() if k not in ("fit_s", "rss_mb", "pack", "stack", "traceback")}
 
 
 @pytest.mark.slow
@@ -335,13 +335,20 @@ def test_what_may_differ_in_a_stack_and_what_may_not():
     for changes in ({"model.hidden": [16]}, {"model.activation": "tanh"},  # depth, activation
                     {"training.metrics": ["mse"]}, {"training.steps_per_execution": 3}):
         assert stacked.signature(built(changes)) not in (None, same), changes
+    layers = {"model.hidden": None}
     for changes in ({"training.optimizer.name": "adagrad"}, {"training.optimizer.clipnorm": 1.0},
                     {"training.optimizer.name": "adam", "training.optimizer.amsgrad": True},
-                    {"model.batchnorm": True},
-                    {"model.hidden": None, "model.layers": [{"units": 8}, {"class_name": "LayerNormalization"}]}):
+                    {"model.batchnorm": True}, {"model.activation": "softmax"},
+                    {**layers, "model.layers": [{"units": 8}, {"class_name": "LayerNormalization"}]},
+                    {**layers, "model.layers": [{"class_name": "Dense", "config": {"units": 8, "trainable": False}}]},
+                    {**layers, "model.layers": [{"class_name": "Dense", "config": {"units": 8, "dtype": "bfloat16"}}]},
+                    {**layers, "model.layers": [{"class_name": "Dropout", "config": {"rate": 0.2}}, {"units": 8}]}):
         assert stacked.signature(built(changes)) is None, changes
     assert stacked.compiled_supported(built({}, BINARY))
     assert not stacked.compiled_supported(built({"training.metrics": ["accuracy", "auc"]}, BINARY))  # not a mean
+    assert not stacked.compiled_supported(built({"training.metrics": ["poisson"]}, BINARY))  # unaligned labels
+    assert not stacked.compiled_supported(built({"training.loss": "dice"}, BINARY))  # one value for the batch
+    assert stacked.compiled_supported(built({"training.loss": "huber", "training.metrics": ["mae"]}, REGRESSION))
 
 
 def test_stack_grouping():
@@ -393,16 +400,18 @@ class FakeWorker:
         self.stopped = True
 
 
-@pytest.mark.parametrize("stacked, kept", [(True, True), (False, False)])
-def test_a_stack_counts_as_one_trial_towards_a_workers_limit(stacked, kept):
+@pytest.mark.parametrize("stacks, counted", [([1] * 16, 1), ([1] * 8 + [2] * 8, 2), ([1] * 4 + [None] * 12, 13),
+                                              ([None] * 16, 16)])
+def test_a_stack_counts_as_one_trial_towards_a_workers_limit(stacks, counted):
     """A stack leaves one traced graph, not one per member (measured ~2 MB per stack of 16, against ~2.5 MB
-    per trial): the worker goes on; a pack of members with their own train steps counts each."""
+    per trial): the worker goes on; members with their own train steps count one each."""
     from toolkit.sweeps.runner import ProcessRunner
 
     runner = ProcessRunner(limit=10)
-    outcomes = [{"status": "completed", **({"stacked": True} if stacked else {})} for _ in range(16)]
+    outcomes = [{"status": "completed", **({"stack": number} if number else {})} for number in stacks]
     worker = runner.current = FakeWorker(outcomes)
     runner.spare = FakeWorker([])  # (no process is started)
     assert runner.run_pack([{"data_key": "d"}] * 16, {}) == outcomes
-    assert worker.trials == (1 if stacked else 16)
+    assert worker.trials == counted
+    kept = counted < 10
     assert (runner.current is worker) == kept and worker.stopped != kept

@@ -81,7 +81,11 @@ def _interrupt_after(config_file: Path, out: Path, epochs: int, sig: int, every_
     deadline = time.time() + 120
     while process.poll() is None and time.time() < deadline:
         if _history_rows(out / "history.csv") >= epochs:
+            # Frozen first (SIGSTOP acts at once, whatever the load on the machine), so that the signal lands
+            # before the run could finish its short epochs; then let go: it sees `sig` as a user's Ctrl-C or kill.
+            process.send_signal(signal.SIGSTOP)
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
             break
         time.sleep(0.01)
     _, stderr = process.communicate(timeout=120)

@@ -101,11 +101,13 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                     outcomes[members[i].index] = failure_outcome(error)
                     rest.remove(i)
             for group, stacked_plan in stacks + [([members[i] for i in rest], None)]:
+                number = 0  # each stack's number in this pack (outcomes' "stack")
                 sizes = [_memory_bytes(m, stacked_plan) for m in group]
                 for chunk in split_by_memory(sizes, budget) if group else []:
                     pack = [group[i] for i in chunk]
                     plan_ = stacked.plan([m.model for m in pack]) if stacked_plan is not None and len(pack) > 1 \
                         else None
+                    number += plan_ is not None
                     if stacked_plan is not None and plan_ is None:  # a stack's member left alone by the budget
                         try:
                             build_training_state(pack[0].model, pack[0].data)
@@ -121,7 +123,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                             # as a lone trial's (benchmarks): its share of the time in fit, the process's memory
                             outcome.update(fit_s=round(fit_seconds, 4), rss_mb=rss_mb(), pack=len(pack))
                             if plan_ is not None:
-                                outcome["stacked"] = True
+                                outcome["stack"] = number
                         outcomes[member.index] = outcome
     return outcomes
 

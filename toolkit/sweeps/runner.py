@@ -287,8 +287,8 @@ class ProcessRunner:
         if isinstance(outcome, list):
             # A stack's members left one traced graph between them, not one each: they count as one trial
             # towards the worker's limit (measured: ~2 MB per stack of 16, against ~2.5 MB per trial otherwise).
-            stacked = sum(1 for o in outcome if o.get("stacked"))
-            worker.trials -= max(0, stacked - 1)
+            stacked = [o["stack"] for o in outcome if o.get("stack")]
+            worker.trials -= len(stacked) - len(set(stacked))
         if worker.trials >= self.limit:
             worker.stop()
             self.current = None

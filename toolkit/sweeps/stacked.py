@@ -38,8 +38,24 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # The optimizer classes a stack implements, by Keras class name.
 OPTIMIZERS = ("SGD", "Adam", "RMSprop")
-# Hidden activations that are not elementwise: padded units would change the real ones.
-_NOT_ELEMENTWISE = ("softmax", "log_softmax")
+# Hidden activations a stack applies to padded rows: elementwise ones (a padded unit cannot change a real one,
+# and the width stays). Others (softmax, glu, sparsemax...) are not stacked.
+_ELEMENTWISE = ("linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "mish",
+                "sigmoid", "hard_sigmoid", "log_sigmoid", "tanh", "hard_tanh", "softplus", "softsign", "hard_silu",
+                "hard_swish", "exponential", "squareplus", "sparse_plus", "tanh_shrink", "soft_shrink",
+                "hard_shrink")
+# Compiled loss functions that give one value per example (reduced over the last axis at most): run on a stack,
+# each member's values are its own. (Dice, Tversky or Circle reduce over the whole batch: not stacked.)
+_PER_EXAMPLE_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy",
+                       "binary_focal_crossentropy", "categorical_focal_crossentropy", "mean_squared_error",
+                       "mean_absolute_error", "mean_absolute_percentage_error", "mean_squared_logarithmic_error",
+                       "huber", "log_cosh", "poisson", "kl_divergence", "hinge", "squared_hinge",
+                       "categorical_hinge")
+# Compiled metric functions that align their labels with the predictions themselves, as the stack aligns them
+# for all members at once (others, e.g. poisson as a metric, broadcast unaligned labels: not stacked).
+_SELF_ALIGNING_METRICS = ("sparse_categorical_accuracy", "binary_accuracy", "categorical_accuracy",
+                          "mean_squared_error", "mean_absolute_error", "mean_absolute_percentage_error",
+                          "mean_squared_logarithmic_error")
 # Arguments of every Keras optimizer that a stack does not implement, with the value they must have.
 _UNSUPPORTED_OPTIMIZER = {"clipnorm": None, "clipvalue": None, "global_clipnorm": None, "weight_decay": None,
                           "use_ema": False, "loss_scale_factor": None, "gradient_accumulation_steps": None}
@@ -69,17 +85,21 @@ def _chain(model: Any) -> Optional[Tuple[List[Any], List[Tuple[str, Any]]]]:
 
     shared: List[Any] = []
     steps: List[Tuple[str, Any]] = []
+    if not model.trainable:
+        return None
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
+        if getattr(layer.dtype_policy, "name", None) != "float32" or not layer.trainable:
+            return None  # a stack computes in float32 and trains every Dense
         if isinstance(layer, (keras.layers.Normalization, keras.layers.Flatten)) and not steps:
             shared.append(layer)
         elif isinstance(layer, keras.layers.Dense) and _plain_dense(layer):
             steps.append(("dense", layer))
         elif isinstance(layer, keras.layers.Activation):
             steps.append(("activation", layer))
-        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None and steps and \
-                0.0 <= float(layer.rate) < 1.0:
+        elif isinstance(layer, keras.layers.Dropout) and layer.noise_shape is None and \
+                any(kind == "dense" for kind, _ in steps) and 0.0 <= float(layer.rate) < 1.0:
             steps.append(("dropout", layer))
         else:
             return None
@@ -125,8 +145,8 @@ def signature(model: Any) -> Optional[str]:
         return None
     if any(getattr(optimizer, key, default) != default for key, default in _UNSUPPORTED_OPTIMIZER.items()):
         return None
-    if getattr(optimizer, "amsgrad", False):
-        return None
+    if getattr(optimizer, "amsgrad", False) or getattr(optimizer, "epsilon", 1.0) <= 0:
+        return None  # (epsilon 0: padded weights would divide 0 by 0)
     compiled = getattr(getattr(model, "_compile_config", None), "config", None) or {}
     if compiled.get("loss_weights") is not None or compiled.get("weighted_metrics") or len(model.outputs) != 1:
         return None
@@ -146,11 +166,11 @@ def signature(model: Any) -> Optional[str]:
             last = layer is denses[-1]
             parts.append(f"dense({layer.use_bias},{_activation_name(layer.activation)},"
                          f"{layer.units if last else ''})")
-            if not last and _activation_name(layer.activation) in _NOT_ELEMENTWISE:
+            if not last and _activation_name(layer.activation) not in _ELEMENTWISE:
                 return None
         else:
             name = _activation_name(layer.activation)
-            if name in _NOT_ELEMENTWISE:
+            if name not in _ELEMENTWISE:
                 return None
             parts.append(f"activation({name})")
     parts.append(str(model.steps_per_execution))
@@ -158,8 +178,9 @@ def signature(model: Any) -> Optional[str]:
 
 
 def compiled_supported(model: Any) -> bool:
-    """Whether a member's built loss and metrics are ones a stack computes: one Keras loss function averaged
-    over the batch, and metrics that are means of a per-example function (accuracy, mae...; not AUC)."""
+    """Whether a member's built loss and metrics are ones a stack computes: one Keras loss function of each
+    example, averaged over the batch (cross-entropies, mse, mae, huber...), and metrics that are means of such a
+    function (accuracies, mse, mae...; not AUC)."""
     return _compiled_loss(model) is not None and _compiled_metrics(model) is not None
 
 
@@ -173,7 +194,7 @@ def _compiled_loss(model: Any) -> Any:
         return None
     loss = flat[0].loss
     if not isinstance(loss, LossFunctionWrapper) or type(loss).call is not LossFunctionWrapper.call or \
-            loss.reduction != "sum_over_batch_size":  # (a subclass computing more than its function: not stacked)
+            loss.reduction != "sum_over_batch_size" or getattr(loss.fn, "__name__", None) not in _PER_EXAMPLE_LOSSES:
         return None
     return loss
 
@@ -190,7 +211,10 @@ def _compiled_metrics(model: Any) -> Optional[List[Any]]:
     lists = [m for m in (getattr(compiled, "_flat_metrics", None) or []) if m]  # one MetricsList per output
     metrics = [m for metrics_list in lists for m in getattr(metrics_list, "metrics", [None])]
     wrapper = keras.metrics.MeanMetricWrapper
-    if not all(isinstance(m, wrapper) and type(m).update_state is wrapper.update_state for m in metrics):
+    if not all(isinstance(m, wrapper) and type(m).update_state is wrapper.update_state and
+               getattr(m._fn, "__name__", None) in _SELF_ALIGNING_METRICS for m in metrics):
+        return None
+    if len({m.name for m in metrics} | {"loss"}) != len(metrics) + 1:  # Keras renames repeated names
         return None
     return metrics
 
