@@ -415,3 +415,21 @@ def test_a_stack_counts_as_one_trial_towards_a_workers_limit(stacks, counted):
     assert worker.trials == counted
     kept = counted < 10
     assert (runner.current is worker) == kept and worker.stopped != kept
+
+
+@pytest.mark.slow
+def test_a_verbose_stack_shows_each_member_and_trains_the_same(tmp_path, capsys):
+    from helpers import IRIS_SWEEP
+    from toolkit.sweeps.packed import run_pack_tasks
+
+    base = dict(IRIS_SWEEP, training=dict(IRIS_SWEEP["training"], epochs=2))
+    outcomes = {}
+    for verbose in (0, 2):
+        tasks, datasets = trial_tasks(tmp_path / str(verbose), base, [{}, {"model.hidden": [4], "model.dropout": 0.1}])
+        for task in tasks:
+            task["verbose"] = verbose
+        outcomes[verbose] = run_pack_tasks(tasks, datasets)
+    assert [o.get("stack") for o in outcomes[2]] == [1, 1]
+    assert [comparable(o) for o in outcomes[2]] == [comparable(o) for o in outcomes[0]]
+    shown = capsys.readouterr().out
+    assert "0:loss" in shown and "val_1:accuracy" in shown and "stacked" not in shown

@@ -240,7 +240,7 @@ def _fit_members(members: List[_Member], verbose: int = 0, plan: Any = None) -> 
     epochs = [m.config.training.epochs for m in members]
     if plan is not None:
         packed = stacked.stacked_model_class()(plan, [m.model for m in members], epochs,
-                                               [m.callbacks for m in members], steps)
+                                               [m.callbacks for m in members], steps, verbose=verbose)
     else:
         packed = packed_model_class()([m.model for m in members], [keys.index(m.task["data_key"]) for m in members],
                                       epochs, [m.callbacks for m in members], steps)

@@ -282,10 +282,11 @@ def stacked_model_class() -> type:
             plan: the members' layers, lined up (:func:`plan`).
             members, epochs, callbacks, steps_per_epoch: as :class:`toolkit.sweeps.packed.PackedModel`'s (every
                 member reads the same data set).
+            verbose: Keras' progress is shown (logs then hold each member's values, as PackedModel's do).
         """
 
         def __init__(self, plan: Plan, members: Sequence[Any], epochs: Sequence[int], callbacks: Sequence[Any],
-                     steps_per_epoch: int):
+                     steps_per_epoch: int, verbose: int = 0):
             super().__init__(members, [0] * len(members), epochs, callbacks, steps_per_epoch)
             count = len(members)
             optimizers = [member.optimizer for member in members]
@@ -327,6 +328,7 @@ def stacked_model_class() -> type:
             names = ["loss"] + [metric.name for metric in _compiled_metrics(members[0])]
             state = {
                 "plan": plan, "loss": _compiled_loss(members[0]), "metrics": _compiled_metrics(members[0]),
+                "verbose": verbose,
                 "names": names, "optimizers": optimizers, "kinds": kinds, "denses": denses, "sizes": sizes,
                 "dropouts": dropouts,
                 "seeds": None if seeds is None else tf.Variable(seeds, trainable=False, name="dropout_seeds"),
@@ -492,8 +494,10 @@ def stacked_model_class() -> type:
                 counts.append(tf.fill([count], tf.cast(tf.shape(values)[1], tf.float32)))
             st["totals"].assign_add(tf.stack(totals))
             st["counts"].assign_add(tf.stack(counts))
-            # one log entry: the (metric, member) matrix, split per member by _member_logs
-            return {"stacked": tf.math.divide_no_nan(st["totals"], st["counts"])}
+            results = tf.math.divide_no_nan(st["totals"], st["counts"])
+            if self._stack["verbose"]:  # Keras' progress bar shows each member's values, "<k>:<name>"
+                return {f"{k}:{name}": results[i, k] for k in range(count) for i, name in enumerate(st["names"])}
+            return {"stacked": results}  # one log entry, the (metric, member) matrix: split by _member_logs
 
         def train_step(self, data):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data[0])
@@ -517,6 +521,8 @@ def stacked_model_class() -> type:
                 self._stack[name].assign(tf.zeros_like(self._stack[name]))
 
         def _member_logs(self, logs: Dict[str, Any]) -> List[Dict[str, float]]:
+            if self._stack["verbose"]:
+                return super()._member_logs(logs)
             out: List[Dict[str, float]] = [{} for _ in range(self._stack["plan"].count)]
             for key, prefix in (("stacked", ""), ("val_stacked", "val_")):
                 if key in (logs or {}):
