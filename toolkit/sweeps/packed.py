@@ -100,8 +100,8 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                 except Exception as error:  # noqa: BLE001 - as the trial alone would fail
                     outcomes[members[i].index] = failure_outcome(error)
                     rest.remove(i)
+            number = 0  # each stack's number in this pack (outcomes' "stack")
             for group, stacked_plan in stacks + [([members[i] for i in rest], None)]:
-                number = 0  # each stack's number in this pack (outcomes' "stack")
                 sizes = [_memory_bytes(m, stacked_plan) for m in group]
                 for chunk in split_by_memory(sizes, budget) if group else []:
                     pack = [group[i] for i in chunk]
