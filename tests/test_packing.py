@@ -433,3 +433,16 @@ def test_a_verbose_stack_shows_each_member_and_trains_the_same(tmp_path, capsys)
     assert [comparable(o) for o in outcomes[2]] == [comparable(o) for o in outcomes[0]]
     shown = capsys.readouterr().out
     assert "0:loss" in shown and "val_1:accuracy" in shown and "stacked" not in shown
+
+
+@pytest.mark.slow
+def test_two_layer_structures_make_two_stacks_of_one_pack(tmp_path):
+    from helpers import IRIS_SWEEP
+    from toolkit.sweeps.packed import run_pack_tasks
+
+    base = dict(IRIS_SWEEP, training=dict(IRIS_SWEEP["training"], epochs=1))
+    variants = [{}, {"model.hidden": [8, 4]}, {"model.hidden": [6]}, {"model.hidden": [5, 3]}, {"model.hidden": [4] * 3}]
+    tasks, datasets = trial_tasks(tmp_path, base, variants)
+    outcomes = run_pack_tasks(tasks, datasets)
+    assert [o["status"] for o in outcomes] == ["completed"] * 5
+    assert [o.get("stack") for o in outcomes] == [1, 2, 1, 2, None]  # the three-layer member packs on its own
