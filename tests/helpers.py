@@ -6,6 +6,7 @@ Tests reach ktk through public names and these helpers, never through private at
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,13 @@ def subprocess_env(**extra: str) -> Dict[str, str]:
     env.setdefault("KERAS_BACKEND", "tensorflow")
     env.update(extra)
     return env
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a subprocess that a test stops with Ctrl-C (SIGINT): SIGINT acts as in a user's terminal
+    even when the test suite itself was started with SIGINT ignored (a background job of a non-interactive shell
+    is, and Python then leaves it ignored in every child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def ktk(*args: Any, cwd: Optional[Path] = None, timeout: float = 300, **kwargs: Any) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ from toolkit.distributed import (
 from toolkit.errors import UserError
 from toolkit.sweeps import keras_tuner_compat as compat
 
-from helpers import subprocess_env
+from helpers import default_sigint, subprocess_env
 
 SWEEP = """\
 name: iris-dist
@@ -321,7 +321,7 @@ class Sweep:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "toolkit", "tune", *map(str, args), "--out", str(self.out)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(), cwd=cwd,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=default_sigint)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import REPO, ktk, ktk_here, subprocess_env, write_run
+from helpers import REPO, default_sigint, ktk, ktk_here, subprocess_env, write_run
 
 # Dropout (a random generator Keras does not save), early stopping with best weights restored (state Keras does not
 # save) and shuffling every epoch: all three must come back exactly after a resume.
@@ -77,7 +77,8 @@ def _interrupt_after(config_file: Path, out: Path, epochs: int, sig: int, every_
     `every_epoch`: back up after every epoch (by default short epochs are backed up every so many)."""
     env = subprocess_env(**({"KTK_BACKUP_EVERY_EPOCH": "1"} if every_epoch else {}))
     process = subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(config_file), "--out", str(out), "-q"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.time() + 120
     while process.poll() is None and time.time() < deadline:
         if _history_rows(out / "history.csv") >= epochs:
