@@ -10,7 +10,6 @@ makes the chief stop with one message.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

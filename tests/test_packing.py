@@ -311,12 +311,11 @@ def test_a_stacked_trial_is_the_same_trial_run_alone(tmp_path, monkeypatch, base
 def built(config_changes, base=BASE):
     from toolkit import training
     from toolkit.data import load_data
-    from toolkit.sweeps.packed import build_training_state
 
     config = parse_config(base).with_values(config_changes)
     data = load_data(config)
     model = training.prepare_model(config, data)
-    build_training_state(model, data)
+    training.build_training_state(model, data)
     return model
 
 

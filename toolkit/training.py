@@ -55,6 +55,29 @@ def prepare_model(config: Any, data: Any, seed: Optional[int] = None) -> Any:
     return model
 
 
+def build_training_state(model: Any, data: Any, optimizer: bool = True) -> None:
+    """Creates a compiled model's optimizer and metric variables now, outside any traced function.
+
+    Otherwise they are created while ``fit`` traces its train function, and a ``tf.function`` that creates
+    variables is traced twice: a sweep trial's (or a pack's) train step is traced once instead (tracing,
+    about a millisecond per graph op, is most of a small trial's overhead). Runs the model on one row with
+    ``training=False``: no dropout seed is drawn and no statistics are updated, so training goes on exactly as
+    without it.
+
+    Args:
+        optimizer: also build the optimizer's slots (a stacked pack's members need only their loss and metrics).
+    """
+    if not in_memory(data):  # pipelines (streamed tables, image files): fit makes them, as before
+        return
+    x, y = data.x_train[:1], data.y_train[:1]
+    y_pred = model(x, training=False)
+    model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    model.compute_metrics(x, y, y_pred, sample_weight=None)
+    if optimizer:
+        model.optimizer.build(model.trainable_variables)
+    model.reset_metrics()
+
+
 def get_optimizer(config: Any, steps_per_epoch: int) -> Any:
     """The Keras optimizer of ``training.optimizer``, with ``training.schedule`` as its learning rate."""
     import keras

@@ -96,7 +96,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
             stacks, rest = _stack_groups(members)
             for i in list(rest):  # with their own train steps: their loss, metrics and optimizer made now
                 try:
-                    build_training_state(members[i].model, members[i].data)
+                    training.build_training_state(members[i].model, members[i].data)
                 except Exception as error:  # noqa: BLE001 - as the trial alone would fail
                     outcomes[members[i].index] = failure_outcome(error)
                     rest.remove(i)
@@ -110,7 +110,7 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
                     number += plan_ is not None
                     if stacked_plan is not None and plan_ is None:  # a stack's member left alone by the budget
                         try:
-                            build_training_state(pack[0].model, pack[0].data)
+                            training.build_training_state(pack[0].model, pack[0].data)
                         except Exception as error:  # noqa: BLE001 - as the trial alone would fail
                             outcomes[pack[0].index] = failure_outcome(error)
                             continue
@@ -131,6 +131,8 @@ def _run_pack(tasks: List[Dict[str, Any]], datasets: Dict[str, Any]) -> List[Dic
 def _stack_groups(members: List["_Member"]) -> Tuple[List[Tuple[List["_Member"], Any]], List[int]]:
     """The members that train as stacks (:mod:`toolkit.sweeps.stacked`: same layer structure and data set),
     each group with its plan, and the indices of the others (trained with their own train steps)."""
+    from toolkit import training
+
     signatures = []
     for member in members:
         text = stacked.signature(member.model)
@@ -142,7 +144,7 @@ def _stack_groups(members: List["_Member"]) -> Tuple[List[Tuple[List["_Member"],
         # compiled the same names on the same data.
         first = members[indices[0]]
         try:
-            build_training_state(first.model, first.data, optimizer=False)
+            training.build_training_state(first.model, first.data, optimizer=False)
             supported = stacked.compiled_supported(first.model)
         except Exception:  # noqa: BLE001 - each trial then builds, and fails, as it would alone
             supported = False
@@ -151,27 +153,6 @@ def _stack_groups(members: List["_Member"]) -> Tuple[List[Tuple[List["_Member"],
         else:
             rest.extend(indices)
     return stacks, sorted(rest)
-
-
-def build_training_state(model: Any, data: Any, optimizer: bool = True) -> None:
-    """Creates a compiled model's optimizer and metric variables now, outside any traced function.
-
-    Otherwise they are created while ``fit`` traces its train function, and a ``tf.function`` that creates
-    variables is traced twice: a pack's train step is traced once instead (its tracing, about a millisecond
-    per graph op, is most of a pack's overhead). Runs the model on one row with ``training=False``: no
-    dropout seed is drawn and no statistics are updated, so training goes on exactly as without it.
-    """
-    from toolkit.data import in_memory
-
-    if not in_memory(data):  # pipelines (streamed tables, image files): fit makes them, as before
-        return
-    x, y = data.x_train[:1], data.y_train[:1]
-    y_pred = model(x, training=False)
-    model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-    model.compute_metrics(x, y, y_pred, sample_weight=None)
-    if optimizer:
-        model.optimizer.build(model.trainable_variables)
-    model.reset_metrics()
 
 
 def _memory_bytes(member: "_Member", plan: Any = None) -> int:
@@ -316,16 +297,16 @@ def packed_model_class() -> type:
             return [member(inputs, training=training) for member in self.members]
 
         def train_step(self, data):
-            logs = {}
-            for i in self.training_members:
-                for name, value in self.members[i].train_step(data[self._data_index[i]]).items():
-                    logs[f"{i}:{name}"] = value
-            return logs
+            return self._each_member("train_step", self.training_members, data)
 
         def test_step(self, data):
+            return self._each_member("test_step", self.evaluated_members, data)
+
+        def _each_member(self, step: str, members: Sequence[int], data: Any) -> Dict[str, Any]:
+            """Each listed member's own Keras `step` on its data set's batch; logs as ``"<i>:<name>"``."""
             logs = {}
-            for i in self.evaluated_members:
-                for name, value in self.members[i].test_step(data[self._data_index[i]]).items():
+            for i in members:
+                for name, value in getattr(self.members[i], step)(data[self._data_index[i]]).items():
                     logs[f"{i}:{name}"] = value
             return logs
 

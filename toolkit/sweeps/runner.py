@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from toolkit.errors import UserError
 from toolkit.sweeps.formatting import last_line, shorten
-from toolkit.sweeps.packed import build_training_state
 from toolkit.sweeps.keras_tuner_compat import main_module_not_rerun
 from toolkit.sweeps.records import COMPLETED, FAILED
 
@@ -83,7 +82,7 @@ def _run_trial_task(task: Dict[str, Any], data: Any) -> Dict[str, Any]:
         model = training.prepare_model(config, data, seed=config.seed + execution)  # executions differ in init only
         # Its optimizer and metric variables made now: fit then traces its train function once, not twice
         # (about half of a small trial's overhead); training is unchanged (tests/test_packing.py).
-        build_training_state(model, data)
+        training.build_training_state(model, data)
         logger = history_logger(history_path)
         callbacks = [logger, stop_on_nan_class()()]
         if task.get("tensorboard_dir"):  # tracking.tensorboard: the trial's scalars beside its HParams session

@@ -290,7 +290,7 @@ def stacked_model_class() -> type:
             super().__init__(members, [0] * len(members), epochs, callbacks, steps_per_epoch)
             count = len(members)
             optimizers = [member.optimizer for member in members]
-            denses, rows_of, sizes, initial = [], [], [], []
+            denses, sizes, initial = [], [], []
             for op in plan.ops:
                 if op.kind != "dense":
                     continue
